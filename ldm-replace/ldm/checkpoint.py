@@ -1,0 +1,233 @@
+"""The one checkpoint loader: CompVis ``.ckpt`` (``{"state_dict": ...}`` or a bare state dict) and
+``.safetensors``, validated strictly against the config's model before any weights are materialised.
+
+Keys that may differ from the model's without error (the whole list):
+
+* ``cond_stage_model.transformer.text_model.*`` — the layout of released SD v1 files (older ``transformers``);
+  read as ``cond_stage_model.transformer.*``.
+* ``...embeddings.position_ids`` — a constant buffer some files carry; ignored.
+* ``model_ema.*`` — EMA shadow weights; ignored when the config has ``use_ema: false`` (as v1-inference.yaml does).
+* the DDPM schedule buffers (``betas``, ``alphas_cumprod``, ...) may be absent — they are recomputed from the config.
+
+Anything else missing, unexpected or of the wrong shape raises :class:`CheckpointMismatchError` with one line
+naming the first offending keys and, where recognisable, what the file is (SD 2.x, SDXL, a LoRA, diffusers).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ldm.util import instantiate_from_config
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+TEXT_MODEL_PREFIX = "cond_stage_model.transformer.text_model."
+TEXT_PREFIX = "cond_stage_model.transformer."
+IGNORED_SUFFIXES = ("embeddings.position_ids",)
+EMA_PREFIX = "model_ema."
+SCHEDULE_KEYS = (
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (missing, unreadable, or of another model)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's keys or shapes do not match the model the config describes."""
+
+
+class _Ignored:
+    """Stand-in for classes pickled alongside the weights (e.g. Lightning callbacks); never executed."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; classes of training metadata pickled in old Lightning
+    checkpoints are replaced by inert stubs instead of being imported."""
+    try:
+        mmap = zipfile.is_zipfile(path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            stubs = [(type(name.rsplit(".", 1)[-1], (_Ignored,), {}), name) for name in unsafe]
+            with torch.serialization.safe_globals(stubs):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]} (is the file complete and a "
+                              f"PyTorch .ckpt/.pt or .safetensors file?)") from None
+
+
+def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    """Read the state dict of a ``.ckpt``/``.pt``/``.pth``/``.bin`` or ``.safetensors`` file, with the released
+    text-encoder layout normalised (see module docstring). Errors are :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read safetensors checkpoint {path}: {str(e)[:200]}") from None
+    else:
+        obj = _torch_load(path)
+        sd = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
+        if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise CheckpointError(f"checkpoint {path} holds no state dict (expected {{'state_dict': {{name: "
+                                  f"tensor}}}} or {{name: tensor}}, got {type(sd).__name__})")
+    return normalize_keys(sd)
+
+
+# Kept for callers written against CompVis helpers.
+load_state_dict = read_state_dict
+
+
+def normalize_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map ``cond_stage_model.transformer.text_model.X`` to ``cond_stage_model.transformer.X``."""
+    return {(TEXT_PREFIX + k[len(TEXT_MODEL_PREFIX):] if k.startswith(TEXT_MODEL_PREFIX) else k): v
+            for k, v in sd.items()}
+
+
+def denormalize_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The released layout (``...transformer.text_model.X``) that older CompVis/transformers code expects."""
+    return {(TEXT_MODEL_PREFIX + k[len(TEXT_PREFIX):] if k.startswith(TEXT_PREFIX) else k): v
+            for k, v in sd.items()}
+
+
+def identify(keys) -> Optional[str]:
+    """A guess at what kind of file a set of keys comes from, for error messages."""
+    keys = list(keys)
+    if any("lora" in k.lower() for k in keys[:2000]):
+        return "a LoRA/adapter file, not a full model"
+    if any(k.startswith("conditioner.embedders") for k in keys):
+        return "an SDXL checkpoint"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "an SD 2.x checkpoint (OpenCLIP text encoder)"
+    if any(k.startswith(("down_blocks.", "unet.down_blocks.", "mid_block.")) for k in keys):
+        return "a diffusers-format model (convert it to a CompVis checkpoint first)"
+    return None
+
+
+def check_state_dict(expected: Mapping[str, torch.Size], sd: Mapping[str, torch.Tensor], source: str,
+                     config_name: str = "the config") -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``sd`` matches ``expected`` up to the ignorable keys."""
+    uses_ema = any(k.startswith(EMA_PREFIX) for k in expected)
+    missing = [k for k in expected if k not in sd and k not in SCHEDULE_KEYS]
+    unexpected = [k for k in sd if k not in expected and not k.endswith(IGNORED_SUFFIXES)
+                  and not (k.startswith(EMA_PREFIX) and not uses_ema)]
+    shapes = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatch(es), first {k}: file {list(sd[k].shape)} vs expected "
+                     f"{list(expected[k])}")
+    if missing:
+        parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
+    kind = identify(sd.keys())
+    what = f" — it looks like {kind}" if kind else ""
+    raise CheckpointMismatchError(f"{source} does not match {config_name}{what}: " + "; ".join(parts))
+
+
+def load_config(path: PathLike) -> DictConfig:
+    """Read a CompVis YAML config; a text-encoder ``version`` naming a folder beside the config is made absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} does not exist (expected a CompVis YAML such as "
+                                f"configs/stable-diffusion/v1-inference.yaml)")
+    try:
+        config = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - YAML errors of any kind become one line
+        raise ValueError(f"cannot parse config {path}: {str(e).splitlines()[0]}") from None
+    if "model" not in config or "target" not in config.model:
+        raise ValueError(f"config {path} has no model.target (expected a CompVis model config)")
+    cond = OmegaConf.select(config, "model.params.cond_stage_config.params")
+    version = cond.get("version") if cond is not None else None
+    if isinstance(version, str) and (path.parent / version).is_dir():
+        cond.version = str((path.parent / version).resolve())
+    return config
+
+
+def build_model(config: DictConfig | Mapping, device: Union[str, torch.device] = "meta") -> torch.nn.Module:
+    """Instantiate ``config.model`` (on the meta device by default: shapes only, no memory)."""
+    model_cfg = config.model if "model" in config else config
+    with torch.device(device):
+        return instantiate_from_config(model_cfg)
+
+
+def expected_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def load_model_from_config(config: DictConfig | PathLike, ckpt: PathLike, device: Union[str, torch.device] = "cpu",
+                           dtype: Optional[torch.dtype] = None, use_ema_weights: bool = False) -> torch.nn.Module:
+    """Build the model of ``config`` and load ``ckpt`` into it; returns it in eval mode on ``device``.
+
+    Weights are validated before anything is allocated (the model is built on the meta device and the
+    checkpoint's tensors are assigned to it), so a wrong file fails fast and the peak memory is one copy of the
+    weights. ``dtype`` casts the UNet, autoencoder and text encoder (schedule buffers stay float32);
+    ``use_ema_weights`` copies the EMA weights into the UNet (the file must hold ``model_ema.*``).
+    """
+    if not isinstance(config, (DictConfig, Mapping)):
+        config = load_config(config)
+    sd = read_state_dict(ckpt)
+    model = build_model(config, "meta")
+    expected = expected_shapes(model)
+    check_state_dict(expected, sd, str(ckpt))
+    ema = {k[len(EMA_PREFIX):]: v for k, v in sd.items() if k.startswith(EMA_PREFIX)}
+    if use_ema_weights and not ema:
+        raise CheckpointError(f"{ckpt} holds no EMA weights (model_ema.*) but use_ema_weights was requested")
+    wanted = {k: v for k, v in sd.items() if k in expected}
+    model.load_state_dict(wanted, strict=False, assign=True)
+    _check_materialized(model)
+    if use_ema_weights:
+        with torch.no_grad():
+            for name, p in model.model.named_parameters():
+                p.copy_(ema[name.replace(".", "")])
+    if dtype is not None:
+        cast_model(model, dtype)
+    model.to(device)
+    model.eval()
+    return model
+
+
+def _check_materialized(model: torch.nn.Module) -> None:
+    """Every tensor must now be real: derived buffers (schedule, position ids) are built on the CPU even under
+    the meta device, the rest came from the file."""
+    leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftover:
+        raise CheckpointMismatchError(f"checkpoint left {len(leftover)} tensor(s) unset, e.g. {leftover[:3]}")
+
+
+def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast UNet, autoencoder and text encoder to ``dtype``; the diffusion schedule stays float32."""
+    for name in ("model", "first_stage_model", "cond_stage_model"):
+        sub = getattr(model, name, None)
+        if sub is not None:
+            sub.to(dtype)
+    return model

@@ -1,0 +1,91 @@
+"""Building blocks shared by the UNet: schedules, timestep embeddings, layer factories, checkpointing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+
+def make_beta_schedule(
+    schedule: str, n_timestep: int, linear_start: float = 1e-4, linear_end: float = 2e-2, cosine_s: float = 8e-3
+) -> np.ndarray:
+    """DDPM beta schedules in float64; SD v1 uses ``linear``: betas = linspace(√start, √end, T)²."""
+    if schedule == "linear":
+        betas = torch.linspace(linear_start**0.5, linear_end**0.5, n_timestep, dtype=torch.float64, device="cpu") ** 2
+    elif schedule == "cosine":
+        steps = torch.arange(n_timestep + 1, dtype=torch.float64, device="cpu") / n_timestep + cosine_s
+        alphas = torch.cos(steps / (1 + cosine_s) * math.pi / 2).pow(2)
+        alphas = alphas / alphas[0]
+        betas = (1 - alphas[1:] / alphas[:-1]).clamp(0, 0.999)
+    elif schedule == "sqrt_linear":
+        betas = torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64, device="cpu")
+    elif schedule == "sqrt":
+        betas = torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64, device="cpu") ** 0.5
+    else:
+        raise ValueError(f"unknown beta schedule {schedule!r}; expected linear, cosine, sqrt_linear or sqrt")
+    return betas.numpy()
+
+
+def extract_into_tensor(a: torch.Tensor, t: torch.Tensor, x_shape) -> torch.Tensor:
+    """Gather ``a[t]`` and reshape to broadcast over a batch of shape ``x_shape``."""
+    out = a.gather(-1, t.to(a.device).long())
+    return out.reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
+    """Sinusoidal timestep embedding [cos | sin] (DDPM / Transformer positional encoding); ``timesteps`` may be
+    fractional. Returns (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    args = timesteps[:, None].float() * freqs[None]  # B x half
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero the parameters of ``module`` and return it."""
+    for p in module.parameters():
+        p.detach().zero_()
+    return module
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the input dtype (as CompVis does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+def normalization(channels: int) -> nn.Module:
+    return GroupNorm32(32, channels)
+
+
+def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
+    return {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims](*args, **kwargs)
+
+
+def avg_pool_nd(dims: int, *args, **kwargs) -> nn.Module:
+    return {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[dims](*args, **kwargs)
+
+
+def linear(*args, **kwargs) -> nn.Linear:
+    return nn.Linear(*args, **kwargs)
+
+
+def checkpoint(func, inputs, flag: bool):
+    """Gradient checkpointing (recompute ``func(*inputs)`` in backward) when ``flag`` and grads are on.
+
+    Uses ``torch.utils.checkpoint`` without re-entrance, so gradients reach every parameter the function uses,
+    including ones attached at run time (separable increments) — unlike CompVis' own CheckpointFunction.
+    """
+    if flag and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(func, *inputs, use_reentrant=False)
+    return func(*inputs)

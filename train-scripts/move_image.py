@@ -1,0 +1,78 @@
+"""Sort generated evaluation images into class folders (seed README: "python train-scripts/move_image.py").
+
+Generation writes ``<save_path>/<model_name>/<case_number>_<k>.png``; this moves every such file of each model
+folder into ``<model folder>/<class>/`` with the class that the prompt CSV's ``class`` column gives its case
+number (class indices from ``data/classes.csv``). By default it sorts ``--path`` itself if it holds loose images,
+and every subfolder of ``--path`` (e.g. ``evaluation_folder/default`` and ``evaluation_folder/eval``).
+
+Idempotent: already sorted images are left alone, so it can be re-run after more images were generated. Images
+whose case number is not in the CSV, files with other names, and files whose destination exists (without
+``--overwrite``) stay in place and are reported as counted warnings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from sepce.classes import DEFAULT_CLASS_MAP, load_class_map
+from sepce.evaluation.common import run_script
+from sepce.evaluation.images import SortReport, has_class_folders, loose_images, sort_into_class_folders
+from sepce.evaluation.results import RESULTS_DIR
+from sepce.prompts import case_classes, read_prompt_csv
+
+log = logging.getLogger("move_image")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--path", type=Path, default=Path("evaluation_folder"),
+                        help="folder holding the model folders (or a model folder itself)")
+    parser.add_argument("--folders", nargs="+", default=None,
+                        help="names of the model folders under --path to sort (default: every subfolder with images)")
+    parser.add_argument("--prompts_path", type=Path, default=Path("data/evaluate.csv"),
+                        help="prompt CSV with case_number and class columns that the images were generated from")
+    parser.add_argument("--classes", type=Path, default=DEFAULT_CLASS_MAP, help="class map CSV (index,name,prompt)")
+    parser.add_argument("--dry_run", action="store_true", help="report what would move without moving anything")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an image that already exists in its class folder")
+    return parser.parse_args(argv)
+
+
+def target_folders(path: Path, names: Optional[Sequence[str]]) -> List[Path]:
+    """The model folders to sort: the named ones, or ``path`` (if it holds images) and its subfolders with images."""
+    if not path.is_dir():
+        raise NotADirectoryError(f"--path {path} does not exist")
+    if names:
+        folders = [path / name for name in names]
+        absent = [str(f) for f in folders if not f.is_dir()]
+        if absent:
+            raise NotADirectoryError(f"model folder(s) {absent} do not exist under {path}")
+        return folders
+    candidates = [path] + sorted(p for p in path.iterdir() if p.is_dir() and not p.name.isdigit())
+    folders = [
+        f for f in candidates if f.name != RESULTS_DIR and (loose_images(f) or (f != path and has_class_folders(f)))
+    ]
+    if not folders:
+        raise ValueError(f"no images under {path}: expected model folders holding <case_number>_<k>.png files")
+    return folders
+
+
+def main(args: argparse.Namespace) -> List[SortReport]:
+    classes = load_class_map(args.classes)
+    case_to_class = case_classes(read_prompt_csv(args.prompts_path, classes, require_class=True))
+    reports = []
+    for folder in target_folders(Path(args.path), args.folders):
+        report = sort_into_class_folders(folder, case_to_class, dry_run=args.dry_run, overwrite=args.overwrite)
+        verb = "would move" if args.dry_run else "moved"
+        print(f"{folder}: {verb} {report.moved} image(s), {report.already_sorted} already in class folders")
+        for line in report.warnings():
+            log.warning(line)
+        reports.append(report)
+    return reports
+
+
+if __name__ == "__main__":
+    run_script(parse_args, main)
