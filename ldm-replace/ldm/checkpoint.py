@@ -184,6 +184,15 @@ def expected_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
+def read_checked_state_dict(config: DictConfig | PathLike, ckpt: PathLike) -> dict[str, torch.Tensor]:
+    """The checkpoint's state dict, validated against the model of ``config`` (built on the meta device)."""
+    if not isinstance(config, (DictConfig, Mapping)):
+        config = load_config(config)
+    sd = read_state_dict(ckpt)
+    check_state_dict(expected_shapes(build_model(config, "meta")), sd, str(ckpt))
+    return sd
+
+
 def load_model_from_config(config: DictConfig | PathLike, ckpt: PathLike, device: Union[str, torch.device] = "cpu",
                            dtype: Optional[torch.dtype] = None, use_ema_weights: bool = False) -> torch.nn.Module:
     """Build the model of ``config`` and load ``ckpt`` into it; returns it in eval mode on ``device``.
@@ -195,9 +204,9 @@ def load_model_from_config(config: DictConfig | PathLike, ckpt: PathLike, device
     """
     if not isinstance(config, (DictConfig, Mapping)):
         config = load_config(config)
-    sd = read_state_dict(ckpt)
     model = build_model(config, "meta")
     expected = expected_shapes(model)
+    sd = read_state_dict(ckpt)
     check_state_dict(expected, sd, str(ckpt))
     ema = {k[len(EMA_PREFIX):]: v for k, v in sd.items() if k.startswith(EMA_PREFIX)}
     if use_ema_weights and not ema:

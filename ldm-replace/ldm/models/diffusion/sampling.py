@@ -31,7 +31,7 @@ CompVis-style classes in ``ddim.py``/``plms.py`` do).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -237,9 +237,10 @@ def _step_range(start_step: int, stop_after: Optional[int], n: int) -> range:
 
 
 def _randn_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Standard normal noise shaped like x; drawn on the generator's device when one is given."""
+    """Standard normal noise shaped like x. Without a generator: the global RNG of x's device in the default
+    dtype (CompVis ``noise_like``); with one: drawn on the generator's device in x's dtype (diffusers)."""
     if generator is None:
-        return torch.randn(x.shape, device=x.device, dtype=x.dtype)
+        return torch.randn(x.shape, device=x.device)
     return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
 
 
@@ -255,7 +256,7 @@ def ddim_step(
     a_prev: Any,
     sigma_t: Any = 0.0,
     noise: Optional[torch.Tensor] = None,
-) -> tuple:
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """One DDIM update (Song et al. 2021, Eq. 12); returns ``(x_prev, pred_x0)``.
 
     pred_x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t);
@@ -327,7 +328,9 @@ def ddim_sample(
     return x
 
 
-def _plms_update(x: torch.Tensor, e: torch.Tensor, a_t: Any, a_prev: Any, compvis_rng: bool) -> tuple:
+def _plms_update(
+    x: torch.Tensor, e: torch.Tensor, a_t: Any, a_prev: Any, compvis_rng: bool
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The DDIM update PLMS applies (eta = 0); CompVis draws (and zeroes) noise on each one."""
     noise = _randn_like(x, None) if compvis_rng else None
     return ddim_step(x, e, a_t, a_prev, 0.0, noise)
