@@ -1,0 +1,241 @@
+"""Erasure records: what an erasure changed, saved small, and composed onto the base checkpoint at load time.
+
+One ``erasure.safetensors`` per run (format ``sepce-erasure/1``), metadata as JSON in the safetensors header:
+
+* **Replaced tensors** (CiE, ESD, FMN, Ablating Concepts): tensors stored under their CompVis state-dict keys
+  (``model.diffusion_model....attn2.to_k.weight``); applying the record copies them into the model.
+* **Separable increments** (SepCE): per concept c a basis ``basis.<c>`` (n_c × D, the basic solution set S_c)
+  and per edited layer l a coefficient matrix ``coef.<c>.<layer key>`` (d_out × n_c). Erasing a subset E sets
+  W_l = W_l^orig + Σ_{c∈E} A_{c,l} (β S_c) (paper Eq. 9–10); restoring c = leaving it out of E.
+
+Every record names the base checkpoint it was made from (path and SHA-256, cached beside the file), and applying
+a record to a different base is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence, Union
+
+import torch
+
+from ldm.checkpoint import TEXT_MODEL_PREFIX, TEXT_PREFIX, _torch_load, normalize_keys
+from sepce.io import atomic_path, save_torch
+
+FORMAT = "sepce-erasure/1"
+RECORD_NAME = "erasure.safetensors"
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class RecordError(ValueError):
+    """An erasure record that cannot be used as asked."""
+
+
+def file_digest(path: PathLike, chunk: int = 1 << 24) -> str:
+    """SHA-256 of a file; cached in ``<file>.sha256`` (keyed by size and mtime) when the folder is writable."""
+    path = Path(path)
+    st = path.stat()
+    cache = path.with_name(path.name + ".sha256")
+    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if cache.is_file():
+        try:
+            cached = json.loads(cache.read_text())
+            if {k: cached.get(k) for k in key} == key:
+                return cached["sha256"]
+        except (ValueError, KeyError):
+            pass
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    digest = h.hexdigest()
+    try:
+        cache.write_text(json.dumps({**key, "sha256": digest}))
+    except OSError:
+        pass
+    return digest
+
+
+def base_info(ckpt_path: PathLike, config_path: Optional[PathLike] = None) -> dict:
+    """Identity of a base checkpoint for a record's metadata."""
+    info = {"path": str(ckpt_path), "sha256": file_digest(ckpt_path)}
+    if config_path is not None:
+        info["config"] = str(config_path)
+    return info
+
+
+@dataclass
+class ErasureRecord:
+    """An erasure loaded from (or about to be written to) ``erasure.safetensors``."""
+
+    method: str
+    concepts: list[str]
+    base: dict
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    bases: dict[str, torch.Tensor] = field(default_factory=dict)
+    coefs: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    beta: float = 1.0
+    meta: dict = field(default_factory=dict)
+    path: Optional[Path] = None
+
+    @property
+    def separable(self) -> bool:
+        return bool(self.coefs)
+
+    def increments(self, concepts: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
+        """Σ_{c ∈ concepts} A_{c,l} (β S_c) per layer key l (all concepts when None)."""
+        chosen = self.check_concepts(concepts)
+        out: dict[str, torch.Tensor] = {}
+        for c in chosen:
+            basis = self.bases[c].float() * self.beta
+            for layer, coef in self.coefs[c].items():
+                delta = coef.float() @ basis  # d_out x D
+                out[layer] = out[layer] + delta if layer in out else delta
+        return out
+
+    def check_concepts(self, concepts: Optional[Iterable[str]]) -> list[str]:
+        if concepts is None:
+            return list(self.concepts)
+        chosen = list(concepts)
+        unknown = [c for c in chosen if c not in self.concepts]
+        if unknown:
+            raise RecordError(f"concept(s) {unknown} are not in this record; it holds {self.concepts}")
+        if not self.separable and sorted(chosen) != sorted(self.concepts):
+            raise RecordError(f"{self.method} record erases {self.concepts} jointly; a subset needs a SepCE record")
+        return chosen
+
+
+def save_record(path: PathLike, record: ErasureRecord, overwrite: bool = False) -> Path:
+    """Write ``record`` atomically as safetensors with JSON metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {f"tensor.{k}": v for k, v in record.tensors.items()}
+    tensors.update({f"basis.{c}": b for c, b in record.bases.items()})
+    for c, layers in record.coefs.items():
+        tensors.update({f"coef.{c}.{layer}": a for layer, a in layers.items()})
+    header = {"format": FORMAT, "method": record.method, "concepts": record.concepts, "base": record.base,
+              "beta": record.beta, "meta": record.meta}
+    for c in record.concepts:
+        if "." in c:
+            raise RecordError(f"concept name {c!r} may not contain '.'")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata={"sepce": json.dumps(header, default=str)})
+    return Path(path)
+
+
+def find_record(path: PathLike) -> Path:
+    """``path`` itself if it is a record file, else ``path/erasure.safetensors``."""
+    path = Path(path)
+    candidate = path / RECORD_NAME if path.is_dir() else path
+    if not candidate.is_file():
+        raise RecordError(f"no erasure record at {candidate}")
+    return candidate
+
+
+def load_record(path: PathLike) -> ErasureRecord:
+    from safetensors import safe_open
+
+    path = find_record(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("sepce")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - unreadable file → one line
+        raise RecordError(f"cannot read erasure record {path}: {str(e)[:200]}") from None
+    if raw is None:
+        raise RecordError(f"{path} is a safetensors file but not a SepCE erasure record (no 'sepce' metadata)")
+    header = json.loads(raw)
+    if header.get("format") != FORMAT:
+        raise RecordError(f"{path}: record format {header.get('format')!r}, expected {FORMAT!r}")
+    rec = ErasureRecord(method=header["method"], concepts=list(header["concepts"]), base=header["base"],
+                        beta=float(header.get("beta", 1.0)), meta=header.get("meta", {}), path=path)
+    for k, v in tensors.items():
+        kind, rest = k.split(".", 1)
+        if kind == "tensor":
+            rec.tensors[rest] = v
+        elif kind == "basis":
+            rec.bases[rest] = v
+        elif kind == "coef":
+            concept, layer = rest.split(".", 1)
+            rec.coefs.setdefault(concept, {})[layer] = v
+    return rec
+
+
+def check_base(record: ErasureRecord, ckpt_path: PathLike) -> None:
+    """Refuse a record made for another base checkpoint (compared by SHA-256)."""
+    digest = file_digest(ckpt_path)
+    if record.base.get("sha256") != digest:
+        raise RecordError(f"{record.path or 'record'} was made for base checkpoint {record.base.get('path')} "
+                          f"(sha256 {str(record.base.get('sha256'))[:12]}…), not {ckpt_path} "
+                          f"(sha256 {digest[:12]}…)")
+
+
+def changed_tensors(record: ErasureRecord, base: Mapping[str, torch.Tensor],
+                    erase: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+    """New values of every tensor the record changes, given the base tensors (state-dict keys)."""
+    if record.separable:
+        return {k: (base[k].float() + d).to(base[k].dtype) for k, d in record.increments(erase).items()}
+    record.check_concepts(erase)
+    return dict(record.tensors)
+
+
+@torch.no_grad()
+def apply_record(model: torch.nn.Module, record: ErasureRecord, erase: Optional[Sequence[str]] = None,
+                 base: Optional[Mapping[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+    """Write the erased weights into ``model`` in place; returns the original values of the changed tensors
+    (pass them back as ``base`` to switch subsets, or to :func:`restore` to undo)."""
+    params = dict(model.named_parameters())
+    originals = dict(base) if base is not None else {}
+    missing = [k for k in list(record.tensors) + [k for c in record.coefs.values() for k in c] if k not in params]
+    if missing:
+        raise RecordError(f"record changes {missing[0]!r}, which this model does not have")
+    keys = set(record.tensors) | {k for c in record.coefs.values() for k in c}
+    for k in keys:
+        originals.setdefault(k, params[k].detach().clone())
+    for k, v in changed_tensors(record, originals, erase).items():
+        params[k].copy_(v.to(params[k].dtype))
+    return originals
+
+
+@torch.no_grad()
+def restore(model: torch.nn.Module, originals: Mapping[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for k, v in originals.items():
+        params[k].copy_(v)
+
+
+def write_full_checkpoint(base_ckpt: PathLike, out_path: PathLike, changed: Mapping[str, torch.Tensor],
+                          overwrite: bool = False) -> Path:
+    """A CompVis checkpoint equal to ``base_ckpt`` (all its keys and layout, EMA included) with ``changed``
+    tensors replaced — loadable by the original tools."""
+    base_ckpt, out_path = Path(base_ckpt), Path(out_path)
+    if out_path.exists() and not overwrite:
+        raise FileExistsError(f"{out_path} already exists; refusing to overwrite it (pass --overwrite)")
+    if base_ckpt.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj = load_file(str(base_ckpt))
+    else:
+        obj = _torch_load(base_ckpt)
+    sd = obj.get("state_dict", obj)
+    layout = {normalize_keys({k: None}).popitem()[0]: k for k in sd}
+    for key, value in changed.items():
+        original_key = layout.get(key) or layout.get(key.replace(TEXT_PREFIX, TEXT_MODEL_PREFIX, 1))
+        if original_key is None:
+            raise RecordError(f"{base_ckpt} has no tensor {key!r} to replace")
+        sd[original_key] = value.detach().to("cpu", sd[original_key].dtype).contiguous()
+    if out_path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        with atomic_path(out_path, overwrite=overwrite) as tmp:
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+        return out_path
+    out = {"state_dict": sd}
+    if sd is not obj and isinstance(obj.get("global_step"), int):
+        out["global_step"] = obj["global_step"]
+    return save_torch(out_path, out, overwrite=overwrite)
