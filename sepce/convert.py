@@ -15,8 +15,14 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
 
-_RESBLOCK = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
-             "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
+_RESBLOCK = {
+    "in_layers.0": "norm1",
+    "in_layers.2": "conv1",
+    "emb_layers.1": "time_emb_proj",
+    "out_layers.0": "norm2",
+    "out_layers.3": "conv2",
+    "skip_connection": "conv_shortcut",
+}
 _VAE_RESBLOCK = {"nin_shortcut": "conv_shortcut"}
 _VAE_ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 
@@ -37,10 +43,16 @@ def unet_key_map(config: Mapping[str, Any]) -> dict[str, str]:
     """CompVis UNet module prefix → diffusers UNet2DConditionModel module prefix."""
     unet = _unet_params(config)
     levels, nres, attn = len(unet["channel_mult"]), unet["num_res_blocks"], _attn_levels(unet)
-    m = {"time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
-         "input_blocks.0.0": "conv_in", "out.0": "conv_norm_out", "out.2": "conv_out",
-         "middle_block.0": "mid_block.resnets.0", "middle_block.1": "mid_block.attentions.0",
-         "middle_block.2": "mid_block.resnets.1"}
+    m = {
+        "time_embed.0": "time_embedding.linear_1",
+        "time_embed.2": "time_embedding.linear_2",
+        "input_blocks.0.0": "conv_in",
+        "out.0": "conv_norm_out",
+        "out.2": "conv_out",
+        "middle_block.0": "mid_block.resnets.0",
+        "middle_block.1": "mid_block.attentions.0",
+        "middle_block.2": "mid_block.resnets.1",
+    }
     for i in range(levels):
         for j in range(nres):
             k = 1 + i * (nres + 1) + j
@@ -173,8 +185,9 @@ def vae_diffusers_config(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def text_encoder_to_transformers(state_dict: Mapping[str, torch.Tensor],
-                                 nested: bool = False) -> dict[str, torch.Tensor]:
+def text_encoder_to_transformers(
+    state_dict: Mapping[str, torch.Tensor], nested: bool = False
+) -> dict[str, torch.Tensor]:
     """CompVis ``cond_stage_model.transformer.*`` → ``transformers`` CLIPTextModel (``text_model.`` prefix when
     ``nested``, as transformers < 5 expects)."""
     prefix = "text_model." if nested else ""

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-
 from ldm.checkpoint import load_config, load_model_from_config
 
 log = logging.getLogger(__name__)
@@ -57,13 +56,20 @@ def check_model_files(config_path: Union[str, Path], ckpt_path: Union[str, Path]
     if not Path(config_path).is_file():
         raise FileNotFoundError(f"config {config_path} does not exist (--config_path)")
     if not Path(ckpt_path).is_file():
-        hint = (" — download sd-v1-4-full-ema.ckpt into models/ldm/ (see README), or run the tiny model with "
-                "--ckpt_path models/tiny/model.ckpt --config_path configs/tiny/v1-tiny.yaml")
+        hint = (
+            " — download sd-v1-4-full-ema.ckpt into models/ldm/ (see README), or run the tiny model with "
+            "--ckpt_path models/tiny/model.ckpt --config_path configs/tiny/v1-tiny.yaml"
+        )
         raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist (--ckpt_path){hint}")
 
 
-def load_model(config_path: Union[str, Path], ckpt_path: Union[str, Path], device: Union[str, torch.device] = "cpu",
-               dtype: Optional[torch.dtype] = None, use_ema_weights: bool = False) -> torch.nn.Module:
+def load_model(
+    config_path: Union[str, Path],
+    ckpt_path: Union[str, Path],
+    device: Union[str, torch.device] = "cpu",
+    dtype: Optional[torch.dtype] = None,
+    use_ema_weights: bool = False,
+) -> torch.nn.Module:
     """The CompVis model of ``config_path`` with ``ckpt_path`` loaded, in eval mode, gradients off."""
     check_model_files(config_path, ckpt_path)
     config = load_config(config_path)

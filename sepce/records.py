@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import torch
-
 from ldm.checkpoint import TEXT_MODEL_PREFIX, TEXT_PREFIX, _torch_load, normalize_keys
+
 from sepce.io import atomic_path, save_torch
 
 FORMAT = "sepce-erasure/1"
@@ -117,8 +117,14 @@ def save_record(path: PathLike, record: ErasureRecord, overwrite: bool = False) 
     tensors.update({f"basis.{c}": b for c, b in record.bases.items()})
     for c, layers in record.coefs.items():
         tensors.update({f"coef.{c}.{layer}": a for layer, a in layers.items()})
-    header = {"format": FORMAT, "method": record.method, "concepts": record.concepts, "base": record.base,
-              "beta": record.beta, "meta": record.meta}
+    header = {
+        "format": FORMAT,
+        "method": record.method,
+        "concepts": record.concepts,
+        "base": record.base,
+        "beta": record.beta,
+        "meta": record.meta,
+    }
     for c in record.concepts:
         if "." in c:
             raise RecordError(f"concept name {c!r} may not contain '.'")
@@ -152,8 +158,14 @@ def load_record(path: PathLike) -> ErasureRecord:
     header = json.loads(raw)
     if header.get("format") != FORMAT:
         raise RecordError(f"{path}: record format {header.get('format')!r}, expected {FORMAT!r}")
-    rec = ErasureRecord(method=header["method"], concepts=list(header["concepts"]), base=header["base"],
-                        beta=float(header.get("beta", 1.0)), meta=header.get("meta", {}), path=path)
+    rec = ErasureRecord(
+        method=header["method"],
+        concepts=list(header["concepts"]),
+        base=header["base"],
+        beta=float(header.get("beta", 1.0)),
+        meta=header.get("meta", {}),
+        path=path,
+    )
     for k, v in tensors.items():
         kind, rest = k.split(".", 1)
         if kind == "tensor":
@@ -170,13 +182,16 @@ def check_base(record: ErasureRecord, ckpt_path: PathLike) -> None:
     """Refuse a record made for another base checkpoint (compared by SHA-256)."""
     digest = file_digest(ckpt_path)
     if record.base.get("sha256") != digest:
-        raise RecordError(f"{record.path or 'record'} was made for base checkpoint {record.base.get('path')} "
-                          f"(sha256 {str(record.base.get('sha256'))[:12]}…), not {ckpt_path} "
-                          f"(sha256 {digest[:12]}…)")
+        raise RecordError(
+            f"{record.path or 'record'} was made for base checkpoint {record.base.get('path')} "
+            f"(sha256 {str(record.base.get('sha256'))[:12]}…), not {ckpt_path} "
+            f"(sha256 {digest[:12]}…)"
+        )
 
 
-def changed_tensors(record: ErasureRecord, base: Mapping[str, torch.Tensor],
-                    erase: Optional[Sequence[str]] = None) -> dict[str, torch.Tensor]:
+def changed_tensors(
+    record: ErasureRecord, base: Mapping[str, torch.Tensor], erase: Optional[Sequence[str]] = None
+) -> dict[str, torch.Tensor]:
     """New values of every tensor the record changes, given the base tensors (state-dict keys)."""
     if record.separable:
         return {k: (base[k].float() + d).to(base[k].dtype) for k, d in record.increments(erase).items()}
@@ -185,8 +200,12 @@ def changed_tensors(record: ErasureRecord, base: Mapping[str, torch.Tensor],
 
 
 @torch.no_grad()
-def apply_record(model: torch.nn.Module, record: ErasureRecord, erase: Optional[Sequence[str]] = None,
-                 base: Optional[Mapping[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+def apply_record(
+    model: torch.nn.Module,
+    record: ErasureRecord,
+    erase: Optional[Sequence[str]] = None,
+    base: Optional[Mapping[str, torch.Tensor]] = None,
+) -> dict[str, torch.Tensor]:
     """Write the erased weights into ``model`` in place; returns the original values of the changed tensors
     (pass them back as ``base`` to switch subsets, or to :func:`restore` to undo)."""
     params = dict(model.named_parameters())
@@ -209,8 +228,9 @@ def restore(model: torch.nn.Module, originals: Mapping[str, torch.Tensor]) -> No
         params[k].copy_(v)
 
 
-def write_full_checkpoint(base_ckpt: PathLike, out_path: PathLike, changed: Mapping[str, torch.Tensor],
-                          overwrite: bool = False) -> Path:
+def write_full_checkpoint(
+    base_ckpt: PathLike, out_path: PathLike, changed: Mapping[str, torch.Tensor], overwrite: bool = False
+) -> Path:
     """A CompVis checkpoint equal to ``base_ckpt`` (all its keys and layout, EMA included) with ``changed``
     tensors replaced — loadable by the original tools."""
     base_ckpt, out_path = Path(base_ckpt), Path(out_path)

@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 import torch
-
 from ldm.checkpoint import build_model, denormalize_keys, load_config
+
 from sepce.io import atomic_path, save_torch
 from sepce.paths import REPO_ROOT
 
@@ -35,8 +35,9 @@ def make_tiny_state_dict(config_path: Path = TINY_CONFIG, seed: int = 0, noise_s
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def write_tiny_checkpoint(out_dir: Path = TINY_DIR, config_path: Path = TINY_CONFIG, seed: int = 0,
-                          overwrite: bool = False) -> Path:
+def write_tiny_checkpoint(
+    out_dir: Path = TINY_DIR, config_path: Path = TINY_CONFIG, seed: int = 0, overwrite: bool = False
+) -> Path:
     """Write ``out_dir/model.ckpt`` and ``out_dir/config.yaml``; returns the checkpoint path."""
     out_dir = Path(out_dir)
     ckpt = out_dir / "model.ckpt"
@@ -50,8 +51,9 @@ def write_tiny_checkpoint(out_dir: Path = TINY_DIR, config_path: Path = TINY_CON
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=TINY_DIR, help="folder for model.ckpt and config.yaml")
     p.add_argument("--config", type=Path, default=TINY_CONFIG, help="CompVis config of the tiny model")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")

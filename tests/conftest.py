@@ -45,13 +45,30 @@ def tiny_model(tiny_ckpt):
     return load_model(tiny_ckpt.parent / "config.yaml", tiny_ckpt)
 
 
-def run_script(script: str, *args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
+def run_script(
+    script: str,
+    *args: str,
+    cwd: Path | None = None,
+    check: bool = True,
+    env: dict | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """Run ``python <repo>/<script> args...``; returns the completed process (stdout/stderr captured)."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                **(env or {})}
-    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
-                          capture_output=True, text=True, env=full_env, timeout=timeout)
+    full_env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        **(env or {}),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(REPO / script), *map(str, args)],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

@@ -7,7 +7,6 @@ import pickle
 import pytest
 import torch
 from conftest import COMPVIS_TINY
-
 from ldm.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
@@ -82,8 +81,15 @@ class LightningCallbackLike:
 
 def test_pickled_training_metadata_is_not_imported(tmp_path, sd, golden):
     path = tmp_path / "lightning.ckpt"
-    torch.save({"state_dict": sd, "callbacks": {LightningCallbackLike: {"x": 1}}, "cb": LightningCallbackLike(),
-                "global_step": 470000}, path)
+    torch.save(
+        {
+            "state_dict": sd,
+            "callbacks": {LightningCallbackLike: {"x": 1}},
+            "cb": LightningCallbackLike(),
+            "global_step": 470000,
+        },
+        path,
+    )
     torch.testing.assert_close(_eps(load_model_from_config(CONFIG, path), golden), golden["eps"], atol=1e-4, rtol=0)
 
 

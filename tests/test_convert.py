@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 from conftest import COMPVIS_TINY, run_script
+from ldm.checkpoint import load_config, read_state_dict
 from omegaconf import OmegaConf
 
-from ldm.checkpoint import load_config, read_state_dict
 from sepce import convert
 
 
@@ -60,12 +60,12 @@ def test_full_size_unet_mapping_covers_every_key():
     with torch.device("meta"):
         unet = UNet2DConditionModel(**_init_args(convert.unet_diffusers_config(cfg)))
     assert set(mapped) == set(unet.state_dict())
-    for k, v in unet.state_dict().items():
-        src = [s for s in keys if s.startswith("model.diffusion_model.")]
-        assert v.numel() > 0 and src
     diffusers_shapes = {k: list(v.shape) for k, v in unet.state_dict().items()}
-    ours = {convert._rename(k[len("model.diffusion_model."):], convert.unet_key_map(cfg), {}): k for k in keys
-            if k.startswith("model.diffusion_model.")}
+    ours = {
+        convert._rename(k[len("model.diffusion_model.") :], convert.unet_key_map(cfg), {}): k
+        for k in keys
+        if k.startswith("model.diffusion_model.")
+    }
     assert len(ours) == len(diffusers_shapes)
 
 
@@ -73,22 +73,47 @@ def test_convert_script_writes_diffusers_folder(tmp_path, cfg, golden):
     from diffusers import UNet2DConditionModel
 
     out = tmp_path / "diffusers"
-    run_script("train-scripts/convertModels.py", "--ckpt_path", COMPVIS_TINY / "model.ckpt", "--config_path",
-               COMPVIS_TINY / "config.yaml", "--output_path", out, "--components", "unet", "vae")
+    run_script(
+        "train-scripts/convertModels.py",
+        "--ckpt_path",
+        COMPVIS_TINY / "model.ckpt",
+        "--config_path",
+        COMPVIS_TINY / "config.yaml",
+        "--output_path",
+        out,
+        "--components",
+        "unet",
+        "vae",
+    )
     unet = UNet2DConditionModel.from_pretrained(out / "unet").eval()
     with torch.no_grad():
         eps = unet(golden["x_noisy"], golden["t"], encoder_hidden_states=golden["cond"]).sample
     torch.testing.assert_close(eps, golden["eps"], atol=1e-4, rtol=0)
     assert (out / "vae" / "config.json").is_file()
-    again = run_script("train-scripts/convertModels.py", "--ckpt_path", COMPVIS_TINY / "model.ckpt",
-                       "--config_path", COMPVIS_TINY / "config.yaml", "--output_path", out, check=False)
+    again = run_script(
+        "train-scripts/convertModels.py",
+        "--ckpt_path",
+        COMPVIS_TINY / "model.ckpt",
+        "--config_path",
+        COMPVIS_TINY / "config.yaml",
+        "--output_path",
+        out,
+        check=False,
+    )
     assert again.returncode != 0 and "already exists" in again.stderr
 
 
 def test_convert_script_bare_unet_state_dict(tmp_path, cfg, sd):
     out = tmp_path / "unet.pt"
-    run_script("train-scripts/convertModels.py", "--ckpt_path", COMPVIS_TINY / "model.ckpt", "--config_path",
-               COMPVIS_TINY / "config.yaml", "--output_path", out)
+    run_script(
+        "train-scripts/convertModels.py",
+        "--ckpt_path",
+        COMPVIS_TINY / "model.ckpt",
+        "--config_path",
+        COMPVIS_TINY / "config.yaml",
+        "--output_path",
+        out,
+    )
     saved = torch.load(out, weights_only=True)
     expected = convert.unet_to_diffusers(sd, cfg)
     assert saved.keys() == expected.keys()

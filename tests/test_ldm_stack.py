@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from conftest import COMPVIS_TINY, FIXTURES, REPO
-
 from ldm.checkpoint import build_model, load_config
 
 
@@ -60,10 +59,17 @@ def test_golden_ddim_sampler(compvis_tiny_model, golden):
     with torch.no_grad():
         c = m.get_learned_conditioning(["a painting of Van Gogh"])
         uc = m.get_learned_conditioning([""])
-        samples, _ = DDIMSampler(m).sample(S=golden["ddim_S"], conditioning=c, batch_size=1, shape=[4, 8, 8],
-                                           verbose=False, unconditional_guidance_scale=golden["ddim_scale"],
-                                           unconditional_conditioning=uc, eta=golden["ddim_eta"],
-                                           x_T=golden["ddim_xT"])
+        samples, _ = DDIMSampler(m).sample(
+            S=golden["ddim_S"],
+            conditioning=c,
+            batch_size=1,
+            shape=[4, 8, 8],
+            verbose=False,
+            unconditional_guidance_scale=golden["ddim_scale"],
+            unconditional_conditioning=uc,
+            eta=golden["ddim_eta"],
+            x_T=golden["ddim_xT"],
+        )
     torch.testing.assert_close(samples, golden["ddim_samples"], atol=1e-4, rtol=0)
 
 

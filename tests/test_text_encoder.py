@@ -9,15 +9,20 @@ import sys
 import pytest
 import torch
 from conftest import COMPVIS_TINY
-
 from ldm.modules.encoders.clip import CLIPTextConfig, CLIPTextTransformer, CLIPTokenizer
 
 EXPECTED = {
     "a photo of a cat": [49406, 320, 1125, 539, 320, 2368, 49407],
     "Van Gogh": [49406, 2451, 19697, 49407],
 }
-PROMPTS = ["a photo of a cat", "Van Gogh", "", "A  Painting, of Kelly McKernan!!", "café déjà vu 123",
-           "a very long prompt " * 30]
+PROMPTS = [
+    "a photo of a cat",
+    "Van Gogh",
+    "",
+    "A  Painting, of Kelly McKernan!!",
+    "café déjà vu 123",
+    "a very long prompt " * 30,
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +47,11 @@ def test_builtin_equals_folder_tokenizer(builtin):
 def test_tokenizer_matches_transformers(builtin):
     from transformers import CLIPTokenizer as HFTokenizer
 
-    hf = HFTokenizer(str(COMPVIS_TINY / "text-encoder" / "vocab.json"),
-                     str(COMPVIS_TINY / "text-encoder" / "merges.txt"), pad_token="<|endoftext|>")
+    hf = HFTokenizer(
+        str(COMPVIS_TINY / "text-encoder" / "vocab.json"),
+        str(COMPVIS_TINY / "text-encoder" / "merges.txt"),
+        pad_token="<|endoftext|>",
+    )
     ref = hf(PROMPTS, truncation=True, max_length=77, padding="max_length", return_tensors="pt")["input_ids"]
     assert torch.equal(builtin(PROMPTS), ref)
 
@@ -59,10 +67,20 @@ def test_text_transformer_matches_transformers():
     from transformers import CLIPTextModel
 
     torch.manual_seed(0)
-    hf = CLIPTextModel(HFConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu")).eval()
-    ours = CLIPTextTransformer(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                              num_attention_heads=2))
+    hf = CLIPTextModel(
+        HFConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+        )
+    ).eval()
+    ours = CLIPTextTransformer(
+        CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    )
     sd = {k.removeprefix("text_model."): v for k, v in hf.state_dict().items() if "position_ids" not in k}
     ours.load_state_dict(sd, strict=True)
     ids = CLIPTokenizer.from_open_clip()(PROMPTS)
@@ -72,11 +90,13 @@ def test_text_transformer_matches_transformers():
 
 def test_full_size_embedder_is_offline():
     """The default (ViT-L/14) encoder builds with the hub forced offline and no cache: nothing is fetched."""
-    code = ("import torch\nfrom ldm.modules.encoders.modules import FrozenCLIPEmbedder\n"
-            "with torch.device('meta'):\n    e = FrozenCLIPEmbedder()\n"
-            "assert e.transformer.embeddings.token_embedding.weight.shape == (49408, 768)\n"
-            "assert len(e.transformer.encoder.layers) == 12\n"
-            "print(e.tokenizer('Van Gogh')[0, :4].tolist())\n")
+    code = (
+        "import torch\nfrom ldm.modules.encoders.modules import FrozenCLIPEmbedder\n"
+        "with torch.device('meta'):\n    e = FrozenCLIPEmbedder()\n"
+        "assert e.transformer.embeddings.token_embedding.weight.shape == (49408, 768)\n"
+        "assert len(e.transformer.encoder.layers) == 12\n"
+        "print(e.tokenizer('Van Gogh')[0, :4].tolist())\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import torch
+from ldm.checkpoint import CheckpointError, load_config, read_checked_state_dict
 from omegaconf import OmegaConf
 
-from ldm.checkpoint import CheckpointError, load_config, read_checked_state_dict
 from sepce import convert
 from sepce.io import atomic_path, save_torch, write_json
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG
@@ -24,18 +24,44 @@ COMPONENTS = ("unet", "vae", "text_encoder")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--ckpt_path", "--original_ckpt_path", dest="ckpt_path", type=Path, default=DEFAULT_CKPT,
-                   help="CompVis checkpoint (.ckpt or .safetensors) to convert")
-    p.add_argument("--config_path", "--compvis_config_path", dest="config_path", type=Path,
-                   default=DEFAULT_CONFIG, help="CompVis config of the checkpoint")
-    p.add_argument("--output_path", type=Path, required=True,
-                   help="output folder (diffusers layout), or a .pt file for the bare UNet state dict")
-    p.add_argument("--diffusers_config_path", type=Path, default=None,
-                   help="optional diffusers unet/config.json to check the generated config against")
-    p.add_argument("--components", nargs="+", choices=COMPONENTS, default=["unet"],
-                   help="which parts to write (folder output only)")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--ckpt_path",
+        "--original_ckpt_path",
+        dest="ckpt_path",
+        type=Path,
+        default=DEFAULT_CKPT,
+        help="CompVis checkpoint (.ckpt or .safetensors) to convert",
+    )
+    p.add_argument(
+        "--config_path",
+        "--compvis_config_path",
+        dest="config_path",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="CompVis config of the checkpoint",
+    )
+    p.add_argument(
+        "--output_path",
+        type=Path,
+        required=True,
+        help="output folder (diffusers layout), or a .pt file for the bare UNet state dict",
+    )
+    p.add_argument(
+        "--diffusers_config_path",
+        type=Path,
+        default=None,
+        help="optional diffusers unet/config.json to check the generated config against",
+    )
+    p.add_argument(
+        "--components",
+        nargs="+",
+        choices=COMPONENTS,
+        default=["unet"],
+        help="which parts to write (folder output only)",
+    )
     p.add_argument("--half", action="store_true", help="store weights in float16")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--device", type=str, default="cpu", help="unused (conversion runs on the CPU); kept for ESD")
@@ -61,8 +87,11 @@ def main(args: argparse.Namespace) -> list[Path]:
     unet_cfg = convert.unet_diffusers_config(cfg)
     if args.diffusers_config_path is not None:
         check_against(unet_cfg, args.diffusers_config_path)
-    cast = (lambda d: {k: v.to(dtype).contiguous() for k, v in d.items()}) if dtype else (
-        lambda d: {k: v.contiguous() for k, v in d.items()})
+    cast = (
+        (lambda d: {k: v.to(dtype).contiguous() for k, v in d.items()})
+        if dtype
+        else (lambda d: {k: v.contiguous() for k, v in d.items()})
+    )
     if args.output_path.suffix == ".pt":
         return [save_torch(args.output_path, cast(convert.unet_to_diffusers(sd, cfg)), overwrite=args.overwrite)]
     from safetensors.torch import save_file
@@ -91,10 +120,19 @@ def text_encoder_config(config) -> dict:
     from ldm.modules.encoders.modules import resolve_text_encoder
 
     params = OmegaConf.to_container(config.model.params.cond_stage_config.get("params", {}) or {}, resolve=True)
-    text_cfg, _, _ = resolve_text_encoder(params.get("version", "openai/clip-vit-large-patch14"),
-                                          params.get("max_length", 77), params.get("text_config"))
-    return {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", **text_cfg.to_dict(),
-            "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
+    text_cfg, _, _ = resolve_text_encoder(
+        params.get("version", "openai/clip-vit-large-patch14"),
+        params.get("max_length", 77),
+        params.get("text_config"),
+    )
+    return {
+        "architectures": ["CLIPTextModel"],
+        "model_type": "clip_text_model",
+        **text_cfg.to_dict(),
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 49407,
+    }
 
 
 if __name__ == "__main__":

@@ -33,9 +33,18 @@ TEXT_PREFIX = "cond_stage_model.transformer."
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
 EMA_PREFIX = "model_ema."
 SCHEDULE_KEYS = (
-    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
 )
 
 
@@ -71,8 +80,10 @@ def _torch_load(path: Path) -> Any:
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]} (is the file complete and a "
-                              f"PyTorch .ckpt/.pt or .safetensors file?)") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {first[:200]} (is the file complete and a "
+            f"PyTorch .ckpt/.pt or .safetensors file?)"
+        ) from None
 
 
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
@@ -95,8 +106,10 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         obj = _torch_load(path)
         sd = obj.get("state_dict", obj) if isinstance(obj, Mapping) else obj
         if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise CheckpointError(f"checkpoint {path} holds no state dict (expected {{'state_dict': {{name: "
-                                  f"tensor}}}} or {{name: tensor}}, got {type(sd).__name__})")
+            raise CheckpointError(
+                f"checkpoint {path} holds no state dict (expected {{'state_dict': {{name: "
+                f"tensor}}}} or {{name: tensor}}, got {type(sd).__name__})"
+            )
     return normalize_keys(sd)
 
 
@@ -106,14 +119,14 @@ load_state_dict = read_state_dict
 
 def normalize_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map ``cond_stage_model.transformer.text_model.X`` to ``cond_stage_model.transformer.X``."""
-    return {(TEXT_PREFIX + k[len(TEXT_MODEL_PREFIX):] if k.startswith(TEXT_MODEL_PREFIX) else k): v
-            for k, v in sd.items()}
+    return {
+        (TEXT_PREFIX + k[len(TEXT_MODEL_PREFIX) :] if k.startswith(TEXT_MODEL_PREFIX) else k): v for k, v in sd.items()
+    }
 
 
 def denormalize_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The released layout (``...transformer.text_model.X``) that older CompVis/transformers code expects."""
-    return {(TEXT_MODEL_PREFIX + k[len(TEXT_PREFIX):] if k.startswith(TEXT_PREFIX) else k): v
-            for k, v in sd.items()}
+    return {(TEXT_MODEL_PREFIX + k[len(TEXT_PREFIX) :] if k.startswith(TEXT_PREFIX) else k): v for k, v in sd.items()}
 
 
 def identify(keys) -> Optional[str]:
@@ -130,21 +143,29 @@ def identify(keys) -> Optional[str]:
     return None
 
 
-def check_state_dict(expected: Mapping[str, torch.Size], sd: Mapping[str, torch.Tensor], source: str,
-                     config_name: str = "the config") -> None:
+def check_state_dict(
+    expected: Mapping[str, torch.Size],
+    sd: Mapping[str, torch.Tensor],
+    source: str,
+    config_name: str = "the config",
+) -> None:
     """Raise :class:`CheckpointMismatchError` unless ``sd`` matches ``expected`` up to the ignorable keys."""
     uses_ema = any(k.startswith(EMA_PREFIX) for k in expected)
     missing = [k for k in expected if k not in sd and k not in SCHEDULE_KEYS]
-    unexpected = [k for k in sd if k not in expected and not k.endswith(IGNORED_SUFFIXES)
-                  and not (k.startswith(EMA_PREFIX) and not uses_ema)]
+    unexpected = [
+        k
+        for k in sd
+        if k not in expected and not k.endswith(IGNORED_SUFFIXES) and not (k.startswith(EMA_PREFIX) and not uses_ema)
+    ]
     shapes = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
     if not (missing or unexpected or shapes):
         return
     parts = []
     if shapes:
         k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatch(es), first {k}: file {list(sd[k].shape)} vs expected "
-                     f"{list(expected[k])}")
+        parts.append(
+            f"{len(shapes)} shape mismatch(es), first {k}: file {list(sd[k].shape)} vs expected {list(expected[k])}"
+        )
     if missing:
         parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
     if unexpected:
@@ -158,8 +179,9 @@ def load_config(path: PathLike) -> DictConfig:
     """Read a CompVis YAML config; a text-encoder ``version`` naming a folder beside the config is made absolute."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config {path} does not exist (expected a CompVis YAML such as "
-                                f"configs/stable-diffusion/v1-inference.yaml)")
+        raise FileNotFoundError(
+            f"config {path} does not exist (expected a CompVis YAML such as configs/stable-diffusion/v1-inference.yaml)"
+        )
     try:
         config = OmegaConf.load(path)
     except Exception as e:  # noqa: BLE001 - YAML errors of any kind become one line
@@ -193,8 +215,13 @@ def read_checked_state_dict(config: DictConfig | PathLike, ckpt: PathLike) -> di
     return sd
 
 
-def load_model_from_config(config: DictConfig | PathLike, ckpt: PathLike, device: Union[str, torch.device] = "cpu",
-                           dtype: Optional[torch.dtype] = None, use_ema_weights: bool = False) -> torch.nn.Module:
+def load_model_from_config(
+    config: DictConfig | PathLike,
+    ckpt: PathLike,
+    device: Union[str, torch.device] = "cpu",
+    dtype: Optional[torch.dtype] = None,
+    use_ema_weights: bool = False,
+) -> torch.nn.Module:
     """Build the model of ``config`` and load ``ckpt`` into it; returns it in eval mode on ``device``.
 
     Weights are validated before anything is allocated (the model is built on the meta device and the
@@ -208,7 +235,7 @@ def load_model_from_config(config: DictConfig | PathLike, ckpt: PathLike, device
     expected = expected_shapes(model)
     sd = read_state_dict(ckpt)
     check_state_dict(expected, sd, str(ckpt))
-    ema = {k[len(EMA_PREFIX):]: v for k, v in sd.items() if k.startswith(EMA_PREFIX)}
+    ema = {k[len(EMA_PREFIX) :]: v for k, v in sd.items() if k.startswith(EMA_PREFIX)}
     if use_ema_weights and not ema:
         raise CheckpointError(f"{ckpt} holds no EMA weights (model_ema.*) but use_ema_weights was requested")
     wanted = {k: v for k, v in sd.items() if k in expected}

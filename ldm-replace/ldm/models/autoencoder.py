@@ -16,9 +16,17 @@ from ldm.util import instantiate_from_config
 
 
 class AutoencoderKL(nn.Module):
-    def __init__(self, ddconfig: Mapping[str, Any], lossconfig: Optional[Mapping[str, Any]], embed_dim: int,
-                 ckpt_path: Optional[str] = None, ignore_keys=(), image_key: str = "image",
-                 colorize_nlabels: Optional[int] = None, monitor: Optional[str] = None):
+    def __init__(
+        self,
+        ddconfig: Mapping[str, Any],
+        lossconfig: Optional[Mapping[str, Any]],
+        embed_dim: int,
+        ckpt_path: Optional[str] = None,
+        ignore_keys=(),
+        image_key: str = "image",
+        colorize_nlabels: Optional[int] = None,
+        monitor: Optional[str] = None,
+    ):
         super().__init__()
         if not ddconfig.get("double_z", True):
             raise ValueError("AutoencoderKL needs ddconfig.double_z: true (mean and log-variance)")

@@ -55,8 +55,14 @@ class CrossAttention(nn.Module):
     ``context`` is None). ``to_k``/``to_v`` of the cross-attention layers (``attn2``) are the weights that SepCE
     edits; see the module docstring for the ``kv_delta`` and ``attention_hook`` extension points."""
 
-    def __init__(self, query_dim: int, context_dim: Optional[int] = None, heads: int = 8, dim_head: int = 64,
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: Optional[int] = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         inner_dim = dim_head * heads
         context_dim = default(context_dim, query_dim)
@@ -73,8 +79,9 @@ class CrossAttention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.heads, -1).transpose(1, 2)  # B heads N d
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         b, n, _ = x.shape
         context = default(context, x)
         q = self.to_q(x)  # B N inner
@@ -97,13 +104,22 @@ class CrossAttention(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """Self-attention (attn1), cross-attention on the text (attn2), gated feed-forward; pre-LayerNorm."""
 
-    def __init__(self, dim: int, n_heads: int, d_head: int, dropout: float = 0.0,
-                 context_dim: Optional[int] = None, gated_ff: bool = True, checkpoint: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        d_head: int,
+        dropout: float = 0.0,
+        context_dim: Optional[int] = None,
+        gated_ff: bool = True,
+        checkpoint: bool = True,
+    ):
         super().__init__()
         self.attn1 = CrossAttention(query_dim=dim, heads=n_heads, dim_head=d_head, dropout=dropout)
         self.ff = FeedForward(dim, dropout=dropout, glu=gated_ff)
-        self.attn2 = CrossAttention(query_dim=dim, context_dim=context_dim, heads=n_heads, dim_head=d_head,
-                                    dropout=dropout)
+        self.attn2 = CrossAttention(
+            query_dim=dim, context_dim=context_dim, heads=n_heads, dim_head=d_head, dropout=dropout
+        )
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
@@ -121,16 +137,25 @@ class BasicTransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """Transformer over the pixels of a feature map: norm, 1×1 conv in, ``depth`` blocks, 1×1 conv out, residual."""
 
-    def __init__(self, in_channels: int, n_heads: int, d_head: int, depth: int = 1, dropout: float = 0.0,
-                 context_dim: Optional[int] = None):
+    def __init__(
+        self,
+        in_channels: int,
+        n_heads: int,
+        d_head: int,
+        depth: int = 1,
+        dropout: float = 0.0,
+        context_dim: Optional[int] = None,
+    ):
         super().__init__()
         self.in_channels = in_channels
         inner_dim = n_heads * d_head
         self.norm = Normalize(in_channels)
         self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1, stride=1, padding=0)
         self.transformer_blocks = nn.ModuleList(
-            [BasicTransformerBlock(inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dim)
-             for _ in range(depth)]
+            [
+                BasicTransformerBlock(inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dim)
+                for _ in range(depth)
+            ]
         )
         self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1, stride=1, padding=0))
 

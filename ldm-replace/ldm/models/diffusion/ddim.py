@@ -166,9 +166,7 @@ class _CompVisSampler:
             if ignored_compvis_kwargs.get(key) is not None:
                 raise TypeError(f"{key}={ignored_compvis_kwargs[key]!r}: use start_step=/stop_after= instead")
         if ignored_compvis_kwargs:
-            logger.warning(
-                "%s sampler ignores keyword arguments %s", self.name, sorted(ignored_compvis_kwargs)
-            )
+            logger.warning("%s sampler ignores keyword arguments %s", self.name, sorted(ignored_compvis_kwargs))
         cond_batch = _batch_size_of(conditioning)
         if cond_batch is not None and cond_batch != batch_size:
             logger.warning("Got %d conditionings but batch-size is %d", cond_batch, batch_size)

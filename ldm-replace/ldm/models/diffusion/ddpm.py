@@ -21,9 +21,18 @@ from ldm.modules.ema import LitEma
 from ldm.util import default, instantiate_from_config
 
 SCHEDULE_BUFFERS = (
-    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
 )
 
 
@@ -37,8 +46,13 @@ class DiffusionWrapper(nn.Module):
         self.diffusion_model = instantiate_from_config(diff_model_config)
         self.conditioning_key = conditioning_key
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, c_concat: Optional[list] = None,
-                c_crossattn: Optional[list] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        c_concat: Optional[list] = None,
+        c_crossattn: Optional[list] = None,
+    ) -> torch.Tensor:
         if self.conditioning_key is None:
             return self.diffusion_model(x, t)
         return self.diffusion_model(x, t, context=torch.cat(c_crossattn, 1))
@@ -47,15 +61,36 @@ class DiffusionWrapper(nn.Module):
 class DDPM(nn.Module):
     """Denoising diffusion in pixel/latent space with the CompVis noise schedule and ε-parameterisation."""
 
-    def __init__(self, unet_config: Mapping[str, Any], timesteps: int = 1000, beta_schedule: str = "linear",
-                 loss_type: str = "l2", ckpt_path: Optional[str] = None, ignore_keys: Sequence[str] = (),
-                 load_only_unet: bool = False, monitor: str = "val/loss", use_ema: bool = True,
-                 first_stage_key: str = "image", image_size: int = 256, channels: int = 3, log_every_t: int = 100,
-                 clip_denoised: bool = True, linear_start: float = 1e-4, linear_end: float = 2e-2,
-                 cosine_s: float = 8e-3, given_betas=None, original_elbo_weight: float = 0.0,
-                 v_posterior: float = 0.0, l_simple_weight: float = 1.0, conditioning_key: Optional[str] = None,
-                 parameterization: str = "eps", scheduler_config: Optional[Mapping[str, Any]] = None,
-                 use_positional_encodings: bool = False, learn_logvar: bool = False, logvar_init: float = 0.0):
+    def __init__(
+        self,
+        unet_config: Mapping[str, Any],
+        timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        loss_type: str = "l2",
+        ckpt_path: Optional[str] = None,
+        ignore_keys: Sequence[str] = (),
+        load_only_unet: bool = False,
+        monitor: str = "val/loss",
+        use_ema: bool = True,
+        first_stage_key: str = "image",
+        image_size: int = 256,
+        channels: int = 3,
+        log_every_t: int = 100,
+        clip_denoised: bool = True,
+        linear_start: float = 1e-4,
+        linear_end: float = 2e-2,
+        cosine_s: float = 8e-3,
+        given_betas=None,
+        original_elbo_weight: float = 0.0,
+        v_posterior: float = 0.0,
+        l_simple_weight: float = 1.0,
+        conditioning_key: Optional[str] = None,
+        parameterization: str = "eps",
+        scheduler_config: Optional[Mapping[str, Any]] = None,
+        use_positional_encodings: bool = False,
+        learn_logvar: bool = False,
+        logvar_init: float = 0.0,
+    ):
         super().__init__()
         if parameterization != "eps":
             raise ValueError(f"parameterization {parameterization!r} is not supported; SD v1 predicts 'eps'")
@@ -78,8 +113,14 @@ class DDPM(nn.Module):
         self.l_simple_weight = l_simple_weight
         self.monitor = monitor
         self.loss_type = loss_type
-        self.register_schedule(given_betas=given_betas, beta_schedule=beta_schedule, timesteps=timesteps,
-                               linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
+        self.register_schedule(
+            given_betas=given_betas,
+            beta_schedule=beta_schedule,
+            timesteps=timesteps,
+            linear_start=linear_start,
+            linear_end=linear_end,
+            cosine_s=cosine_s,
+        )
         self.learn_logvar = learn_logvar
         logvar = torch.full((self.num_timesteps,), fill_value=logvar_init, device="cpu")
         if learn_logvar:
@@ -91,8 +132,15 @@ class DDPM(nn.Module):
 
             self.load_state_dict(load_state_dict(ckpt_path), strict=False)
 
-    def register_schedule(self, given_betas=None, beta_schedule: str = "linear", timesteps: int = 1000,
-                          linear_start: float = 1e-4, linear_end: float = 2e-2, cosine_s: float = 8e-3) -> None:
+    def register_schedule(
+        self,
+        given_betas=None,
+        beta_schedule: str = "linear",
+        timesteps: int = 1000,
+        linear_start: float = 1e-4,
+        linear_end: float = 2e-2,
+        cosine_s: float = 8e-3,
+    ) -> None:
         """The forward-process buffers (Ho et al. 2020 Eq. 4, 6–7), computed in float64 and stored in float32."""
         if given_betas is not None:
             betas = np.asarray(given_betas, dtype=np.float64)
@@ -103,8 +151,9 @@ class DDPM(nn.Module):
         alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
         self.num_timesteps = int(betas.shape[0])
         self.linear_start, self.linear_end = linear_start, linear_end
-        posterior_variance = ((1 - self.v_posterior) * betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-                              + self.v_posterior * betas)
+        posterior_variance = (1 - self.v_posterior) * betas * (1.0 - alphas_cumprod_prev) / (
+            1.0 - alphas_cumprod
+        ) + self.v_posterior * betas
         values = {
             "betas": betas,
             "alphas_cumprod": alphas_cumprod,
@@ -131,12 +180,16 @@ class DDPM(nn.Module):
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (Ho et al. 2020, Eq. 4)."""
         noise = default(noise, lambda: torch.randn_like(x_start))
-        return (extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-                + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise)
+        return (
+            extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
+            + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise
+        )
 
     def predict_start_from_noise(self, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return (extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
-                - extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * noise)
+        return (
+            extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+            - extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * noise
+        )
 
     def get_loss(self, pred: torch.Tensor, target: torch.Tensor, mean: bool = True) -> torch.Tensor:
         if self.loss_type == "l1":
@@ -154,11 +207,21 @@ class LatentDiffusion(DDPM):
     """Latent diffusion (Rombach et al. 2022): DDPM on ``scale_factor``·z of a KL autoencoder, conditioned on text
     through cross-attention. ``first_stage_model`` and ``cond_stage_model`` are frozen."""
 
-    def __init__(self, first_stage_config: Mapping[str, Any], cond_stage_config: Mapping[str, Any],
-                 num_timesteps_cond: Optional[int] = None, cond_stage_key: str = "image",
-                 cond_stage_trainable: bool = False, concat_mode: bool = True, cond_stage_forward=None,
-                 conditioning_key: Optional[str] = None, scale_factor: float = 1.0, scale_by_std: bool = False,
-                 *args, **kwargs):
+    def __init__(
+        self,
+        first_stage_config: Mapping[str, Any],
+        cond_stage_config: Mapping[str, Any],
+        num_timesteps_cond: Optional[int] = None,
+        cond_stage_key: str = "image",
+        cond_stage_trainable: bool = False,
+        concat_mode: bool = True,
+        cond_stage_forward=None,
+        conditioning_key: Optional[str] = None,
+        scale_factor: float = 1.0,
+        scale_by_std: bool = False,
+        *args,
+        **kwargs,
+    ):
         self.num_timesteps_cond = default(num_timesteps_cond, 1)
         self.scale_by_std = scale_by_std
         if self.num_timesteps_cond > 1:
@@ -191,7 +254,7 @@ class LatentDiffusion(DDPM):
 
             self.load_state_dict(load_state_dict(ckpt_path), strict=False)
 
-    def train(self, mode: bool = True) -> "LatentDiffusion":
+    def train(self, mode: bool = True) -> LatentDiffusion:
         """Train mode for the UNet only; the autoencoder and (frozen) text encoder stay in eval mode."""
         super().train(mode)
         self.first_stage_model.eval()
@@ -221,8 +284,9 @@ class LatentDiffusion(DDPM):
             raise TypeError(f"encoder_posterior of type {type(encoder_posterior).__name__} not implemented")
         return self.scale_factor * z
 
-    def decode_first_stage(self, z: torch.Tensor, predict_cids: bool = False,
-                           force_not_quantize: bool = False) -> torch.Tensor:
+    def decode_first_stage(
+        self, z: torch.Tensor, predict_cids: bool = False, force_not_quantize: bool = False
+    ) -> torch.Tensor:
         """Latent × 1/scale_factor → image in ≈[-1, 1]."""
         return self.first_stage_model.decode(z / self.scale_factor)
 
@@ -246,6 +310,9 @@ class LatentDiffusion(DDPM):
         loss = (loss_simple / torch.exp(logvar_t) + logvar_t).mean() * self.l_simple_weight
         loss_vlb = (self.lvlb_weights[t] * self.get_loss(model_output, noise, mean=False).mean([1, 2, 3])).mean()
         loss = loss + self.original_elbo_weight * loss_vlb
-        log = {f"{prefix}/loss_simple": loss_simple.mean().detach(), f"{prefix}/loss_vlb": loss_vlb.detach(),
-               f"{prefix}/loss": loss.detach()}
+        log = {
+            f"{prefix}/loss_simple": loss_simple.mean().detach(),
+            f"{prefix}/loss_vlb": loss_vlb.detach(),
+            f"{prefix}/loss": loss.detach(),
+        }
         return loss, log

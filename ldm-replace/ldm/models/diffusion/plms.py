@@ -29,9 +29,7 @@ class PLMSSampler(_CompVisSampler):
         """As ``DDIMSampler.make_schedule``; raises ``ValueError`` for ``ddim_eta != 0`` (as CompVis)."""
         if ddim_eta != 0:
             raise ValueError(f"ddim_eta={ddim_eta!r}: ddim_eta must be 0 for PLMS")
-        super().make_schedule(
-            ddim_num_steps, ddim_discretize=ddim_discretize, ddim_eta=ddim_eta, verbose=verbose
-        )
+        super().make_schedule(ddim_num_steps, ddim_discretize=ddim_discretize, ddim_eta=ddim_eta, verbose=verbose)
 
     def _run(
         self,

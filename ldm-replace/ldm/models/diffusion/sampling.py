@@ -90,9 +90,7 @@ def ddim_timesteps(num_steps: int, num_ddpm: int = 1000) -> np.ndarray:
     most T // 2, otherwise the last timestep would be T (out of range; CompVis fails there too).
     """
     if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_ddpm // 2:
-        raise ValueError(
-            f"num_steps={num_steps!r}: expected an integer in [1, {num_ddpm // 2}] for T={num_ddpm}"
-        )
+        raise ValueError(f"num_steps={num_steps!r}: expected an integer in [1, {num_ddpm // 2}] for T={num_ddpm}")
     stride = num_ddpm // num_steps
     return np.arange(0, num_ddpm, stride, dtype=np.int64) + 1
 
@@ -416,9 +414,7 @@ def klms_sample(
         raise ValueError(f"order={order!r}: expected a positive integer")
     sched = klms_schedule(alphas_cumprod, num_steps)
     derivatives: List[torch.Tensor] = []
-    for i in tqdm(
-        _step_range(start_step, stop_after, len(sched)), desc="K-LMS", disable=not progress, leave=False
-    ):
+    for i in tqdm(_step_range(start_step, stop_after, len(sched)), desc="K-LMS", disable=not progress, leave=False):
         sigma = torch.tensor(sched.sigmas[i], dtype=torch.float32)  # 0-dim, scalar-like as in diffusers
         t = _timestep(x, float(sched.timesteps[i]), torch.float32)
         eps = model_fn(x / ((sigma**2 + 1) ** 0.5), t, cond)
@@ -429,7 +425,5 @@ def klms_sample(
         coeffs = lms_coefficients(sched.sigmas, i, len(derivatives))
         x = x + sum(c * d for c, d in zip(coeffs, reversed(derivatives)))
         if callback is not None:
-            callback(
-                {"i": i, "t": float(sched.timesteps[i]), "sigma": float(sigma), "x": x, "pred_x0": denoised}
-            )
+            callback({"i": i, "t": float(sched.timesteps[i]), "sigma": float(sigma), "x": x, "pred_x0": denoised})
     return x

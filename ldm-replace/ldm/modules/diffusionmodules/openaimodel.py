@@ -49,8 +49,14 @@ class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
 class Upsample(nn.Module):
     """Nearest-neighbour ×2 upsampling, optionally followed by a 3×3 convolution."""
 
-    def __init__(self, channels: int, use_conv: bool, dims: int = 2, out_channels: Optional[int] = None,
-                 padding: int = 1):
+    def __init__(
+        self,
+        channels: int,
+        use_conv: bool,
+        dims: int = 2,
+        out_channels: Optional[int] = None,
+        padding: int = 1,
+    ):
         super().__init__()
         self.channels = channels
         self.out_channels = out_channels or channels
@@ -70,8 +76,14 @@ class Upsample(nn.Module):
 class Downsample(nn.Module):
     """Stride-2 3×3 convolution (or average pooling) halving the resolution."""
 
-    def __init__(self, channels: int, use_conv: bool, dims: int = 2, out_channels: Optional[int] = None,
-                 padding: int = 1):
+    def __init__(
+        self,
+        channels: int,
+        use_conv: bool,
+        dims: int = 2,
+        out_channels: Optional[int] = None,
+        padding: int = 1,
+    ):
         super().__init__()
         self.channels = channels
         self.out_channels = out_channels or channels
@@ -89,9 +101,19 @@ class Downsample(nn.Module):
 class ResBlock(TimestepBlock):
     """Residual block conditioned on the timestep embedding (added after the first convolution)."""
 
-    def __init__(self, channels: int, emb_channels: int, dropout: float, out_channels: Optional[int] = None,
-                 use_conv: bool = False, use_scale_shift_norm: bool = False, dims: int = 2,
-                 use_checkpoint: bool = False, up: bool = False, down: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        dropout: float,
+        out_channels: Optional[int] = None,
+        use_conv: bool = False,
+        use_scale_shift_norm: bool = False,
+        dims: int = 2,
+        use_checkpoint: bool = False,
+        up: bool = False,
+        down: bool = False,
+    ):
         super().__init__()
         self.channels = channels
         self.out_channels = out_channels or channels
@@ -108,7 +130,8 @@ class ResBlock(TimestepBlock):
         else:
             self.h_upd = self.x_upd = nn.Identity()
         self.emb_layers = nn.Sequential(
-            nn.SiLU(), linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels)
+            nn.SiLU(),
+            linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels),
         )
         self.out_layers = nn.Sequential(
             normalization(self.out_channels),
@@ -150,23 +173,44 @@ class UNetModel(nn.Module):
     others raise a clear error.
     """
 
-    def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
-                 num_res_blocks: int, attention_resolutions: Sequence[int], dropout: float = 0.0,
-                 channel_mult: Sequence[int] = (1, 2, 4, 8), conv_resample: bool = True, dims: int = 2,
-                 num_classes: Optional[int] = None, use_checkpoint: bool = False, use_fp16: bool = False,
-                 num_heads: int = -1, num_head_channels: int = -1, num_heads_upsample: int = -1,
-                 use_scale_shift_norm: bool = False, resblock_updown: bool = False,
-                 use_new_attention_order: bool = False, use_spatial_transformer: bool = False,
-                 transformer_depth: int = 1, context_dim: Optional[int] = None, n_embed: Optional[int] = None,
-                 legacy: bool = True):
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int,
+        model_channels: int,
+        out_channels: int,
+        num_res_blocks: int,
+        attention_resolutions: Sequence[int],
+        dropout: float = 0.0,
+        channel_mult: Sequence[int] = (1, 2, 4, 8),
+        conv_resample: bool = True,
+        dims: int = 2,
+        num_classes: Optional[int] = None,
+        use_checkpoint: bool = False,
+        use_fp16: bool = False,
+        num_heads: int = -1,
+        num_head_channels: int = -1,
+        num_heads_upsample: int = -1,
+        use_scale_shift_norm: bool = False,
+        resblock_updown: bool = False,
+        use_new_attention_order: bool = False,
+        use_spatial_transformer: bool = False,
+        transformer_depth: int = 1,
+        context_dim: Optional[int] = None,
+        n_embed: Optional[int] = None,
+        legacy: bool = True,
+    ):
         super().__init__()
         if not use_spatial_transformer or context_dim is None:
-            raise ValueError("UNetModel here supports the SD v1 layout only: use_spatial_transformer=True with a "
-                             f"context_dim (got use_spatial_transformer={use_spatial_transformer}, "
-                             f"context_dim={context_dim})")
+            raise ValueError(
+                "UNetModel here supports the SD v1 layout only: use_spatial_transformer=True with a "
+                f"context_dim (got use_spatial_transformer={use_spatial_transformer}, "
+                f"context_dim={context_dim})"
+            )
         if num_classes is not None or n_embed is not None:
-            raise ValueError(f"class-conditional/codebook UNets are not supported (num_classes={num_classes}, "
-                             f"n_embed={n_embed})")
+            raise ValueError(
+                f"class-conditional/codebook UNets are not supported (num_classes={num_classes}, n_embed={n_embed})"
+            )
         if num_heads == -1 and num_head_channels == -1:
             raise ValueError("either num_heads or num_head_channels has to be set")
         self.image_size = image_size
@@ -193,8 +237,15 @@ class UNetModel(nn.Module):
             return SpatialTransformer(ch, heads, dim_head, depth=transformer_depth, context_dim=context_dim)
 
         def resblock(ch: int, out_ch: int) -> ResBlock:
-            return ResBlock(ch, time_embed_dim, dropout, out_channels=out_ch, dims=dims,
-                            use_checkpoint=use_checkpoint, use_scale_shift_norm=use_scale_shift_norm)
+            return ResBlock(
+                ch,
+                time_embed_dim,
+                dropout,
+                out_channels=out_ch,
+                dims=dims,
+                use_checkpoint=use_checkpoint,
+                use_scale_shift_norm=use_scale_shift_norm,
+            )
 
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(
@@ -216,9 +267,16 @@ class UNetModel(nn.Module):
                 input_block_chans.append(ch)
             if level != len(channel_mult) - 1:
                 if resblock_updown:
-                    down = ResBlock(ch, time_embed_dim, dropout, out_channels=ch, dims=dims,
-                                    use_checkpoint=use_checkpoint, use_scale_shift_norm=use_scale_shift_norm,
-                                    down=True)
+                    down = ResBlock(
+                        ch,
+                        time_embed_dim,
+                        dropout,
+                        out_channels=ch,
+                        dims=dims,
+                        use_checkpoint=use_checkpoint,
+                        use_scale_shift_norm=use_scale_shift_norm,
+                        down=True,
+                    )
                 else:
                     down = Downsample(ch, conv_resample, dims=dims, out_channels=ch)
                 self.input_blocks.append(TimestepEmbedSequential(down))
@@ -237,16 +295,27 @@ class UNetModel(nn.Module):
                     layers.append(transformer(ch))
                 if level and i == num_res_blocks:
                     if resblock_updown:
-                        layers.append(ResBlock(ch, time_embed_dim, dropout, out_channels=ch, dims=dims,
-                                               use_checkpoint=use_checkpoint,
-                                               use_scale_shift_norm=use_scale_shift_norm, up=True))
+                        layers.append(
+                            ResBlock(
+                                ch,
+                                time_embed_dim,
+                                dropout,
+                                out_channels=ch,
+                                dims=dims,
+                                use_checkpoint=use_checkpoint,
+                                use_scale_shift_norm=use_scale_shift_norm,
+                                up=True,
+                            )
+                        )
                     else:
                         layers.append(Upsample(ch, conv_resample, dims=dims, out_channels=ch))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), zero_module(conv_nd(dims, model_channels, out_channels, 3, padding=1))
+            normalization(ch),
+            nn.SiLU(),
+            zero_module(conv_nd(dims, model_channels, out_channels, 3, padding=1)),
         )
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
@@ -258,8 +327,13 @@ class UNetModel(nn.Module):
             elif isinstance(m, BasicTransformerBlock):
                 m.checkpoint = enabled
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: Optional[torch.Tensor] = None,
-                y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: Optional[torch.Tensor] = None,
+        y: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """ε prediction for latents ``x`` (B, C, H, W) at DDPM ``timesteps`` (B,) given ``context`` (B, 77, D)."""
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])

@@ -11,7 +11,11 @@ import torch.utils.checkpoint
 
 
 def make_beta_schedule(
-    schedule: str, n_timestep: int, linear_start: float = 1e-4, linear_end: float = 2e-2, cosine_s: float = 8e-3
+    schedule: str,
+    n_timestep: int,
+    linear_start: float = 1e-4,
+    linear_end: float = 2e-2,
+    cosine_s: float = 8e-3,
 ) -> np.ndarray:
     """DDPM beta schedules in float64; SD v1 uses ``linear``: betas = linspace(√start, √end, T)²."""
     if schedule == "linear":
@@ -40,9 +44,7 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 1000
     """Sinusoidal timestep embedding [cos | sin] (DDPM / Transformer positional encoding); ``timesteps`` may be
     fractional. Returns (B, dim)."""
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
-    )
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
     args = timesteps[:, None].float() * freqs[None]  # B x half
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:

@@ -25,7 +25,7 @@ class DiagonalGaussianDistribution:
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * noise
 
-    def kl(self, other: Optional["DiagonalGaussianDistribution"] = None) -> torch.Tensor:
+    def kl(self, other: Optional[DiagonalGaussianDistribution] = None) -> torch.Tensor:
         if self.deterministic:
             return torch.tensor([0.0], device=self.mean.device)
         if other is None:

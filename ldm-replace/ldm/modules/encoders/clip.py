@@ -18,7 +18,7 @@ import importlib.util
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import regex
 import torch
@@ -43,7 +43,7 @@ class CLIPTextConfig:
     layer_norm_eps: float = 1e-5
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CLIPTextConfig":
+    def from_dict(cls, d: dict) -> CLIPTextConfig:
         """Keep the fields this class knows (a Hugging Face ``config.json`` has many more)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -64,7 +64,9 @@ class CLIPTextEmbeddings(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.register_buffer("position_ids", torch.arange(cfg.max_position_embeddings, device="cpu")[None], persistent=False)
+        self.register_buffer(
+            "position_ids", torch.arange(cfg.max_position_embeddings, device="cpu")[None], persistent=False
+        )
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         n = input_ids.shape[-1]
@@ -84,8 +86,10 @@ class CLIPAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        q, k, v = (p(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))  # B heads N hd
+        q, k, v = (
+            p(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )  # B heads N hd
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # B heads N hd
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
 
@@ -161,8 +165,9 @@ def open_clip_bpe_path() -> Path:
     """Path of the BPE merges file shipped inside ``open_clip_torch`` (found without importing the package)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the CLIP tokenizer needs the BPE file of the open_clip_torch package: "
-                                "pip install open_clip_torch")
+        raise FileNotFoundError(
+            "the CLIP tokenizer needs the BPE file of the open_clip_torch package: pip install open_clip_torch"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall open_clip_torch")
@@ -202,7 +207,7 @@ class CLIPTokenizer:
         self._cache = {BOS_TOKEN: BOS_TOKEN, EOS_TOKEN: EOS_TOKEN}
 
     @classmethod
-    def from_open_clip(cls, max_length: int = 77) -> "CLIPTokenizer":
+    def from_open_clip(cls, max_length: int = 77) -> CLIPTokenizer:
         with gzip.open(open_clip_bpe_path(), "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")
         merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
@@ -211,7 +216,7 @@ class CLIPTokenizer:
         return cls({tok: i for i, tok in enumerate(vocab)}, merges, max_length)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, max_length: int = 77) -> "CLIPTokenizer":
+    def from_folder(cls, folder: str | Path, max_length: int = 77) -> CLIPTokenizer:
         folder = Path(folder)
         encoder = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")

@@ -21,8 +21,9 @@ class AbstractEncoder(nn.Module):
         raise NotImplementedError
 
 
-def resolve_text_encoder(version: Optional[str], max_length: int = 77,
-                         text_config: Optional[dict] = None) -> tuple[CLIPTextConfig, CLIPTokenizer, Optional[Path]]:
+def resolve_text_encoder(
+    version: Optional[str], max_length: int = 77, text_config: Optional[dict] = None
+) -> tuple[CLIPTextConfig, CLIPTokenizer, Optional[Path]]:
     """Architecture, tokenizer and (optional) weight file for ``version``.
 
     ``version`` is one of: None or a ViT-L/14 hub id (built-in, offline); a local folder holding a CLIP text
@@ -70,8 +71,13 @@ class FrozenCLIPEmbedder(AbstractEncoder):
     module's own device.
     """
 
-    def __init__(self, version: Optional[str] = BUILTIN_VIT_L14[0], device: Optional[str] = None,
-                 max_length: int = 77, text_config: Optional[dict] = None):
+    def __init__(
+        self,
+        version: Optional[str] = BUILTIN_VIT_L14[0],
+        device: Optional[str] = None,
+        max_length: int = 77,
+        text_config: Optional[dict] = None,
+    ):
         super().__init__()
         cfg, self.tokenizer, weights = resolve_text_encoder(version, max_length, text_config)
         self.transformer = CLIPTextTransformer(cfg)
@@ -85,7 +91,7 @@ class FrozenCLIPEmbedder(AbstractEncoder):
         for p in self.parameters():
             p.requires_grad = False
 
-    def train(self, mode: bool = True) -> "FrozenCLIPEmbedder":
+    def train(self, mode: bool = True) -> FrozenCLIPEmbedder:
         """The text encoder stays in eval mode (it has no dropout, but CompVis freezes it the same way)."""
         return super().train(False)
 
