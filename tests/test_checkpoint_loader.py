@@ -139,3 +139,12 @@ def test_pickle_error_is_not_swallowed_silently(tmp_path):
     path = tmp_path / "evil.ckpt"
     path.write_bytes(pickle.dumps({"state_dict": "not tensors"}))
     _load_one_line_error(path, "cannot read checkpoint|holds no state dict")
+
+
+def test_half_precision_file_gives_float32_model(tmp_path, sd, golden):
+    path = tmp_path / "half.ckpt"
+    torch.save({"state_dict": {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}}, path)
+    model = load_model_from_config(CONFIG, path)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.alphas_cumprod.dtype == torch.float32
+    torch.testing.assert_close(_eps(model, golden), golden["eps"], atol=2e-2, rtol=0)

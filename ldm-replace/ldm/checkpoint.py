@@ -226,7 +226,8 @@ def load_model_from_config(
 
     Weights are validated before anything is allocated (the model is built on the meta device and the
     checkpoint's tensors are assigned to it), so a wrong file fails fast and the peak memory is one copy of the
-    weights. ``dtype`` casts the UNet, autoencoder and text encoder (schedule buffers stay float32);
+    weights. ``dtype`` (default float32) is the dtype of the UNet, autoencoder and text encoder (schedule buffers
+    stay float32);
     ``use_ema_weights`` copies the EMA weights into the UNet (the file must hold ``model_ema.*``).
     """
     if not isinstance(config, (DictConfig, Mapping)):
@@ -245,8 +246,8 @@ def load_model_from_config(
         with torch.no_grad():
             for name, p in model.model.named_parameters():
                 p.copy_(ema[name.replace(".", "")])
-    if dtype is not None:
-        cast_model(model, dtype)
+    # Like CompVis (which copies into float32 parameters), a float16 file gives a float32 model unless asked.
+    cast_model(model, dtype or torch.float32)
     model.to(device)
     model.eval()
     return model
