@@ -239,7 +239,7 @@ def load_model_from_config(
     ema = {k[len(EMA_PREFIX) :]: v for k, v in sd.items() if k.startswith(EMA_PREFIX)}
     if use_ema_weights and not ema:
         raise CheckpointError(f"{ckpt} holds no EMA weights (model_ema.*) but use_ema_weights was requested")
-    wanted = {k: v for k, v in sd.items() if k in expected}
+    wanted = {k: (v.float() if k in SCHEDULE_KEYS else v) for k, v in sd.items() if k in expected}
     model.load_state_dict(wanted, strict=False, assign=True)
     _check_materialized(model)
     if use_ema_weights:
