@@ -1,13 +1,13 @@
-"""Write ``data/evaluate.csv``: the evaluation prompts of the paper's protocol (METHOD.md, "Data and evaluation
-protocol").
+"""Write ``data/evaluate.csv``, the evaluation prompts of the paper's protocol (METHOD.md, evaluation).
 
-One row per (class, seed): every class of the class map (9 artists + the blank prompt) gets ``--seeds_per_class``
-seeds (50), the prompt is the bare concept prompt from the class map (empty for the blank class). Columns:
-``case_number, prompt, evaluation_seed, class``. Case numbers run 0..N-1, class by class.
+One row per (class, seed): every class of the class map (9 artists + the blank prompt) gets
+``--seeds_per_class`` seeds (50), the prompt is the bare concept prompt from the class map (empty for the
+blank class). Columns: ``case_number, prompt, evaluation_seed, class``. Case numbers run 0..N-1, class by
+class.
 
-Seeds are derived from ``--seed`` with SHA-256 (not Python's or NumPy's generators, whose streams may change between
-versions), so the same arguments give the same file on every machine. Re-running with the same arguments leaves an
-identical existing file in place; a different result needs ``--overwrite``.
+Seeds are derived from ``--seed`` with SHA-256 (not Python's or NumPy's generators, whose streams may change
+between versions), so the same arguments give the same file on every machine. Re-running with the same
+arguments leaves an identical existing file in place; a different result needs ``--overwrite``.
 
     python data/make_evaluate_csv.py            # rewrites nothing if data/evaluate.csv is up to date
 """

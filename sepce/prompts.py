@@ -1,14 +1,14 @@
 """Prompt CSVs: reading, validating and sharding the rows that image generation and evaluation work from.
 
 A prompt CSV (e.g. ``data/evaluate.csv``, made by ``data/make_evaluate_csv.py``) has one row per case with the
-columns ``case_number`` (unique integer), ``prompt`` (text; may be empty only for a class whose class-map prompt is
-empty, i.e. the blank-prompt class, or when the caller allows it), ``evaluation_seed`` (non-negative integer) and,
-optionally, ``class`` (an index into the class map ``data/classes.csv``). Any further columns are kept in
-:attr:`PromptRow.extra`.
+columns ``case_number`` (unique integer), ``prompt`` (text; may be empty only for a class whose class-map
+prompt is empty, i.e. the blank-prompt class, or when the caller allows it), ``evaluation_seed`` (non-negative
+integer) and, optionally, ``class`` (an index into the class map ``data/classes.csv``). Any further columns
+are kept in :attr:`PromptRow.extra`.
 
 :func:`read_prompt_csv` checks everything before a model is loaded and raises a ``ValueError`` (or
-``FileNotFoundError``) whose one-line message names the file, the line and the bad value. Scripts turn it into an
-``error:`` line and a non-zero exit status.
+``FileNotFoundError``) whose one-line message names the file, the line and the bad value. Scripts turn it into
+an ``error:`` line and a non-zero exit status.
 
 Typical use in a generation script::
 
@@ -71,7 +71,7 @@ def read_prompt_csv(
         path: the CSV file.
         classes: the class map (``sepce.classes.load_class_map()``). When given, every ``class`` value must be
             one of its indices, and an empty prompt is accepted for rows whose class has an empty class-map
-            prompt (the blank class). When ``None``, class values are only checked to be non-negative integers.
+            prompt (the blank class). When ``None``, class values need only be non-negative integers.
         require_class: the ``class`` column must exist and every row must name a class (sorting and
             per-class evaluation need it).
         allow_empty_prompt: accept empty prompts on any row.
@@ -79,8 +79,8 @@ def read_prompt_csv(
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: a missing column, an empty prompt where one is required, a non-integer or negative seed or
-            case number, a duplicate case number, an unknown class index, or no rows at all. The message is one
-            line naming the file, line and value.
+            case number, a duplicate case number, an unknown class index, or no rows at all. The message
+            is one line naming the file, line and value.
     """
     path = Path(path)
     if not path.is_file():
@@ -95,8 +95,7 @@ def read_prompt_csv(
         missing = [name for name in required if name not in header]
         if missing:
             raise ValueError(
-                f"prompt CSV {path} lacks column(s) {missing} (it has {header}); "
-                f"expected {', '.join(required)}"
+                f"prompt CSV {path} lacks column(s) {missing} (it has {header}); expected {', '.join(required)}"
             )
         raw_rows = [(reader.line_num, row) for row in reader]
 
@@ -119,8 +118,7 @@ def read_prompt_csv(
             class_index = _parse_int(path, line, CLASS_COLUMN, class_text, minimum=0)
             if by_index is not None and class_index not in by_index:
                 raise ValueError(
-                    f"{path} line {line}: class {class_index} is not in the class map "
-                    f"(indices 0..{len(by_index) - 1})"
+                    f"{path} line {line}: class {class_index} is not in the class map (indices 0..{len(by_index) - 1})"
                 )
         elif require_class:
             raise ValueError(f"{path} line {line}: case {case} has an empty class; every row needs a class index")
@@ -130,8 +128,8 @@ def read_prompt_csv(
             blank_class = by_index is not None and class_index is not None and not by_index[class_index].prompt
             if not blank_class:
                 raise ValueError(
-                    f"{path} line {line}: case {case} has an empty prompt; empty prompts are allowed only for a "
-                    "class whose class-map prompt is empty"
+                    f"{path} line {line}: case {case} has an empty prompt; empty prompts are allowed "
+                    "only for a class whose class-map prompt is empty"
                 )
         extra = {
             key: value
@@ -152,8 +150,8 @@ def case_classes(rows: Iterable[PromptRow]) -> Dict[int, int]:
 def shard_rows(rows: Sequence[T], rank: int, world_size: int) -> List[T]:
     """The rows that process ``rank`` of ``world_size`` handles (``torchrun`` sharding).
 
-    Rows are dealt round-robin (``rows[rank::world_size]``), so shards differ in length by at most one, every row
-    lands in exactly one shard, and each shard keeps the file order.
+    Rows are dealt round-robin (``rows[rank::world_size]``), so shards differ in length by at most one, every
+    row lands in exactly one shard, and each shard keeps the file order.
     """
     if world_size < 1:
         raise ValueError(f"world_size {world_size} must be >= 1")

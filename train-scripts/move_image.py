@@ -2,8 +2,9 @@
 
 Generation writes ``<save_path>/<model_name>/<case_number>_<k>.png``; this moves every such file of each model
 folder into ``<model folder>/<class>/`` with the class that the prompt CSV's ``class`` column gives its case
-number (class indices from ``data/classes.csv``). By default it sorts ``--path`` itself if it holds loose images,
-and every subfolder of ``--path`` (e.g. ``evaluation_folder/default`` and ``evaluation_folder/eval``).
+number (class indices from ``data/classes.csv``). By default it sorts ``--path`` itself if it holds such
+files, and every subfolder of ``--path`` that holds such files or class folders (e.g. ``evaluation_folder/default``
+and ``evaluation_folder/eval``); other folders (``results/``, a table folder) are left alone.
 
 Idempotent: already sorted images are left alone, so it can be re-run after more images were generated. Images
 whose case number is not in the CSV, files with other names, and files whose destination exists (without
@@ -19,7 +20,7 @@ from typing import List, Optional, Sequence
 
 from sepce.classes import DEFAULT_CLASS_MAP, load_class_map
 from sepce.evaluation.common import run_script
-from sepce.evaluation.images import SortReport, has_class_folders, loose_images, sort_into_class_folders
+from sepce.evaluation.images import SortReport, generated_images, has_class_folders, sort_into_class_folders
 from sepce.evaluation.results import RESULTS_DIR
 from sepce.prompts import case_classes, read_prompt_csv
 
@@ -28,21 +29,34 @@ log = logging.getLogger("move_image")
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--path", type=Path, default=Path("evaluation_folder"),
-                        help="folder holding the model folders (or a model folder itself)")
-    parser.add_argument("--folders", nargs="+", default=None,
-                        help="names of the model folders under --path to sort (default: every subfolder with images)")
-    parser.add_argument("--prompts_path", type=Path, default=Path("data/evaluate.csv"),
-                        help="prompt CSV with case_number and class columns that the images were generated from")
+    parser.add_argument(
+        "--path",
+        type=Path,
+        default=Path("evaluation_folder"),
+        help="folder holding the model folders (or a model folder itself)",
+    )
+    parser.add_argument(
+        "--folders",
+        nargs="+",
+        default=None,
+        help="names of the model folders under --path to sort; None: every subfolder with generated images",
+    )
+    parser.add_argument(
+        "--prompts_path",
+        type=Path,
+        default=Path("data/evaluate.csv"),
+        help="prompt CSV with case_number and class columns that the images were generated from",
+    )
     parser.add_argument("--classes", type=Path, default=DEFAULT_CLASS_MAP, help="class map CSV (index,name,prompt)")
     parser.add_argument("--dry_run", action="store_true", help="report what would move without moving anything")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an image that already exists in its class folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an image that already exists in its class folder"
+    )
     return parser.parse_args(argv)
 
 
 def target_folders(path: Path, names: Optional[Sequence[str]]) -> List[Path]:
-    """The model folders to sort: the named ones, or ``path`` (if it holds images) and its subfolders with images."""
+    """The model folders to sort: the named ones, else ``path`` and its subfolders that hold images."""
     if not path.is_dir():
         raise NotADirectoryError(f"--path {path} does not exist")
     if names:
@@ -53,7 +67,7 @@ def target_folders(path: Path, names: Optional[Sequence[str]]) -> List[Path]:
         return folders
     candidates = [path] + sorted(p for p in path.iterdir() if p.is_dir() and not p.name.isdigit())
     folders = [
-        f for f in candidates if f.name != RESULTS_DIR and (loose_images(f) or (f != path and has_class_folders(f)))
+        f for f in candidates if f.name != RESULTS_DIR and (generated_images(f) or (f != path and has_class_folders(f)))
     ]
     if not folders:
         raise ValueError(f"no images under {path}: expected model folders holding <case_number>_<k>.png files")

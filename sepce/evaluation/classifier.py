@@ -1,14 +1,14 @@
 """The style classifier of the evaluation protocol (METHOD.md, "Data and evaluation protocol").
 
-ResNet18 with ImageNet weights and a new K-way fully-connected layer (K = classes in ``data/classes.csv``); only
-the FC layer is trained: 20 epochs of SGD (momentum 0.9, weight decay 5e-4), batch 30, one triangular cyclic
-learning-rate cycle 0 -> 0.01 -> 0 over the whole run (stepped per batch), images Resize+CenterCrop 512 in [0, 1]
-without normalisation, the checkpoint with the best eval accuracy kept. One transform serves training and testing
-(the released test script used 256 px — a deliberate fix).
+ResNet18 with ImageNet weights and a new K-way fully-connected layer (K = classes in ``data/classes.csv``);
+only the FC layer is trained: 20 epochs of SGD (momentum 0.9, weight decay 5e-4), batch 30, one triangular
+cyclic learning-rate cycle 0 -> 0.01 -> 0 over the whole run (stepped per batch), images Resize+CenterCrop 512
+in [0, 1] without normalisation, the checkpoint with the best eval accuracy kept. One transform serves
+training and testing (the released test script used 256 px — a deliberate fix).
 
 Because the backbone is frozen and kept in eval mode (its BatchNorm statistics stay ImageNet's), its pooled
-512-d features are computed once and the FC layer is trained on them: the same optimisation as running the whole
-network every epoch, about ``epochs`` times cheaper.
+512-d features are computed once and the FC layer is trained on them: the same optimisation as running the
+whole network every epoch, about ``epochs`` times cheaper.
 
 Used by ``train-scripts/artist-cls-train.py`` and ``train-scripts/artist-cls-test.py``.
 """
@@ -40,8 +40,10 @@ CHECKPOINT_FORMAT = "sepce-artist-classifier-v1"
 FEATURE_DIM = 512
 
 
-def build_resnet18(num_classes: int, pretrained: bool = True, backbone_weights: Optional[str | Path] = None) -> nn.Module:
-    """ResNet18 with ImageNet weights (torchvision cache or ``backbone_weights``) and a fresh ``num_classes`` FC."""
+def build_resnet18(
+    num_classes: int, pretrained: bool = True, backbone_weights: Optional[str | Path] = None
+) -> nn.Module:
+    """ResNet18, ImageNet weights (torchvision cache or ``backbone_weights``), a fresh ``num_classes`` FC."""
     model = torchvision.models.resnet18(weights=None)
     if pretrained:
         path = resolve_weights(RESNET18, backbone_weights, "--backbone_weights")
@@ -88,15 +90,15 @@ def compute_features(
 
 
 def labelled_images(root: Path, classes: Sequence[ConceptClass]) -> List[Tuple[Path, int]]:
-    """``(image, class index)`` for every image in ``root/<index>/``; every class folder must exist and hold images."""
+    """``(image, class index)`` for each image in ``root/<index>/``; every class folder must hold images."""
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"image folder {root} does not exist")
     found, missing = images_by_class(root, classes)
     if missing:
         raise ValueError(
-            f"{root} lacks class folder(s) {missing}; expected folders {classes[0].index}..{classes[-1].index} "
-            "named by the class map's index column"
+            f"{root} lacks class folder(s) {missing}; expected folders "
+            f"{classes[0].index}..{classes[-1].index} named by the class map's index column"
         )
     empty = [index for index, paths in found.items() if not paths]
     if empty:
@@ -135,7 +137,11 @@ def training_sets(
     """
     train_dir, eval_dir = Path(train_dir), Path(eval_dir)
     if train_dir.is_dir() and eval_dir.is_dir():
-        return labelled_images(train_dir, classes), labelled_images(eval_dir, classes), f"{train_dir} / {eval_dir}"
+        return (
+            labelled_images(train_dir, classes),
+            labelled_images(eval_dir, classes),
+            f"{train_dir} / {eval_dir}",
+        )
     for folder in (train_dir, eval_dir):
         if folder.is_dir():
             train, held_out = split_per_class(labelled_images(folder, classes), train_fraction, seed)
@@ -162,7 +168,7 @@ class TrainConfig:
 
 
 def triangular_lr(step: int, total_steps: int, max_lr: float) -> float:
-    """One triangular cycle 0 -> ``max_lr`` -> 0 over ``total_steps`` batches, sampled at the batch midpoints."""
+    """One triangular cycle 0 -> ``max_lr`` -> 0 over ``total_steps`` batches, taken at batch midpoints."""
     progress = (step + 0.5) / total_steps
     return max_lr * (1.0 - abs(2.0 * progress - 1.0))
 
@@ -173,7 +179,7 @@ def accuracy(fc: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch_
         return math.nan
     with torch.no_grad():
         predictions = torch.cat([fc(chunk).argmax(1) for chunk in features.split(batch_size)])
-    return 100.0 * (predictions == labels).float().mean().item()
+    return 100.0 * int((predictions == labels).sum()) / len(labels)
 
 
 def train_fc(
@@ -184,11 +190,9 @@ def train_fc(
     eval_labels: torch.Tensor,
     config: TrainConfig,
 ) -> Tuple[Dict[str, torch.Tensor], List[dict]]:
-    """Train the FC layer on cached features; return the best-eval-accuracy state dict and per-epoch history."""
+    """Train the FC layer on cached features; return the best-eval-accuracy weights and the history."""
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.SGD(
-        fc.parameters(), lr=0.0, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.SGD(fc.parameters(), lr=0.0, momentum=config.momentum, weight_decay=config.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     steps_per_epoch = math.ceil(len(train_labels) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -254,7 +258,9 @@ def load_classifier(path: str | Path, classes: Sequence[ConceptClass]) -> Tuple[
         raise ValueError(f"{path} is not a classifier checkpoint written by train-scripts/artist-cls-train.py")
     names = [name for _, name, _ in checkpoint["classes"]]
     if names != [c.name for c in classes]:
-        raise ValueError(f"classifier {path} was trained on classes {names}, not on the class map's {[c.name for c in classes]}")
+        raise ValueError(
+            f"classifier {path} was trained on classes {names}, not on the class map's {[c.name for c in classes]}"
+        )
     model = torchvision.models.resnet18(weights=None, num_classes=len(names))
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), {k: v for k, v in checkpoint.items() if k != "state_dict"}
@@ -280,9 +286,12 @@ def predict(
 
 
 def accuracy_table(
-    classes: Sequence[ConceptClass], labels: Sequence[int], predictions: Sequence[int], missing: Sequence[int] = ()
+    classes: Sequence[ConceptClass],
+    labels: Sequence[int],
+    predictions: Sequence[int],
+    missing: Sequence[int] = (),
 ) -> Tuple[List[dict], List[List[int]]]:
-    """Per-class rows (``class, name, correct, images, accuracy_pct``) + an overall row, and the confusion matrix.
+    """Per-class rows (``class, name, correct, images, accuracy_pct``), an overall row, the confusion matrix.
 
     Classes in ``missing`` or without images get an empty accuracy (NaN).
     """

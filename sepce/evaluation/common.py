@@ -22,7 +22,7 @@ def run_script(
     argv: Optional[Sequence[str]] = None,
     prog: Optional[str] = None,
 ) -> Any:
-    """Parse arguments and run ``main``; a :data:`USER_ERRORS` exception becomes ``SystemExit("<prog>: error: ...")``."""
+    """Parse arguments and run ``main``; :data:`USER_ERRORS` become ``SystemExit("<prog>: error: ...")``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     args = parse_args(argv)
     try:
@@ -56,13 +56,13 @@ def resolve_device(name: str):
 
 
 def fingerprint(parts: Any) -> str:
-    """A short stable digest of JSON-serialisable ``parts`` (used to tell whether stored results are current)."""
+    """A short stable digest of JSON-serialisable ``parts`` (tells whether stored results are current)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def file_signature(paths: Iterable[Path], root: Optional[Path] = None) -> list:
-    """(relative name, size, mtime) for each file: cheap identity of a set of inputs for :func:`fingerprint`."""
+    """(name, size, mtime) of each file: a cheap identity of a set of inputs for :func:`fingerprint`."""
     signature = []
     for path in sorted(Path(p) for p in paths):
         stat = path.stat()

@@ -3,12 +3,12 @@
 Layout. Generation writes ``<save_path>/<model_name>/<case_number>_<k>.png`` for every row of a prompt CSV and
 ``k`` in ``0..num_samples-1``. A *model folder* (e.g. ``evaluation_folder/default`` for the original model,
 ``evaluation_folder/eval`` for an erased one) either holds those files flat, or — after
-:func:`sort_into_class_folders` (``train-scripts/move_image.py``) — in *class folders* ``0``..``K-1`` named by the
-CSV's ``class`` column. Results of the metric scripts go to ``<model folder>/results/`` (see
+:func:`sort_into_class_folders` (``train-scripts/move_image.py``) — in *class folders* ``0``..``K-1`` named by
+the CSV's ``class`` column. Results of the metric scripts go to ``<model folder>/results/`` (see
 :mod:`sepce.evaluation.results`); any folder whose name is not a class index is ignored here.
 
-Pairing (:func:`pair_images`) matches files with the same name in two model folders, whether flat or sorted, and
-assigns each pair the class that the prompt CSV gives its case number.
+Pairing (:func:`pair_images`) matches files with the same name in two model folders, whether flat or sorted,
+and assigns each pair the class that the prompt CSV gives its case number.
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ def loose_images(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if is_image(p)) if folder.is_dir() else []
 
 
+def generated_images(folder: Path) -> List[Path]:
+    """Loose images of ``folder`` named like generated ones (``<case_number>_<k>.png``)."""
+    return [p for p in loose_images(folder) if parse_image_name(p.name) is not None]
+
+
 def class_folders(folder: Path, classes: Sequence[ConceptClass]) -> Dict[int, Path]:
     """The existing class folders ``<folder>/<index>`` for the classes of the map."""
     folder = Path(folder)
@@ -78,23 +83,16 @@ class SortReport:
 
     def warnings(self) -> List[str]:
         """One counted warning line per kind of problem."""
-        lines = []
-        if self.not_in_csv:
-            lines.append(
-                f"{self.folder}: {plural(len(self.not_in_csv), 'image')} whose case number is not in the prompt "
-                f"CSV were left in place ({examples(self.not_in_csv)})"
-            )
-        if self.unparsable:
-            lines.append(
-                f"{self.folder}: {plural(len(self.unparsable), 'file')} not named <case_number>_<k>.png were left "
-                f"in place ({examples(self.unparsable)})"
-            )
-        if self.conflicts:
-            lines.append(
-                f"{self.folder}: {plural(len(self.conflicts), 'image')} already exist in their class folder and were "
-                f"left in place; pass --overwrite to replace them ({examples(self.conflicts)})"
-            )
-        return lines
+        problems = [
+            (self.not_in_csv, "its case number is not in the prompt CSV"),
+            (self.unparsable, "not named <case_number>_<k>.png"),
+            (self.conflicts, "already in its class folder (pass --overwrite to replace)"),
+        ]
+        return [
+            f"{self.folder}: left {plural(len(names), 'image')} in place, {reason} ({examples(names)})"
+            for names, reason in problems
+            if names
+        ]
 
 
 def sort_into_class_folders(
@@ -166,32 +164,28 @@ class PairReport:
         return sum(len(v) for v in self.pairs.values())
 
     def warnings(self) -> List[str]:
-        lines = []
-        if self.only_original:
-            lines.append(
-                f"{plural(len(self.only_original), 'image')} in {self.original} have no same-named image in "
-                f"{self.edited} and were skipped ({examples(self.only_original)})"
-            )
-        if self.only_edited:
-            lines.append(
-                f"{plural(len(self.only_edited), 'image')} in {self.edited} have no same-named image in "
-                f"{self.original} and were skipped ({examples(self.only_edited)})"
-            )
-        if self.not_in_csv:
-            lines.append(
-                f"{plural(len(self.not_in_csv), 'image pair')} have a case number missing from the prompt CSV or "
-                f"a name not of the form <case_number>_<k>.png and were skipped ({examples(self.not_in_csv)})"
-            )
+        """One counted warning line per kind of problem."""
+        problems = [
+            (self.only_original, f"in {self.original} without a same-named image in {self.edited}"),
+            (self.only_edited, f"in {self.edited} without a same-named image in {self.original}"),
+            (
+                self.not_in_csv,
+                "whose case number is not in the prompt CSV (or not named <case_number>_<k>.png)",
+            ),
+        ]
+        lines = [
+            f"skipped {plural(len(names), 'image')} {reason} ({examples(names)})" for names, reason in problems if names
+        ]
         if self.duplicates:
             lines.append(
-                f"{plural(len(self.duplicates), 'file name')} occur in more than one class folder; only the first "
-                f"copy is used ({examples(self.duplicates)})"
+                f"{plural(len(self.duplicates), 'file name')} found in more than one class folder; "
+                f"the first copy is used ({examples(self.duplicates)})"
             )
         return lines
 
 
 def pair_images(original: Path, edited: Path, case_to_class: Mapping[int, int]) -> PairReport:
-    """Pair same-named images of two model folders (flat or sorted) by class, using the prompt CSV's classes."""
+    """Pair same-named images of two model folders (flat or sorted) by class, from the prompt CSV."""
     original, edited = Path(original), Path(edited)
     for folder in (original, edited):
         if not folder.is_dir():

@@ -16,7 +16,7 @@ from torchvision import transforms
 
 
 def square_transform(size: int) -> transforms.Compose:
-    """Resize the short side to ``size`` (bilinear, antialiased), centre-crop ``size`` x ``size``, to [0, 1]."""
+    """Resize the short side to ``size`` (bilinear, antialiased), centre-crop it square, scale to [0, 1]."""
     return transforms.Compose(
         [
             transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True),
@@ -54,9 +54,7 @@ def image_loader(
     num_workers: int = 0,
 ) -> DataLoader:
     """A DataLoader over :class:`ImageFiles`."""
-    return DataLoader(
-        ImageFiles(paths, size, labels), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers
-    )
+    return DataLoader(ImageFiles(paths, size, labels), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
 
 
 def iterate_images(paths: Sequence[Path], size: int, batch_size: int, num_workers: int = 0) -> Iterator[torch.Tensor]:

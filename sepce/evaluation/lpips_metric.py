@@ -40,7 +40,7 @@ def build_lpips(pretrained: bool = True, backbone_weights: Optional[str | Path] 
     if pretrained:
         state = load_state_dict(path)
         trunk = metric.net
-        # lpips keeps torchvision's feature indices as module names: slice<k>.<i>.weight <- features.<i>.weight
+        # lpips keeps torchvision's feature indices: slice<k>.<i>.weight <- features.<i>.weight
         wanted = {name: "features." + _SLICE.sub("", name) for name in trunk.state_dict()}
         absent = [source for source in wanted.values() if source not in state]
         if absent:

@@ -1,6 +1,7 @@
 """The results layout shared by the metric scripts and the table command.
 
-Every model folder (``evaluation_folder/default``, ``evaluation_folder/eval``, ...) gets a ``results/`` subfolder:
+Every model folder (``evaluation_folder/default``, ``evaluation_folder/eval``, ...) gets a ``results/``
+subfolder:
 
 =====================  =========================================  ======================================
 file                   written by                                 value column
@@ -10,11 +11,12 @@ file                   written by                                 value column
 ``fid.csv/json``       ``eval-scripts/lpips_eval.py`` (edited)    ``fid`` (original vs edited image set)
 =====================  =========================================  ======================================
 
-Each CSV has one row per class (``class`` = index, ``name`` = class-map name, the value column, a count column)
-and a last row with ``class`` = ``all``. A value is empty where it could not be computed (no images). The JSON
-beside it holds the same rows plus how they were made (inputs, network, image size) and a ``fingerprint`` of the
-inputs: a script re-run on unchanged inputs reuses the stored result, and changed inputs need ``--overwrite`` to
-replace it, so results are never overwritten silently. LPIPS and FID results of an erased model live in the
+Each CSV has one row per class (``class`` = index, ``name`` = class-map name, the value column, a count
+column) and a last row with ``class`` = ``all``. A value is empty where it could not be computed (no images).
+The JSON beside it holds the same rows plus how they were made (inputs, network, image size) and a
+``fingerprint`` of the inputs: a script re-run on unchanged inputs reuses the stored result, and changed
+inputs need ``--overwrite`` to replace it, so results are never overwritten silently. LPIPS and FID results of
+an erased model live in the
 *edited* folder and name the original folder they were measured against.
 """
 
@@ -52,6 +54,16 @@ def _cell(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
+    """Atomically write ``columns`` of ``rows`` as CSV; floats with 6 significant digits, NaN/None empty."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in columns])
+    return write_text(path, buffer.getvalue())
+
+
 def stored_rows(model_folder: str | Path, metric: str, fingerprint: str, overwrite: bool) -> Optional[List[dict]]:
     """Rows of an up-to-date stored result (same fingerprint), or ``None`` when it must be (re)computed.
 
@@ -77,15 +89,8 @@ def write_metric(
 ) -> Path:
     """Write ``<metric>.csv`` (``columns`` of ``rows``) and ``<metric>.json`` (``meta`` + rows) atomically."""
     csv_path, json_path = metric_paths(model_folder, metric)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_cell(row.get(column)) for column in columns])
-    write_text(csv_path, buffer.getvalue())
-    clean_rows = [
-        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows
-    ]
+    write_csv(csv_path, rows, columns)
+    clean_rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
     write_json(json_path, {**meta, "metric": metric, "rows": clean_rows})
     return csv_path
 

@@ -1,14 +1,14 @@
 """The paper's results table: FID / ACC / LPIPS per concept for the original model and erased models.
 
 Each model is a model folder with a ``results/`` subfolder (:mod:`sepce.evaluation.results`): ``accuracy.csv``
-from ``artist-cls-test.py`` and, for erased models, ``lpips.csv`` / ``fid.csv`` from ``lpips_eval.py`` (measured
-against the original model's images). For every model the caller says which concepts it erased and which it
-restored (SepCE can erase several concepts and restore some later); every other concept is *regular*.
+from ``artist-cls-test.py`` and, for erased models, ``lpips.csv`` / ``fid.csv`` from ``lpips_eval.py``
+(measured against the original model's images). For every model the caller says which concepts it erased and
+which it restored (SepCE can erase several concepts and restore some later); every other concept is *regular*.
 
-The table has one row per model and one cell ``FID / ACC / LPIPS`` per concept (ACC in %), then the averages over
-the model's erased, restored and regular concepts (NaN cells skipped). Erased cells are bold, restored cells italic
-in the Markdown. The CSV has the same content with one numeric column per (concept, metric). The chart
-(:func:`plot_table`) shows per-concept accuracy and the three role averages per metric.
+The table has one row per model and one cell ``FID / ACC / LPIPS`` per concept (ACC in %), then the averages
+over the model's erased, restored and regular concepts (NaN cells skipped). Erased cells are bold, restored
+cells italic in the Markdown. The CSV has the same content with one numeric column per (concept, metric). The
+chart (:func:`plot_table`) shows per-concept accuracy and the three role averages per metric.
 
 A spec JSON for ``eval-scripts/make-table.py --spec``::
 
@@ -62,7 +62,7 @@ class ModelSpec:
 
 @dataclass
 class Table:
-    """Collected values: ``values[model][concept][metric]`` and ``averages[model][role][metric]`` (NaN if none)."""
+    """Collected ``values[model][concept][metric]`` and ``averages[model][role][metric]`` (NaN if none)."""
 
     models: List[ModelSpec]
     concepts: List[str]
@@ -93,12 +93,15 @@ def normalise_specs(models: Sequence[ModelSpec], classes: Sequence[ConceptClass]
         spec.restored = _canonical(classes, spec.restored, f"model {spec.name!r} restored concept")
         both = sorted(set(spec.erased) & set(spec.restored))
         if both:
-            raise ValueError(f"model {spec.name!r}: concept(s) {both} are listed as both erased and restored")
+            raise ValueError(
+                f"model {spec.name!r}: concept(s) {both} are listed as both erased and restored; "
+                "list a concept that was erased and then restored under restored only"
+            )
     return list(models)
 
 
 def load_spec(path: str | Path) -> tuple:
-    """``(models, concepts or None)`` from a spec JSON (format in the module docstring); paths relative to it."""
+    """``(models, concepts or None)`` from a spec JSON (see the module docstring); paths relative to it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"table spec {path} does not exist")
@@ -115,7 +118,11 @@ def load_spec(path: str | Path) -> tuple:
         folder = Path(entry["path"])
         folder = folder if folder.is_absolute() else path.parent / folder
         return ModelSpec(
-            str(entry["name"]), folder, list(entry.get("erased", [])), list(entry.get("restored", [])), original
+            str(entry["name"]),
+            folder,
+            list(entry.get("erased", [])),
+            list(entry.get("restored", [])),
+            original,
         )
 
     models = ([model(spec["original"], True)] if "original" in spec else []) + [
@@ -134,8 +141,8 @@ def collect(
 ) -> Table:
     """Read every model's results and compute the role averages.
 
-    Missing result files are logged once per model and metric and leave NaN cells. The original model's FID and
-    LPIPS are not applicable (NaN) unless its folder has such files.
+    Missing result files are logged once per model and metric and leave NaN cells. The original model's FID
+    and LPIPS are not applicable (NaN) unless its folder has such files.
     """
     models = normalise_specs(models, classes)
     names = _canonical(classes, concepts, "--concepts") if concepts else [c.name for c in classes]
@@ -148,11 +155,19 @@ def collect(
             stored = read_metric(spec.path, metric)
             if stored is None:
                 if not (spec.original and metric != "accuracy"):
-                    log.warning("model %r has no %s; its %s cells stay empty", spec.name,
-                                metric_paths(spec.path, metric)[0], LABELS[metric])
+                    log.warning(
+                        "model %r has no %s; its %s cells stay empty",
+                        spec.name,
+                        metric_paths(spec.path, metric)[0],
+                        LABELS[metric],
+                    )
                 stored = {}
-            elif metric != "accuracy" and original is not None and not spec.original:
-                _check_reference(spec, metric, original)
+            else:
+                absent = [c for c in names if c not in stored]
+                if absent:
+                    log.warning("model %r: %s has no row for %s", spec.name, metric_paths(spec.path, metric)[0], absent)
+                if metric != "accuracy" and original is not None and not spec.original:
+                    _check_reference(spec, metric, original)
             per_metric[metric] = stored
         values[spec.name] = {
             concept: {metric: per_metric[metric].get(concept, math.nan) for metric in METRICS} for concept in names
@@ -168,14 +183,19 @@ def collect(
 
 
 def _check_reference(spec: ModelSpec, metric: str, original: ModelSpec) -> None:
-    """Warn when an edited model's LPIPS/FID were measured against another folder than the table's original."""
+    """Warn when an edited model's LPIPS/FID were measured against another folder than the original."""
     _, json_path = metric_paths(spec.path, metric)
     if not json_path.is_file():
         return
     reference = json.loads(json_path.read_text()).get("original")
     if reference and Path(reference).resolve() != Path(original.path).resolve():
-        log.warning("model %r: %s was measured against %s, not the table's original %s",
-                    spec.name, LABELS[metric], reference, original.path)
+        log.warning(
+            "model %r: %s was measured against %s, not the table's original %s",
+            spec.name,
+            LABELS[metric],
+            reference,
+            original.path,
+        )
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -210,7 +230,7 @@ def to_markdown(table: Table) -> str:
 
 
 def to_csv(table: Table) -> str:
-    """The table as CSV: model, its erased/restored concepts, one numeric column per (concept or average, metric)."""
+    """The table as CSV: model, erased/restored concepts, one column per (concept or average, metric)."""
     columns = ["model", "erased", "restored"]
     columns += [f"{c} {LABELS[m]}" for c in table.concepts for m in METRICS]
     columns += [f"{role} avg {LABELS[m]}" for role in ROLES for m in METRICS]
@@ -221,8 +241,9 @@ def to_csv(table: Table) -> str:
         row = [spec.name, ";".join(spec.erased), ";".join(spec.restored)]
         row += [table.values[spec.name][c][m] for c in table.concepts for m in METRICS]
         row += [table.averages[spec.name][role][m] for role in ROLES for m in METRICS]
-        writer.writerow([("" if isinstance(v, float) and math.isnan(v) else f"{v:.6g}" if isinstance(v, float) else v)
-                         for v in row])
+        writer.writerow(
+            [("" if isinstance(v, float) and math.isnan(v) else f"{v:.6g}" if isinstance(v, float) else v) for v in row]
+        )
     return buffer.getvalue()
 
 
@@ -237,7 +258,8 @@ def plot_table(table: Table, path: str | Path) -> Path:
     width = 0.8 / max(n_models, 1)
     fig, axes = plt.subplots(2, 2, figsize=(max(10, 1.1 * len(table.concepts) + 4), 8))
     panels = [(axes[0, 0], "accuracy", table.concepts, "per concept")] + [
-        (ax, metric, list(ROLES), "averages") for ax, metric in zip([axes[0, 1], axes[1, 0], axes[1, 1]], METRICS)
+        (ax, metric, list(ROLES), "averages")
+        for ax, metric in zip([axes[0, 1], axes[1, 0], axes[1, 1]], ("accuracy", "lpips", "fid"))
     ]
     for ax, metric, groups, kind in panels:
         for i, spec in enumerate(table.models):
@@ -249,7 +271,11 @@ def plot_table(table: Table, path: str | Path) -> Path:
             positions = [g + (i - (n_models - 1) / 2) * width for g in range(len(groups))]
             ax.bar(positions, heights, width, label=spec.name)
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels(groups, rotation=30 if kind == "per concept" else 0, ha="right" if kind == "per concept" else "center")
+        ax.set_xticklabels(
+            groups,
+            rotation=30 if kind == "per concept" else 0,
+            ha="right" if kind == "per concept" else "center",
+        )
         ax.set_title(f"{LABELS[metric]} {kind}" + (" (%)" if metric == "accuracy" else ""))
     axes[0, 0].legend(fontsize="small")
     fig.tight_layout()

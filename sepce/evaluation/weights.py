@@ -1,11 +1,11 @@
 """Pretrained backbone weights for the evaluation networks, without any download.
 
-The style classifier (ResNet18), LPIPS (AlexNet trunk) and FID (Inception-v3) use torchvision's ImageNet weights.
-They are looked up where torchvision itself caches them — ``$TORCH_HOME/hub/checkpoints/<file>`` (see
+The style classifier (ResNet18), LPIPS (AlexNet trunk) and FID (Inception-v3) use torchvision's ImageNet
+weights. They are looked up where torchvision itself caches them — ``$TORCH_HOME/hub/checkpoints/<file>`` (see
 ``torch.hub.get_dir()``), e.g. ``resnet18-f37072fd.pth`` — or taken from an explicit ``--backbone_weights`` /
-``--fid_weights`` file. When neither exists, :class:`MissingWeightsError` explains in one line where to put the
-file. Nothing here touches the network; fill the cache once on a connected machine with e.g.
-``python -c "import torchvision; torchvision.models.resnet18(weights='IMAGENET1K_V1')"``.
+``--fid_weights`` file. When neither exists, :class:`MissingWeightsError` explains in one line where to put
+the file. Nothing here touches the network; fill the cache once on a connected machine with e.g. ``python -c
+"import torchvision; torchvision.models.resnet18(weights='IMAGENET1K_V1')"``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def cache_path(spec: BackboneSpec) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / spec.filename
 
 
-def resolve_weights(spec: BackboneSpec, explicit: Optional[str | Path] = None, flag: str = "--backbone_weights") -> Path:
+def resolve_weights(
+    spec: BackboneSpec, explicit: Optional[str | Path] = None, flag: str = "--backbone_weights"
+) -> Path:
     """The weights file to load: ``explicit`` if given (it must exist), else torchvision's cache file."""
     if explicit is not None:
         path = Path(explicit)

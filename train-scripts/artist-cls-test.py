@@ -1,0 +1,149 @@
+"""Classify generated images with the trained style classifier; per-class and overall accuracy (seed README).
+
+    python train-scripts/artist-cls-test.py --path './evaluation_folder/'
+
+Evaluates every model folder under ``--path`` that has class folders ``0..K-1`` (as made by
+``train-scripts/move_image.py``), or ``--path`` itself if it has them. An image in class folder ``c`` counts
+as correct when the classifier predicts ``c``. Prints per-class and overall accuracy and writes ``<model
+folder>/results/accuracy.csv`` and ``accuracy.json`` (with the confusion matrix). Images use the same
+Resize+CenterCrop size as in training (stored in the checkpoint). Up-to-date results are reused; results made
+from other images or another classifier need ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from sepce.classes import DEFAULT_CLASS_MAP, load_class_map
+from sepce.evaluation.classifier import accuracy_table, load_classifier, predict
+from sepce.evaluation.common import default_device, file_signature, fingerprint, resolve_device, run_script
+from sepce.evaluation.images import generated_images, has_class_folders, images_by_class
+from sepce.evaluation.results import RESULTS_DIR, stored_rows, write_metric
+
+log = logging.getLogger("artist-cls-test")
+DEFAULT_CHECKPOINT = Path("models/artist-classifier/resnet18.pt")
+COLUMNS = ["class", "name", "correct", "images", "accuracy_pct"]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument(
+        "--path",
+        type=Path,
+        default=Path("evaluation_folder"),
+        help="folder of model folders with class folders (or one model folder)",
+    )
+    parser.add_argument(
+        "--classifier",
+        type=Path,
+        default=DEFAULT_CHECKPOINT,
+        help="checkpoint written by train-scripts/artist-cls-train.py",
+    )
+    parser.add_argument("--classes", type=Path, default=DEFAULT_CLASS_MAP, help="class map CSV (index,name,prompt)")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help="Resize+CenterCrop size; None: the size the classifier was trained with",
+    )
+    parser.add_argument("--batch_size", type=int, default=50, help="images per forward pass")
+    parser.add_argument("--device", default=default_device(), help="torch device, e.g. cuda:0 or cpu")
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--overwrite", action="store_true", help="replace results made from other inputs")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size {args.batch_size} must be >= 1")
+    if args.image_size is not None and args.image_size < 1:
+        parser.error(f"--image_size {args.image_size} must be >= 1")
+    return args
+
+
+def model_folders(path: Path) -> List[Path]:
+    """``path`` if it has class folders, else its subfolders that have them."""
+    if not path.is_dir():
+        raise NotADirectoryError(f"--path {path} does not exist")
+    if has_class_folders(path):
+        return [path]
+    subfolders = sorted(p for p in path.iterdir() if p.is_dir() and p.name != RESULTS_DIR)
+    folders = [p for p in subfolders if has_class_folders(p)]
+    if folders:
+        return folders
+    unsorted = [str(p) for p in [path] + subfolders if generated_images(p)]
+    if unsorted:
+        raise ValueError(
+            f"{unsorted} hold images that are not sorted into class folders; run train-scripts/move_image.py first"
+        )
+    raise ValueError(f"no model folder with class folders 0..K-1 under {path}")
+
+
+def main(args: argparse.Namespace) -> Dict[Path, List[dict]]:
+    classes = load_class_map(args.classes)
+    folders = model_folders(Path(args.path))
+    if not Path(args.classifier).is_file():
+        raise FileNotFoundError(
+            f"classifier checkpoint {args.classifier} does not exist; train one with train-scripts/artist-cls-train.py"
+        )
+    device = resolve_device(args.device)
+    model, info = load_classifier(args.classifier, classes)
+    image_size = args.image_size or info["image_size"]
+    if image_size != info["image_size"]:
+        log.warning("testing at %d px, but the classifier was trained at %d px", image_size, info["image_size"])
+
+    plans = []  # (folder, paths, labels, missing, fingerprint, stored rows or None); checked before any work
+    for folder in folders:
+        found, missing = images_by_class(folder, classes)
+        if missing:
+            log.warning("%s lacks %d class folder(s) %s; their accuracy stays empty", folder, len(missing), missing)
+        paths = [p for index in sorted(found) for p in found[index]]
+        labels = [index for index in sorted(found) for _ in found[index]]
+        if not paths:
+            log.warning("%s: its class folders hold no images; skipped", folder)
+            continue
+        key = fingerprint(
+            {
+                "images": file_signature(paths, folder),
+                "classifier": file_signature([Path(args.classifier)]),
+                "image_size": image_size,
+                "classes": [c.name for c in classes],
+            }
+        )
+        plans.append((folder, paths, labels, missing, key, stored_rows(folder, "accuracy", key, args.overwrite)))
+
+    results = {}
+    for folder, paths, labels, missing, key, rows in plans:
+        if rows is None:
+            predictions = predict(
+                model,
+                paths,
+                image_size,
+                args.batch_size,
+                device,
+                args.num_workers,
+                desc=f"classify {folder.name}",
+            )
+            rows, confusion = accuracy_table(classes, labels, predictions.tolist(), missing)
+            meta = {
+                "model_folder": str(folder),
+                "classifier": str(args.classifier),
+                "image_size": image_size,
+                "fingerprint": key,
+                "missing_classes": missing,
+                "confusion": confusion,
+            }
+            write_metric(folder, "accuracy", rows, COLUMNS, meta)
+        else:
+            print(f"{folder}: inputs unchanged, reusing {folder / RESULTS_DIR / 'accuracy.csv'}")
+        print(f"\n{folder}")
+        for row in rows:
+            value = row["accuracy_pct"]
+            text = "–" if value is None or value != value else f"{value:6.2f}%"
+            print(f"  {row['name']:<20s} {text:>8s}  ({row['correct']}/{row['images']})")
+        results[folder] = rows
+    return results
+
+
+if __name__ == "__main__":
+    run_script(parse_args, main)
