@@ -1,9 +1,9 @@
 """Seeded datasets of the concept world: PNG folders with ``metadata.csv``, or in-memory numpy arrays.
 
-Image ``i`` of a dataset with seed ``s`` shows combination ``i mod (styles x objects)`` (styles vary slowest), so
-every prefix of ``len(STYLES) * len(OBJECTS)`` images is balanced, and is drawn with the scene seed
-:func:`image_seed` ``(s, i)``. The folder written by :func:`make_dataset` and the arrays of :func:`make_arrays` hold
-the same pixels for the same ``(num_images, seed, size, aa)``.
+Image ``i`` of a dataset with seed ``s`` shows combination ``i mod (styles x objects)`` (styles vary slowest),
+so every prefix of ``len(STYLES) * len(OBJECTS)`` images is balanced, and is drawn with the scene seed
+:func:`image_seed` ``(s, i)``. The folder written by :func:`make_dataset` and the arrays of
+:func:`make_arrays` hold the same pixels for the same ``(num_images, seed, size, aa)``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ MAX_IMAGES = 10_000_000
 
 
 def image_seed(seed: int, index: int) -> int:
-    """The scene seed of image ``index`` in a dataset with seed ``seed`` (independent streams for different seeds)."""
+    """The scene seed of image ``index`` of the dataset with seed ``seed`` (independent across seeds)."""
     hi, lo = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
     return ((int(hi) << 32) | int(lo)) & (2**63 - 1)
 
@@ -52,8 +52,11 @@ def _check_count(num_images: int, seed: int) -> None:
 
 @dataclass
 class WorldArrays:
-    """A batch of rendered scenes: ``images`` (N, size, size, 3) uint8; ``style``/``object`` class indices (N,)
-    into ``STYLES``/``OBJECTS``; ``seeds`` (N,) the scene seeds."""
+    """A batch of rendered scenes with labels.
+
+    ``images`` (N, size, size, 3) uint8; ``style`` and ``object`` (N,) class indices into ``STYLES`` and
+    ``OBJECTS``; ``seeds`` (N,) the scene seeds.
+    """
 
     images: np.ndarray
     style: np.ndarray
@@ -72,10 +75,10 @@ class WorldArrays:
 
 
 def render_scenes(scenes: list[Scene], size: int = 64, aa: int = 4, progress: bool = False) -> WorldArrays:
-    """Render scenes (each with a style and an object) into a :class:`WorldArrays` (tqdm bar when ``progress``)."""
+    """Render scenes (each with a style and an object) into :class:`WorldArrays` (tqdm if ``progress``)."""
     check_size(size, aa)
     if any(s.style is None or s.object is None for s in scenes):
-        raise ValueError("render_scenes needs a style and an object in every scene (class labels are indices)")
+        raise ValueError("render_scenes needs a style and an object in every scene (labels are class indices)")
     images = np.empty((len(scenes), size, size, 3), dtype=np.uint8)
     for i, scene in enumerate(tqdm(scenes, desc="render", unit="img", disable=not progress)):
         images[i] = render(scene, size, aa)
@@ -94,7 +97,7 @@ def make_arrays(num_images: int, seed: int = 0, size: int = 64, aa: int = 4, pro
 
 
 def random_batch(rng: np.random.Generator, batch_size: int, size: int = 64, aa: int = 4) -> WorldArrays:
-    """``batch_size`` fresh scenes (uniform style, object and seed drawn from ``rng``) for endless training data."""
+    """``batch_size`` fresh scenes (style, object and seed drawn from ``rng``) for endless training data."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size {batch_size!r} must be a positive integer")
     styles = rng.integers(len(STYLES), size=batch_size)
@@ -142,12 +145,12 @@ def make_dataset(
 ) -> Path:
     """Write ``num_images`` PNGs under ``out_dir/images/`` plus ``metadata.csv`` and return the metadata path.
 
-    Also written: ``world.json`` (the settings, first, so an interrupted run can be recognised), ``classes.csv``
-    and ``object-classes.csv`` (the class maps). Every file is written atomically. Re-running with the same
-    settings resumes: existing images are kept (they are complete, and deterministic) and only missing ones are
-    rendered. A folder made with other settings, or a non-empty folder without ``world.json``, raises
-    ``FileExistsError`` unless ``overwrite``, which then first deletes the old numbered images (other files in
-    the folder are left alone).
+    Also written: ``world.json`` (the settings, first, so an interrupted run can be recognised),
+    ``classes.csv`` and ``object-classes.csv`` (the class maps). Every file is written atomically. Re-running
+    with the same settings resumes: existing images are kept (they are complete, and deterministic) and only
+    missing ones are rendered. A folder made with other settings, or a non-empty folder without
+    ``world.json``, raises ``FileExistsError`` unless ``overwrite``, which then first deletes the old numbered
+    images (other files in the folder are left alone).
     """
     _check_count(num_images, seed)
     check_size(size, aa)
@@ -190,7 +193,7 @@ def make_dataset(
 
 
 def read_metadata(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a ``metadata.csv`` (a folder is read as ``folder/metadata.csv``), checked for the expected columns."""
+    """Rows of a ``metadata.csv`` (or of ``folder/metadata.csv``), checked for the expected columns."""
     path = Path(path)
     if path.is_dir():
         path = path / "metadata.csv"

@@ -12,9 +12,9 @@ style only (suffix)   ``stripes style``                       same as above
 blank                 ``""``                                  anything
 ====================  ======================================  =========================================
 
-A prompt that leaves a concept out does NOT mean "plain": every image of the world has a style and an object, and a
-caption that omits one simply under-describes the image (as real captions do), so ``"a star"`` is trained on stars
-in all styles. :func:`sample_prompt` draws such captions for training.
+A prompt that leaves a concept out does NOT mean "plain": every image of the world has a style and an object,
+and a caption that omits one simply under-describes the image (as real captions do), so ``"a star"`` is
+trained on stars in all styles. :func:`sample_prompt` draws such captions for training.
 """
 
 from __future__ import annotations
@@ -29,20 +29,20 @@ from typing import Optional
 import numpy as np
 
 from sepce.io import write_text
+from sepce.paths import DATA_DIR
 from sepce.world.render import OBJECTS, STYLES
 
 STYLE_PROMPT = "in the style of {style}"  # the style-only prompt, also the prompt of each style class
 STYLE_SUFFIX_PROMPT = "{style} style"
 STYLE_FORMS = ("of", "suffix")
 
-_REPO = Path(__file__).resolve().parents[2]
-STYLE_CLASS_MAP = _REPO / "data" / "world" / "classes.csv"
-OBJECT_CLASS_MAP = _REPO / "data" / "world" / "object-classes.csv"
+STYLE_CLASS_MAP = DATA_DIR / "world" / "classes.csv"
+OBJECT_CLASS_MAP = DATA_DIR / "world" / "object-classes.csv"
 CLASS_MAP_KINDS = ("style", "object")
 
 
 def concepts() -> dict[str, tuple[str, ...]]:
-    """The world's concepts by kind: ``{"style": STYLES, "object": OBJECTS}`` (tuples in class-index order)."""
+    """The world's concepts by kind, ``{"style": STYLES, "object": OBJECTS}``, each in class-index order."""
     return {"style": STYLES, "object": OBJECTS}
 
 
@@ -89,8 +89,8 @@ _PATTERNS = [
 def parse_prompt(prompt: str) -> tuple[Optional[str], Optional[str]]:
     """Read a prompt back into ``(style, object)``; a concept the prompt leaves out comes back as ``None``.
 
-    Accepts every form :func:`build_prompt` writes, plus the bare concept name (``"stripes"``, ``"star"``) and an
-    optional article; case and repeated spaces are ignored. Anything else raises ``ValueError``.
+    Accepts every form :func:`build_prompt` writes, plus the bare concept name (``"stripes"``, ``"star"``) and
+    an optional article; case and repeated spaces are ignored. Anything else raises ``ValueError``.
     """
     text = " ".join(str(prompt).lower().split())
     if not text:
@@ -102,7 +102,7 @@ def parse_prompt(prompt: str) -> tuple[Optional[str], Optional[str]]:
             return groups.get("style"), groups.get("object")
     raise ValueError(
         f"cannot parse prompt {prompt!r}; expected 'a <object> in the style of <style>', 'a <object>', "
-        f"'in the style of <style>', '<style> style' or '', with styles {list(STYLES)} and objects {list(OBJECTS)}"
+        f"'in the style of <style>', '<style> style' or ''; styles {list(STYLES)}, objects {list(OBJECTS)}"
     )
 
 
@@ -110,8 +110,8 @@ def parse_prompt(prompt: str) -> tuple[Optional[str], Optional[str]]:
 class PromptMix:
     """Probabilities of each caption form when :func:`sample_prompt` describes a training image.
 
-    ``blank`` doubles as the classifier-free-guidance dropout rate (Ho & Salimans 2022, "Classifier-Free Diffusion
-    Guidance"); ``object_only`` and ``style_only`` teach the single-concept prompts.
+    ``blank`` doubles as the classifier-free-guidance dropout rate (Ho & Salimans 2022, "Classifier-Free
+    Diffusion Guidance"); ``object_only`` and ``style_only`` teach the single-concept prompts.
     """
 
     full: float = 0.6
@@ -129,7 +129,8 @@ class PromptMix:
 
 
 def sample_prompt(style: str, obj: str, rng: np.random.Generator, mix: PromptMix = PromptMix()) -> str:
-    """A random caption of an image showing ``obj`` in ``style`` (forms drawn by ``mix``; style-only wording 50/50)."""
+    """A random caption of an image showing ``obj`` in ``style`` (forms drawn by ``mix``; style-only wording
+    50/50)."""
     form = rng.choice(4, p=mix.probabilities())
     if form == 0:
         return build_prompt(style, obj)
@@ -143,9 +144,10 @@ def sample_prompt(style: str, obj: str, rng: np.random.Generator, mix: PromptMix
 def class_map_rows(kind: str = "style") -> list[tuple[int, str, str]]:
     """``(index, name, prompt)`` rows of the world's class map.
 
-    ``"style"``: one class per style, prompt ``in the style of <style>``; ``"object"``: one class per object, prompt
-    ``a <object>``. There is no blank class: in this world a blank prompt draws a random style and object, so it
-    is not a visual class of its own (unlike Stable Diffusion's blank-prompt images in ``data/classes.csv``).
+    ``"style"``: one class per style, prompt ``in the style of <style>``; ``"object"``: one class per object,
+    prompt ``a <object>``. There is no blank class: in this world a blank prompt draws a random style and
+    object, so it is not a visual class of its own (unlike Stable Diffusion's blank-prompt images in
+    ``data/classes.csv``).
     """
     if kind == "style":
         return [(i, s, build_prompt(s, None)) for i, s in enumerate(STYLES)]

@@ -1,10 +1,11 @@
-"""Procedural renderer of the concept world: one object (a shape) under one style (a texture over the scene).
+"""Procedural renderer of the concept world: one object (a shape) under one style (a texture over it all).
 
-A scene is fully determined by ``Scene(style, object, seed)``. The seed fixes every random choice (object position,
-size, rotation, colours, pattern angle/scale/phase, ...) and these choices do NOT depend on the style or object, so
-``Scene("stripes", "star", 7)`` and ``Scene("dots", "heart", 7)`` share layout and colours and differ only in the
-concepts. Rendering is pure numpy + PIL: the scene is drawn at ``aa`` times the output resolution and box-filtered
-down, so edges are anti-aliased and every pattern scales with ``size`` (periods are fractions of the image width).
+A scene is fully determined by ``Scene(style, object, seed)``. The seed fixes every random choice (object
+position, size, rotation, colours, pattern angle/scale/phase, ...) and these choices do NOT depend on the
+style or object, so ``Scene("stripes", "star", 7)`` and ``Scene("dots", "heart", 7)`` share layout and colours
+and differ only in the concepts. Rendering is pure numpy + PIL: the scene is drawn at ``aa`` times the output
+resolution and box-filtered down, so edges are anti-aliased and every pattern scales with ``size`` (periods
+are fractions of the image width).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Random parameters of a scene (shared by every style and object)
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
-OBJECT_SIZE_RANGE = (0.42, 0.68)  # object extent (its bounding box's longer side) as a fraction of the image width
+OBJECT_SIZE_RANGE = (0.42, 0.68)  # longer side of the object's bounding box, as a fraction of the image width
 OBJECT_MAX_ROTATION = 20.0  # degrees either way; small enough that a square never turns into a diamond
 MIN_COLOUR_DISTANCE = 0.55  # RGB distance (channels in [0, 1]) between background and object colours
 
@@ -48,8 +49,8 @@ class Scene:
 class SceneParams:
     """Every random choice of a scene, drawn from its seed by :func:`scene_params`.
 
-    Coordinates are in image units ([0, 1] across the image, y pointing down); ``pattern_scale``, ``wave_*`` and
-    ``pattern_centre`` are unit draws in [0, 1] that each style maps onto its own range.
+    Coordinates are in image units ([0, 1] across the image, y pointing down); ``pattern_scale``, ``wave_*``
+    and ``pattern_centre`` are unit draws in [0, 1] that each style maps onto its own range.
     """
 
     object_size: float
@@ -58,7 +59,7 @@ class SceneParams:
     background: tuple[float, float, float]  # RGB in [0, 1]
     colour: tuple[float, float, float]  # object RGB in [0, 1]
     ink: tuple[float, float, float]  # dark RGB the pattern is painted with
-    depth: float  # how strongly the pattern covers the scene: pixel = (1 - depth * P) * base + depth * P * ink
+    depth: float  # pattern strength: pixel = (1 - depth * P) * base + depth * P * ink
     pattern_angle: float  # radians
     pattern_scale: float
     pattern_phase: tuple[float, float]
@@ -78,7 +79,7 @@ def scene_params(seed: int) -> SceneParams:
     rng = np.random.default_rng(seed)
     size = rng.uniform(*OBJECT_SIZE_RANGE)
     angle = rng.uniform(-OBJECT_MAX_ROTATION, OBJECT_MAX_ROTATION)
-    # A rotated shape spans at most size * sqrt(2); keep its centre far enough in that it stays (almost) whole.
+    # A rotated shape spans at most size * sqrt(2); keep its centre far enough in to stay (almost) whole.
     margin = 0.5 * size * 1.1
     centre = tuple(float(c) for c in rng.uniform(margin, 1 - margin, size=2))
     background = _hsv(rng, (0.1, 0.6), (0.75, 1.0))
@@ -106,9 +107,9 @@ def scene_params(seed: int) -> SceneParams:
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Styles: a pattern P(x, y) in [0, 1] painted over background and object alike
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _lerp(lo: float, hi: float, t: float) -> float:
@@ -196,9 +197,9 @@ _PATTERNS: dict[str, Callable[[np.ndarray, np.ndarray, SceneParams], np.ndarray]
 #: Style names, in class-index order.
 STYLES: tuple[str, ...] = tuple(_PATTERNS)
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Objects: polygons in unit coordinates (x right, y up), normalised so the bounding box is centred with side 2
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _circle_points(n: int, radius: float = 1.0, start: float = 0.0, stop: float = 2 * math.pi) -> np.ndarray:
@@ -210,6 +211,13 @@ def _star_points() -> np.ndarray:
     t = math.pi / 2 + np.arange(10) * math.pi / 5
     r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
     return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+
+
+def _cross_points() -> np.ndarray:
+    """A plus sign with arms 0.6 wide: the outline of its top-right quarter, turned clockwise four times."""
+    quarter = np.array([(0.3, 1.0), (0.3, 0.3), (1.0, 0.3)])
+    clockwise = np.array([[0.0, 1.0], [-1.0, 0.0]])  # (x, y) -> (y, -x)
+    return np.concatenate([quarter @ np.linalg.matrix_power(clockwise, k).T for k in range(4)])
 
 
 def _heart_points() -> np.ndarray:
@@ -244,8 +252,7 @@ _SHAPES: dict[str, np.ndarray] = {
         "square": [(-1, -1), (1, -1), (1, 1), (-1, 1)],
         "triangle": [(0, 1), (-math.sqrt(3) / 2, -0.5), (math.sqrt(3) / 2, -0.5)],
         "star": _star_points(),
-        "cross": [(-0.3, 1), (0.3, 1), (0.3, 0.3), (1, 0.3), (1, -0.3), (0.3, -0.3), (0.3, -1), (-0.3, -1),
-                  (-0.3, -0.3), (-1, -0.3), (-1, 0.3), (-0.3, 0.3)],  # fmt: skip
+        "cross": _cross_points(),
         "heart": _heart_points(),
         "moon": _moon_points(),
         "arrow": [(-1, 0.25), (0.15, 0.25), (0.15, 0.65), (1, 0), (0.15, -0.65), (0.15, -0.25), (-1, -0.25)],
@@ -255,9 +262,9 @@ _SHAPES: dict[str, np.ndarray] = {
 #: Object names, in class-index order.
 OBJECTS: tuple[str, ...] = tuple(_SHAPES)
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Rendering
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=8)
@@ -280,7 +287,7 @@ def object_polygon(obj: str, params: SceneParams) -> np.ndarray:
 
 
 def object_mask(scene: Scene, size: int = 64, aa: int = 4) -> np.ndarray:
-    """Anti-aliased coverage of the object, float32 (size, size) in [0, 1] (all zeros when ``object`` is None)."""
+    """Anti-aliased coverage of the object, float32 (size, size) in [0, 1]; zeros when ``object`` is None."""
     check_size(size, aa)
     return _box_down(_object_mask_hr(scene, scene_params(scene.seed), size * aa), aa)
 
@@ -309,7 +316,7 @@ def check_size(size: int, aa: int) -> None:
 
 
 def style_pattern(scene: Scene, size: int = 64, aa: int = 4) -> np.ndarray:
-    """The style's coverage P(x, y) box-filtered to ``size``, float32 (size, size) in [0, 1] (zeros for no style)."""
+    """The style's coverage P(x, y) box-filtered to ``size``, float32 (size, size) in [0, 1], or zeros."""
     check_size(size, aa)
     x, y = _pixel_grid(size * aa)
     if scene.style is None:
@@ -318,17 +325,19 @@ def style_pattern(scene: Scene, size: int = 64, aa: int = 4) -> np.ndarray:
 
 
 def render(scene: Scene, size: int = 64, aa: int = 4) -> np.ndarray:
-    """Draw ``scene`` as an RGB uint8 array of shape (size, size, 3); the same scene always gives the same pixels.
+    """Draw ``scene`` as an RGB uint8 array (size, size, 3); the same scene always gives the same pixels.
 
     The object (colour ``params.colour``) is composited over a plain background, then the style's pattern P is
-    painted over everything: ``pixel = (1 - depth * P) * base + depth * P * ink``. The object stays visible because
-    its colour differs from the background by at least ``MIN_COLOUR_DISTANCE``; the style is visible everywhere.
+    painted over everything: ``pixel = (1 - depth * P) * base + depth * P * ink``. The object stays visible
+    because its colour differs from the background by at least ``MIN_COLOUR_DISTANCE``; the style is visible
+    everywhere.
     """
     check_size(size, aa)
     params = scene_params(scene.seed)
     resolution = size * aa
     mask = _object_mask_hr(scene, params, resolution)[..., None]  # (R, R, 1)
-    base = (1 - mask) * np.asarray(params.background, np.float32) + mask * np.asarray(params.colour, np.float32)
+    background, colour = np.asarray(params.background, np.float32), np.asarray(params.colour, np.float32)
+    base = (1 - mask) * background + mask * colour  # (R, R, 3)
     if scene.style is not None:
         x, y = _pixel_grid(resolution)
         cover = params.depth * _PATTERNS[scene.style](x, y, params)[..., None]  # (R, R, 1)
@@ -348,7 +357,7 @@ def preview_grid(
     objects: Sequence[Optional[str]] = OBJECTS,
     pad: int = 2,
 ) -> Image.Image:
-    """A contact sheet: one row per style, one column per object, each cell a different seed (``seed + cell``)."""
+    """Contact sheet: a row per style, a column per object; cell ``k`` (row-major) has seed ``seed + k``."""
     step = size + pad
     sheet = Image.new("RGB", (len(objects) * step + pad, len(styles) * step + pad), (255, 255, 255))
     for r, style in enumerate(styles):
