@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def parse_device(spec: Union[str, int, torch.device]) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:1``, ``mps`` or a bare GPU index (``0``) → torch.device, checked to exist."""
+def parse_device(spec: Union[str, int, torch.device], flag: str = "--device") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:1``, ``mps`` or a bare GPU index (``0``) → torch.device, checked to exist
+    (``flag`` names the command-line option in the error's hint)."""
     if isinstance(spec, torch.device):
         device = spec
     else:
@@ -27,12 +28,12 @@ def parse_device(spec: Union[str, int, torch.device]) -> torch.device:
         device = torch.device(f"cuda:{spec}" if spec.isdigit() else spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} asks for CUDA but no CUDA device is available; use --device cpu")
+            raise ValueError(f"device {spec!r} asks for CUDA but no CUDA device is available; use {flag} cpu")
         index = device.index or 0
         if index >= torch.cuda.device_count():
             raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {spec!r} asks for MPS, which is not available; use --device cpu")
+        raise ValueError(f"device {spec!r} asks for MPS, which is not available; use {flag} cpu")
     return device
 
 
@@ -42,7 +43,7 @@ def parse_devices(spec: str) -> list[torch.device]:
     parts = [p for p in str(spec).split(",") if p.strip()]
     if not parts or len(parts) > 2:
         raise ValueError(f"--devices {spec!r}: expected one or two devices such as '0,1', '0' or 'cpu'")
-    return [parse_device(p) for p in parts]
+    return [parse_device(p, "--devices") for p in parts]
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -1,0 +1,893 @@
+"""Shared training harness of the erasure methods (CiE, SepCE, ESD, Forget-Me-Not, Ablating Concepts).
+
+Everything the five training scripts have in common lives here, so each script only holds its loss:
+
+* :func:`add_common_args` — the flags every script takes (``--prompt``, ``--lr``, ``--iterations``/``--iter_break``,
+  ``--ddim_steps``, ``--image_size``, ``--data_dir``, ``--devices``, ``--ckpt_path``, ``--config_path``,
+  ``--output_dir``, ``--overwrite``, ``--seed``, ``--zero_grad``, ``--save_full``, ``--gradient_checkpointing``,
+  ``--precision``).
+* :class:`TrainingSession` — validates the arguments, the model files, the image folders and the output folder
+  BEFORE any model is loaded (bad input → one-line ``ValueError``/``FileNotFoundError``/``FileExistsError``), then
+  loads the model, draws the common training step of METHOD.md (one image per iteration, Resize+CenterCrop,
+  [-1, 1]; ``z`` = posterior sample × scale_factor; ``t_enc ~ U{0..S-1}``, DDPM ``t ~ U[round(t_enc/S·T),
+  round((t_enc+1)/S·T))``; ``x_t = q_sample(z, t)``), and builds the frozen original (:class:`FrozenReference`).
+* :func:`select_parameters` — trained parameters by UNet name rule (``attn2`` by default, ``attn2_kv`` for SepCE,
+  or any callable such as ESD's train methods in :mod:`sepce.esd_params`).
+* :class:`Trainer` — the optimisation loop (Adam; gradient ACCUMULATION as in the released CiE/SepCE/FMN/AC
+  scripts unless ``zero_grad``; a non-finite loss or gradient stops the run and keeps the last good state; Ctrl-C
+  stops cleanly) with a tqdm bar, recording into a :class:`Run`.
+* :class:`Run` — the run folder: ``args.json``, ``losses.csv`` (one row per iteration, flushed as it goes),
+  ``summary.json`` (iterations, stop reason, wall time, peak memory), ``loss.png``, ``erasure.safetensors``
+  (:mod:`sepce.records`) and optional full CompVis checkpoints.
+
+All randomness (image choice, timesteps, posterior and forward-process noise) comes from ``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import torch
+
+from sepce import records
+from sepce.io import atomic_path, write_json
+from sepce.modeling import check_model_files, load_model, parse_devices, parse_dtype, unet_of
+
+log = logging.getLogger(__name__)
+
+UNET_PREFIX = "model.diffusion_model."
+DEFAULT_CKPT = Path("models/ldm/sd-v1-4-full-ema.ckpt")
+DEFAULT_CONFIG = Path("configs/stable-diffusion/v1-inference.yaml")
+DEFAULT_DATA = Path("data")
+DEFAULT_MODELS = Path("models")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+RUN_FILES = ("args.json", "losses.csv", "summary.json", "loss.png", records.RECORD_NAME)
+
+#: Parameter rules over UNet-relative names (``input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight``).
+PARAMETER_RULES: dict[str, Callable[[str], bool]] = {
+    "attn2": lambda n: "attn2" in n,
+    "attn2_kv": lambda n: ".attn2.to_k." in n or ".attn2.to_v." in n,
+}
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def add_common_args(
+    parser: argparse.ArgumentParser,
+    *,
+    lr: float,
+    iterations: int,
+    prompt: bool = True,
+    prompt_default: Optional[str] = None,
+    images: bool = True,
+    zero_grad_flag: bool = True,
+    devices: str = "0,1",
+) -> argparse.ArgumentParser:
+    """Add the flags shared by every training script to ``parser`` (see the module docstring).
+
+    ``prompt=False`` leaves ``--prompt`` out (SepCE adds ``--prompts``); ``images=False`` leaves ``--data_dir`` out
+    (ESD samples its own latents); ``zero_grad_flag=False`` leaves ``--zero_grad`` out (for methods that always
+    zero their gradients, like ESD). ``--iterations`` and ``--iter_break`` are two spellings of one flag
+    (``args.iterations``)."""
+    if prompt:
+        parser.add_argument(
+            "--prompt",
+            type=str,
+            required=prompt_default is None,
+            default=prompt_default,
+            help="concept prompt to erase; training images are read from <data_dir>/<prompt>/",
+        )
+    parser.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    parser.add_argument(
+        "--iterations",
+        "--iter_break",
+        dest="iterations",
+        type=int,
+        default=iterations,
+        help="maximum number of iterations (both spellings are accepted)",
+    )
+    parser.add_argument(
+        "--ddim_steps",
+        type=int,
+        default=50,
+        help="DDIM steps S of the timestep draw: t_enc ~ U{0..S-1}, DDPM t in "
+        "[round(t_enc/S*1000), round((t_enc+1)/S*1000))",
+    )
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=512,
+        help="training images are resized (shorter side) and centre-cropped to this size",
+    )
+    if images:
+        parser.add_argument(
+            "--data_dir",
+            type=Path,
+            default=DEFAULT_DATA,
+            help="folder holding one image folder per concept prompt: <data_dir>/<prompt>/",
+        )
+    parser.add_argument(
+        "--devices",
+        type=str,
+        default=devices,
+        help="'0,1': trained model on GPU 0, frozen original on GPU 1 (as released); one device "
+        "('0', 'cuda:0', 'cpu'): one model copy, the original's outputs from the same weights",
+    )
+    parser.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="base CompVis checkpoint")
+    parser.add_argument("--config_path", type=Path, default=DEFAULT_CONFIG, help="CompVis model config (YAML)")
+    parser.add_argument(
+        "--output_dir",
+        type=Path,
+        default=None,
+        help="run folder (default: models/<method>-<prompt>); a non-empty folder needs --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="reuse a non-empty --output_dir, replacing its run files"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of image choice, timesteps and noise (the released scripts were unseeded)",
+    )
+    if zero_grad_flag:
+        parser.add_argument(
+            "--zero_grad",
+            action="store_true",
+            help="zero the gradients every iteration; by default they ACCUMULATE across iterations, "
+            "as in the released scripts, which never called zero_grad()",
+        )
+    parser.add_argument(
+        "--save_full",
+        action="store_true",
+        help="also write full CompVis checkpoints (several GB each) beside erasure.safetensors",
+    )
+    parser.add_argument(
+        "--gradient_checkpointing",
+        choices=("config", "on", "off"),
+        default="config",
+        help="recompute activations in backward (less memory, slower); 'config' keeps the "
+        "model config's use_checkpoint (on for v1-inference.yaml)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="autocast dtype of forward passes; weights and optimizer state stay fp32",
+    )
+    return parser
+
+
+def slug(text: str) -> str:
+    """Folder-friendly form of a prompt ('Van Gogh' → 'VanGogh', as the released scripts named runs)."""
+    out = re.sub(r"[^A-Za-z0-9_+=.-]", "", text.replace(" ", ""))
+    return out or "blank"
+
+
+def default_output_dir(method: str, prompts: Sequence[str], suffix: Optional[str] = None) -> Path:
+    name = f"{method}-{'+'.join(slug(p) for p in prompts)}"
+    return DEFAULT_MODELS / (f"{name}-{suffix}" if suffix else name)
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--output_dir {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"--output_dir {path} is not empty; refusing to overwrite a run (pass --overwrite "
+            f"or choose another --output_dir)"
+        )
+
+
+def check_positive(name: str, value: float, integer: bool = False) -> None:
+    if integer and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} {value!r}: expected a positive integer")
+    if not integer and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} {value!r}: expected a positive number")
+
+
+EXIT_STOPPED_EARLY = 3
+EXIT_HELP = (
+    "exit status: 0 done; 1 bad input (one line on stderr, nothing written); 3 stopped early (non-finite loss or "
+    "Ctrl-C) after saving the last good state"
+)
+
+
+def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> Any:
+    """Run a script's ``main``; expected errors (bad input, missing files, refused overwrites) become one line
+    on stderr and exit status 1 instead of a traceback. When ``main`` returns a run summary with ``ok`` False
+    (non-finite loss, interruption) the run's files are already saved (last good state); a warning goes to stderr
+    and the exit status is :data:`EXIT_STOPPED_EARLY` (3), so shell pipelines notice."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        result = main(args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if isinstance(result, Mapping) and result.get("ok") is False:
+        print(
+            f"warning: training stopped early: {result.get('stop_reason')}; the saved weights are its last good state",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_STOPPED_EARLY)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ images
+class ImageFolder:
+    """The training images of one concept: every readable image in ``folder``, one drawn per iteration.
+
+    Construction validates the folder (missing, empty, or no readable image → one-line error) without touching
+    a model; unreadable files are skipped and counted (``skipped``)."""
+
+    def __init__(self, folder: Union[str, Path], image_size: int = 512):
+        from PIL import Image
+
+        self.folder = Path(folder)
+        self.image_size = image_size
+        if not self.folder.is_dir():
+            raise FileNotFoundError(
+                f"image folder {self.folder} does not exist: expected images the original model "
+                f"generated for this prompt (eval-scripts/generate-data.py) in <data_dir>/<prompt>/"
+            )
+        candidates = sorted(p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not candidates:
+            raise ValueError(f"image folder {self.folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        self.files: list[Path] = []
+        self.skipped: list[Path] = []
+        for p in candidates:
+            try:
+                with Image.open(p) as im:
+                    im.verify()
+                self.files.append(p)
+            except Exception:  # noqa: BLE001 - any decoder error means "unreadable"
+                self.skipped.append(p)
+        if self.skipped:
+            log.warning(
+                "%s: skipped %d unreadable image(s) of %d (first: %s)",
+                self.folder,
+                len(self.skipped),
+                len(candidates),
+                self.skipped[0].name,
+            )
+        if not self.files:
+            raise ValueError(f"image folder {self.folder}: none of its {len(candidates)} image file(s) is readable")
+        from torchvision import transforms
+
+        self.transform = transforms.Compose(
+            [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()]
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> torch.Tensor:
+        """Image ``index`` as a 1×3×S×S tensor in [-1, 1]."""
+        from PIL import Image
+
+        with Image.open(self.files[index]) as im:
+            x = self.transform(im.convert("RGB"))
+        return (2.0 * x - 1.0).unsqueeze(0)
+
+    def sample(self, generator: torch.Generator) -> torch.Tensor:
+        """A uniformly drawn image; files that fail to decode now are dropped (and counted) and another is drawn."""
+        while self.files:
+            index = int(torch.randint(len(self.files), (1,), generator=generator))
+            try:
+                return self.load(index)
+            except Exception:  # noqa: BLE001
+                bad = self.files.pop(index)
+                self.skipped.append(bad)
+                log.warning("skipping unreadable image %s", bad)
+        raise ValueError(f"image folder {self.folder}: no readable image is left")
+
+
+# ------------------------------------------------------------------------------------------------ diffusion step
+def sample_timesteps(ddim_steps: int, generator: torch.Generator, num_timesteps: int = 1000) -> tuple[int, int]:
+    """``(t_enc, t)``: t_enc ~ U{0..S-1}, then the DDPM step t ~ U[round(t_enc/S·T), round((t_enc+1)/S·T)) — the
+    released scripts' draw, uniform over 0..T-1 overall (METHOD.md, common step 3)."""
+    t_enc = int(torch.randint(ddim_steps, (1,), generator=generator))
+    lo = round(t_enc / ddim_steps * num_timesteps)
+    hi = round((t_enc + 1) / ddim_steps * num_timesteps)
+    return t_enc, int(torch.randint(lo, hi, (1,), generator=generator))
+
+
+@torch.no_grad()
+def encode_latents(model: torch.nn.Module, images: torch.Tensor, generator: Optional[torch.Generator] = None):
+    """``get_first_stage_encoding(encode_first_stage(x))``: a posterior sample × scale_factor, without gradients."""
+    first = next(model.first_stage_model.parameters())
+    posterior = model.encode_first_stage(images.to(first.device, first.dtype))
+    return model.get_first_stage_encoding(posterior, generator=generator).detach()
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(unet_of(model).parameters()).device
+
+
+def q_sample(model: torch.nn.Module, z: torch.Tensor, t: torch.Tensor, generator: Optional[torch.Generator] = None):
+    """x_t = √ᾱ_t z + √(1−ᾱ_t) ε with fresh ε (Ho et al. 2020, Eq. 4)."""
+    noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    return model.q_sample(z, t.to(z.device), noise=noise)
+
+
+# ------------------------------------------------------------------------------------------------ parameters
+def select_parameters(
+    model: torch.nn.Module, rule: Union[str, Callable[[str], bool]] = "attn2"
+) -> dict[str, torch.nn.Parameter]:
+    """The UNet parameters whose UNet-relative name satisfies ``rule`` (a :data:`PARAMETER_RULES` key or a
+    callable name → bool), keyed by full state-dict name; they get ``requires_grad=True`` and EVERY other
+    parameter of ``model`` gets ``requires_grad=False`` (so backward computes no unused weight gradients)."""
+    fn = PARAMETER_RULES.get(rule) if isinstance(rule, str) else rule
+    if fn is None:
+        raise ValueError(f"parameter rule {rule!r}: expected one of {sorted(PARAMETER_RULES)} or a callable")
+    chosen: dict[str, torch.nn.Parameter] = {}
+    for name, p in model.named_parameters():
+        take = name.startswith(UNET_PREFIX) and bool(fn(name[len(UNET_PREFIX) :]))
+        p.requires_grad_(take)
+        if take:
+            chosen[name] = p
+    if not chosen:
+        raise ValueError(f"parameter rule {rule!r} selects no UNet parameter")
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------ frozen original
+class FrozenReference:
+    """ε of the frozen ORIGINAL model, without gradients, returned on the trained model's device.
+
+    * :meth:`substituted` — one model copy: the trained model evaluated with the original values of its trained
+      tensors substituted (``torch.func.functional_call``), so only those tensors are stored twice.
+    * :meth:`copy` — a separate frozen model (the released two-device layout: ``--devices 0,1``).
+    * :meth:`switched_off` — one model copy whose trained quantities are switched off inside a context manager
+      (SepCE: increments off).
+
+    ``originals`` holds θ_orig of the trained tensors on the trained model's device (for the L1 regulariser)."""
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        kind: str,
+        originals: Optional[dict[str, torch.Tensor]] = None,
+    ):
+        self._fn = fn
+        self.kind = kind
+        self.originals = originals or {}
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self._fn(x, t, cond).to(x.device)
+
+    @classmethod
+    def substituted(cls, model: torch.nn.Module, trained: Mapping[str, torch.Tensor]) -> FrozenReference:
+        originals = {k: v.detach().clone() for k, v in trained.items()}
+        wrapper = model.model  # DiffusionWrapper: forward(x, t, c_crossattn=[...])
+        prefix = "model."
+        subs = {k[len(prefix) :]: v for k, v in originals.items()}
+        key = "c_concat" if wrapper.conditioning_key == "concat" else "c_crossattn"
+
+        def fn(x, t, cond):
+            return torch.func.functional_call(wrapper, subs, (x, t), {key: [cond]})
+
+        return cls(fn, "substituted", originals)
+
+    @classmethod
+    def copy(cls, frozen: torch.nn.Module, trained: Mapping[str, torch.Tensor]) -> FrozenReference:
+        device = _device_of(frozen)
+        params = dict(frozen.named_parameters())
+        originals = {k: params[k].detach().to(v.device, copy=True) for k, v in trained.items()}
+
+        def fn(x, t, cond):
+            return frozen.apply_model(x.to(device), t.to(device), cond.to(device))
+
+        return cls(fn, f"copy on {device}", originals)
+
+    @classmethod
+    def switched_off(
+        cls, model: torch.nn.Module, off: Callable[[], contextlib.AbstractContextManager]
+    ) -> FrozenReference:
+        def fn(x, t, cond):
+            with off():
+                return model.apply_model(x, t, cond)
+
+        return cls(fn, "switched off")
+
+
+# ------------------------------------------------------------------------------------------------ run folder
+def peak_memory() -> dict:
+    """Peak resident memory of this process (bytes) and, per CUDA device used, ``torch.cuda.max_memory_allocated``."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out: dict[str, Any] = {"cpu_peak_rss_bytes": int(rss * (1 if sys.platform == "darwin" else 1024))}
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_bytes"] = {
+            f"cuda:{i}": int(torch.cuda.max_memory_allocated(i))
+            for i in range(torch.cuda.device_count())
+            if torch.cuda.max_memory_allocated(i) > 0
+        }
+    return out
+
+
+class Run:
+    """A run folder: ``args.json`` now, ``losses.csv`` row by row (:meth:`log`), ``summary.json`` and ``loss.png``
+    at :meth:`finish`. With ``overwrite`` the run files of an earlier run there (and the checkpoints its summary
+    lists) are removed first, so the folder never mixes two runs."""
+
+    def __init__(
+        self,
+        directory: Union[str, Path],
+        args: Union[argparse.Namespace, Mapping, None],
+        method: str,
+        overwrite: bool = False,
+    ):
+        self.dir = Path(directory)
+        self.method = method
+        check_output_dir(self.dir, overwrite)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            self._clear_previous()
+        self.started = time.time()
+        self.rows: list[dict] = []
+        self.files: list[str] = []
+        self._csv = None
+        self._writer = None
+        payload = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+        self.write_json("args.json", {"method": method, **payload})
+
+    def _clear_previous(self) -> None:
+        old = self.dir / "summary.json"
+        extra: list[str] = []
+        if old.is_file():
+            try:
+                extra = [f for f in json.loads(old.read_text()).get("files", []) if "/" not in f]
+            except (ValueError, AttributeError):
+                extra = []
+        for name in {*RUN_FILES, *extra}:
+            p = self.dir / name
+            if p.is_file():
+                p.unlink()
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        path = write_json(self.path(name), obj)
+        self._note(name)
+        return path
+
+    def _note(self, name: str) -> None:
+        if name not in self.files:
+            self.files.append(name)
+
+    def log(self, row: Mapping[str, Any]) -> None:
+        """Append one row to ``losses.csv`` (columns fixed by the first row; a later row may leave some blank)."""
+        row = dict(row)
+        if self._writer is None:
+            self._csv = self.path("losses.csv").open("w", newline="")
+            self._writer = csv.DictWriter(self._csv, fieldnames=list(row), restval="")
+            self._writer.writeheader()
+            self._note("losses.csv")
+        unknown = [k for k in row if k not in self._writer.fieldnames]
+        if unknown:
+            raise ValueError(f"losses.csv row has columns {unknown} that the first row did not declare")
+        self._writer.writerow({k: _fmt(v) for k, v in row.items()})
+        self._csv.flush()
+        self.rows.append(row)
+
+    def close(self) -> None:
+        if self._csv is not None:
+            self._csv.close()
+            self._csv = None
+
+    def plot(self, name: str = "loss.png", x: str = "iteration", group: str = "concept") -> Optional[Path]:
+        """Loss curves (matplotlib, Agg backend): one panel per numeric quantity against ``x``; columns named
+        ``quantity[label]`` share a panel (one line per label), and rows with a ``group`` column (SepCE's
+        one-at-a-time mode) give one line per group value. ``seconds`` and ``flag[...]`` columns are left out."""
+        if not self.rows:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        def numeric(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        panels: dict[str, list[tuple[str, str]]] = {}  # quantity → [(column, label)]
+        for col in self.rows[0]:
+            if (
+                col in (x, "seconds", group)
+                or col.startswith("flag[")
+                or not any(numeric(r.get(col)) for r in self.rows)
+            ):
+                continue
+            quantity, _, label = col.partition("[")
+            panels.setdefault(quantity, []).append((col, label.rstrip("]")))
+        if not panels:
+            return None
+        fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.4 * len(panels)), sharex=True, squeeze=False)
+        style = "o-" if len(self.rows) < 30 else "-"
+        for ax, (quantity, cols) in zip(axes[:, 0], panels.items()):
+            for col, label in cols:
+                groups = dict.fromkeys(str(r.get(group)) for r in self.rows) if group in self.rows[0] else {"": None}
+                for g in groups:
+                    pts = [
+                        (r[x], r[col]) for r in self.rows if numeric(r.get(col)) and (not g or str(r.get(group)) == g)
+                    ]
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, lw=1, ms=3, label=label or g or None)
+            if len(cols) > 1 or (group in self.rows[0]):
+                ax.legend(fontsize=7)
+            ax.set_ylabel(quantity, fontsize=8)
+            ax.grid(alpha=0.3)
+        axes[-1, 0].set_xlabel(x)
+        fig.suptitle(f"{self.method}: {self.dir.name}", fontsize=10)
+        fig.tight_layout()
+        with atomic_path(self.path(name)) as tmp:
+            fig.savefig(tmp, format="png", dpi=90)
+        plt.close(fig)
+        self._note(name)
+        return self.path(name)
+
+    def finish(self, iterations: int, stop_reason: str, **extra: Any) -> dict:
+        """Write ``loss.png`` and ``summary.json`` (iterations, stop reason, wall time, peak memory, ``extra``)."""
+        self.close()
+        self.plot()
+        summary = {
+            "method": self.method,
+            "iterations": iterations,
+            "stop_reason": stop_reason,
+            "wall_time_s": round(time.time() - self.started, 3),
+            **peak_memory(),
+            **extra,
+        }
+        self._note("summary.json")
+        summary["files"] = list(self.files)
+        write_json(self.path("summary.json"), summary)
+        return summary
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    if isinstance(v, float):
+        return repr(v)
+    return v
+
+
+# ------------------------------------------------------------------------------------------------ optimisation
+@dataclass
+class Step:
+    """What a method's step function returns: the loss to minimise (with grad), values for ``losses.csv``, and
+    optionally a stop reason decided from this iteration (applied after its optimizer step)."""
+
+    loss: torch.Tensor
+    values: dict[str, Any] = field(default_factory=dict)
+    stop: Optional[str] = None
+
+
+@dataclass
+class FitResult:
+    iterations: int
+    stop_reason: str
+    ok: bool = True  # False after a non-finite loss/gradient or an interruption
+
+
+class Trainer:
+    """Adam over ``params`` for at most ``iterations`` steps of ``step_fn`` (see :meth:`fit`).
+
+    Gradients accumulate across iterations unless ``zero_grad`` (the released scripts never zeroed them). A
+    non-finite loss stops the run and restores the parameters of the previous iteration (whose loss was
+    finite); a non-finite gradient stops it before the optimizer step. ``precision`` other than fp32 runs
+    ``step_fn`` under ``torch.autocast`` (fp16 with a gradient scaler on CUDA)."""
+
+    def __init__(
+        self,
+        params: Union[Mapping[str, torch.Tensor], Sequence[torch.Tensor]],
+        lr: float,
+        iterations: int,
+        run: Optional[Run] = None,
+        zero_grad: bool = False,
+        desc: str = "training",
+        precision: torch.dtype = torch.float32,
+        device: Optional[torch.device] = None,
+        keep_last_good: bool = True,
+        progress: bool = True,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+    ):
+        self.params = list(params.values()) if isinstance(params, Mapping) else list(params)
+        if not self.params:
+            raise ValueError("nothing to train: the parameter list is empty")
+        self.optimizer = optimizer or torch.optim.Adam(self.params, lr=lr)
+        self.iterations = iterations
+        self.run = run
+        self.zero_grad = zero_grad
+        self.desc = desc
+        self.precision = precision
+        self.device = device or self.params[0].device
+        self.keep_last_good = keep_last_good
+        self.progress = progress
+        self._last_good: Optional[list[torch.Tensor]] = None
+        use_scaler = precision == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision)
+
+    def _grads_finite(self) -> bool:
+        return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
+
+    @torch.no_grad()
+    def _remember(self) -> None:
+        if not self.keep_last_good:
+            return
+        if self._last_good is None:
+            self._last_good = [p.detach().clone() for p in self.params]
+        else:
+            for saved, p in zip(self._last_good, self.params):
+                saved.copy_(p)
+
+    @torch.no_grad()
+    def _roll_back(self) -> bool:
+        if self._last_good is None:
+            return False
+        for saved, p in zip(self._last_good, self.params):
+            p.copy_(saved)
+        return True
+
+    def fit(
+        self,
+        step_fn: Callable[[int], Step],
+        after_step: Optional[Callable[[int, Step], Optional[str]]] = None,
+        start: int = 0,
+    ) -> FitResult:
+        """Run ``step_fn(i)`` → backward → optimizer step for i = start, start+1, …; log one row per iteration
+        (``iteration``, ``loss``, the step's values, ``seconds``); stop at the first stop reason (the step's, or
+        ``after_step(i, step)``'s, evaluated after the optimizer step) or after ``iterations`` iterations."""
+        from tqdm import tqdm
+
+        bar = tqdm(
+            range(start, start + self.iterations),
+            desc=self.desc,
+            disable=not self.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        done, reason, ok = 0, f"iteration cap reached ({self.iterations} iterations)", True
+        i = start
+        stepping = False
+        try:
+            for i in bar:
+                tic = time.perf_counter()
+                if self.zero_grad:
+                    self.optimizer.zero_grad(set_to_none=True)
+                with self.autocast():
+                    step = step_fn(i)
+                value = float(step.loss.detach().float())
+                row = {"iteration": i, "loss": value, **step.values}
+                if not math.isfinite(value):
+                    if self._roll_back():
+                        done -= 1
+                        kept = f"restored the parameters of iteration {i - 1}, whose loss was finite"
+                    else:
+                        kept = "no optimizer step had been taken"
+                    reason, ok = f"non-finite loss ({value}) at iteration {i}; stopped and {kept}", False
+                    self._log(row, tic)
+                    break
+                (self.scaler.scale(step.loss) if self.scaler else step.loss).backward()
+                if self.scaler is None and not self._grads_finite():
+                    reason, ok = (
+                        (
+                            f"non-finite gradient at iteration {i}; stopped before its optimizer step "
+                            f"(parameters of iteration {i} kept, their loss {value:.6g} was finite)"
+                        ),
+                        False,
+                    )
+                    self._log(row, tic)
+                    break
+                self._remember()
+                stepping = True
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                stepping = False
+                done = i - start + 1
+                self._log(row, tic)
+                bar.set_postfix(
+                    {
+                        k: (f"{v:.4g}" if isinstance(v, float) else v)
+                        for k, v in row.items()
+                        if k in ("loss", "momentum")
+                    }
+                )
+                stop = step.stop or (after_step(i, step) if after_step else None)
+                if stop:
+                    reason = stop
+                    break
+        except KeyboardInterrupt:
+            if stepping:
+                self._roll_back()
+            reason, ok = f"interrupted by the user at iteration {i} ({done} optimizer steps kept)", False
+        finally:
+            bar.close()
+        if not ok:
+            log.warning("%s: %s", self.desc, reason)
+        return FitResult(iterations=done, stop_reason=reason, ok=ok)
+
+    def _log(self, row: dict, tic: float) -> None:
+        if self.run is not None:
+            self.run.log({**row, "seconds": round(time.perf_counter() - tic, 4)})
+
+
+# ------------------------------------------------------------------------------------------------ session
+class TrainingSession:
+    """Validated arguments of one training run, then model loading, the common step and saving.
+
+    ``TrainingSession(args, method, prompts)`` checks (before any model is loaded): numbers, ``--devices``,
+    ``--precision``, ``--config_path``/``--ckpt_path`` existence, every ``<data_dir>/<prompt>/`` image folder
+    (when ``images``), and that the output folder is empty or ``--overwrite`` was given."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        method: str,
+        prompts: Sequence[str],
+        images: bool = True,
+        output_suffix: Optional[str] = None,
+    ):
+        self.args = args
+        self.method = method
+        self.prompts = list(prompts)
+        check_positive("--lr", args.lr)
+        check_positive("--iterations", args.iterations, integer=True)
+        check_positive("--image_size", args.image_size, integer=True)
+        if args.ddim_steps is None or not 1 <= args.ddim_steps <= 1000:
+            raise ValueError(f"--ddim_steps {args.ddim_steps!r}: expected an integer in 1..1000")
+        if args.image_size % 8:
+            raise ValueError(f"--image_size {args.image_size}: expected a multiple of 8 (latents are 8x smaller)")
+        try:
+            self.devices = parse_devices(args.devices)
+        except ValueError as e:
+            raise ValueError(f"--devices {args.devices!r}: {e}") from None
+        self.dtype = parse_dtype(args.precision)
+        check_model_files(args.config_path, args.ckpt_path)
+        self.output_dir = (
+            Path(args.output_dir) if args.output_dir else default_output_dir(method, self.prompts, output_suffix)
+        )
+        check_output_dir(self.output_dir, args.overwrite)
+        self.folders: dict[str, ImageFolder] = {}
+        if images:
+            for p in self.prompts:
+                self.folders[p] = ImageFolder(Path(args.data_dir) / p, args.image_size)
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.device_generator: Optional[torch.Generator] = None
+        self.model: Optional[torch.nn.Module] = None
+        self.run: Optional[Run] = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.devices[0]
+
+    @property
+    def two_devices(self) -> bool:
+        return len(self.devices) == 2 and self.devices[0] != self.devices[1]
+
+    def load_model(self, device: Optional[torch.device] = None) -> torch.nn.Module:
+        """The base model on the first device (fp32), gradient checkpointing as ``--gradient_checkpointing``."""
+        device = device or self.device
+        model = load_model(self.args.config_path, self.args.ckpt_path, device)
+        if self.args.gradient_checkpointing != "config":
+            unet_of(model).set_gradient_checkpointing(self.args.gradient_checkpointing == "on")
+        if self.model is None:
+            self.model = model
+            self.device_generator = torch.Generator(device).manual_seed(self.args.seed + 1)
+        return model
+
+    def frozen_reference(self, model: torch.nn.Module, trained: Mapping[str, torch.Tensor]) -> FrozenReference:
+        """The frozen original: a copy on the second device with two distinct ``--devices``, otherwise the same
+        weights with the original trained tensors substituted (one model copy in memory)."""
+        if self.two_devices:
+            frozen = self.load_model(self.devices[1])
+            return FrozenReference.copy(frozen, trained)
+        return FrozenReference.substituted(model, trained)
+
+    def start_run(self, extra_args: Optional[Mapping[str, Any]] = None) -> Run:
+        """Create the run folder (after the model loaded, so a failed load leaves nothing behind)."""
+        payload = {**vars(self.args), **(extra_args or {}), "devices_resolved": [str(d) for d in self.devices]}
+        self.run = Run(self.output_dir, payload, self.method, overwrite=self.args.overwrite)
+        return self.run
+
+    def finish(self, iterations: int, stop_reason: str, **extra: Any) -> dict:
+        """``Run.finish`` with the session's facts added: the devices, and per image folder the number of images
+        used and of unreadable files skipped."""
+        data = {
+            p: {"folder": str(f.folder), "images": len(f), "skipped_unreadable": len(f.skipped)}
+            for p, f in self.folders.items()
+        }
+        return self.run.finish(iterations, stop_reason, devices=[str(d) for d in self.devices], data=data, **extra)
+
+    def trainer(
+        self,
+        params: Union[Mapping[str, torch.Tensor], Sequence[torch.Tensor]],
+        desc: Optional[str] = None,
+        zero_grad: Optional[bool] = None,
+        iterations: Optional[int] = None,
+        **kw: Any,
+    ) -> Trainer:
+        """A :class:`Trainer` wired to this run's ``--lr``, ``--iterations``, ``--zero_grad`` and ``--precision``."""
+        zg = getattr(self.args, "zero_grad", False) if zero_grad is None else zero_grad
+        return Trainer(
+            params,
+            lr=self.args.lr,
+            iterations=iterations or self.args.iterations,
+            run=self.run,
+            zero_grad=zg,
+            desc=desc or self.method,
+            precision=self.dtype,
+            device=self.device,
+            **kw,
+        )
+
+    # -- the common training step ----------------------------------------------------------------------
+    def timesteps(self) -> tuple[int, torch.Tensor]:
+        """``(t_enc, t)`` with ``t`` a 1-element long tensor on the training device."""
+        t_enc, t = sample_timesteps(self.args.ddim_steps, self.generator, self._model().num_timesteps)
+        return t_enc, torch.tensor([t], device=self.device, dtype=torch.long)
+
+    def image(self, prompt: str) -> torch.Tensor:
+        """One training image of ``prompt`` (1×3×S×S in [-1, 1], on the training device)."""
+        return self.folders[prompt].sample(self.generator).to(self.device)
+
+    def latent(self, prompt: str) -> torch.Tensor:
+        """z of one training image of ``prompt`` (posterior sample × scale_factor, no grad)."""
+        return encode_latents(self._model(), self.image(prompt), self.device_generator)
+
+    def noisy(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = q_sample(z, t) with fresh noise."""
+        return q_sample(self._model(), z, t.expand(z.shape[0]), self.device_generator)
+
+    def _model(self) -> torch.nn.Module:
+        if self.model is None:
+            raise RuntimeError("load_model() first")
+        return self.model
+
+    # -- saving -----------------------------------------------------------------------------------------
+    def base_info(self) -> dict:
+        return records.base_info(self.args.ckpt_path, self.args.config_path)
+
+    def save_record(self, record: records.ErasureRecord) -> Path:
+        path = records.save_record(self.run.path(records.RECORD_NAME), record, overwrite=True)
+        self.run._note(records.RECORD_NAME)
+        return path
+
+    def save_tensors(
+        self, concepts: Sequence[str], tensors: Mapping[str, torch.Tensor], meta: Optional[Mapping[str, Any]] = None
+    ) -> Path:
+        """``erasure.safetensors`` holding the trained tensors' new values (replaced-tensor record)."""
+        record = records.ErasureRecord(
+            method=self.method,
+            concepts=list(concepts),
+            base=self.base_info(),
+            tensors={k: v.detach().float().cpu() for k, v in tensors.items()},
+            meta=dict(meta or {}),
+        )
+        return self.save_record(record)
+
+    def save_full(self, name: str, changed: Mapping[str, torch.Tensor]) -> Path:
+        """A full CompVis checkpoint ``<run>/<name>.ckpt``: the base checkpoint with ``changed`` replaced."""
+        fname = f"{name}.ckpt"
+        path = records.write_full_checkpoint(self.args.ckpt_path, self.run.path(fname), changed, overwrite=True)
+        self.run._note(fname)
+        return path

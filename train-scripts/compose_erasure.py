@@ -1,0 +1,110 @@
+"""Compose an erasure record onto its base checkpoint: erase any subset of a SepCE run's concepts, or restore some.
+
+    python train-scripts/compose_erasure.py --record models/SepCE-VanGogh+Cezanne+Picasso \\
+        --erase VanGogh Picasso --output models/sd-no-VanGogh-Picasso.ckpt
+    # later: restore VanGogh = drop its increment (same base, Picasso still erased)
+    python train-scripts/compose_erasure.py --record models/SepCE-VanGogh+Cezanne+Picasso \\
+        --erase VanGogh Picasso --restore VanGogh --output models/sd-no-Picasso.ckpt
+
+Writes W = W_orig + Σ_{c ∈ erase − restore} A_c (β S_c) into a full CompVis checkpoint (``.ckpt``, or
+``.safetensors`` by suffix) equal to the base in every other tensor, plus ``<output>.json`` naming the record, the
+base and the erased concepts. Replaced-tensor records (CiE, ESD, FMN, Ablating Concepts) compose only as a whole.
+The record must have been made from ``--ckpt_path`` (SHA-256 compared); otherwise nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional, Sequence
+
+from sepce import records
+from sepce.io import write_json
+from sepce.training import DEFAULT_CKPT, run_cli, slug
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--record", type=Path, required=True, help="run folder or erasure.safetensors file")
+    parser.add_argument("--erase", nargs="*", default=None, help="concepts to erase (default: all in the record)")
+    parser.add_argument(
+        "--restore",
+        nargs="*",
+        default=[],
+        help="concepts to keep (not erase) — removed from --erase, i.e. their increment is dropped",
+    )
+    parser.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="base CompVis checkpoint of the record")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="checkpoint to write (default: <record folder>/composed-<concepts>.ckpt)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--list", action="store_true", help="print the record's concepts and exit")
+    return parser.parse_args(argv)
+
+
+def resolve_subset(record: records.ErasureRecord, erase: Optional[Sequence[str]], restore: Sequence[str]) -> list[str]:
+    """The concepts to erase: ``erase`` (default all) minus ``restore``, validated against the record."""
+    chosen = list(record.concepts) if erase is None else list(erase)
+    for name, given in (("--erase", chosen), ("--restore", list(restore))):
+        unknown = [c for c in given if c not in record.concepts]
+        if unknown:
+            raise ValueError(f"{name} {unknown[0]!r} is not a concept of {record.path}; it holds {record.concepts}")
+    subset = [c for c in chosen if c not in set(restore)]
+    if not subset:
+        raise ValueError("nothing to erase: --erase minus --restore is empty (the base checkpoint is the result)")
+    if not record.separable and sorted(subset) != sorted(record.concepts):
+        raise ValueError(
+            f"{record.method} record {record.path} erases {record.concepts} jointly; only SepCE records compose subsets"
+        )
+    return subset
+
+
+def main(args: argparse.Namespace) -> Path:
+    record = records.load_record(args.record)
+    if args.list:
+        print("\n".join(record.concepts))
+        return record.path
+    subset = resolve_subset(record, args.erase, args.restore)
+    output = args.output or record.path.parent / f"composed-{'+'.join(slug(c) for c in subset)}.ckpt"
+    if output.suffix not in (".ckpt", ".safetensors"):
+        raise ValueError(f"--output {output}: expected a .ckpt or .safetensors file name")
+    sidecar = output.with_name(output.name + ".json")
+    for p in (output, sidecar):
+        if p.exists() and not args.overwrite:
+            raise FileExistsError(f"{p} already exists; refusing to overwrite it (pass --overwrite)")
+    if not Path(args.ckpt_path).is_file():
+        raise FileNotFoundError(f"base checkpoint {args.ckpt_path} does not exist (--ckpt_path)")
+    records.check_base(record, args.ckpt_path)
+    keys = set(record.tensors) | {k for layers in record.coefs.values() for k in layers}
+    from ldm.checkpoint import read_state_dict
+
+    base_sd = read_state_dict(args.ckpt_path)
+    missing = sorted(k for k in keys if k not in base_sd)
+    if missing:
+        raise ValueError(f"base checkpoint {args.ckpt_path} has no tensor {missing[0]!r} that the record changes")
+    changed = records.changed_tensors(record, {k: base_sd[k] for k in keys}, subset)
+    del base_sd
+    records.write_full_checkpoint(args.ckpt_path, output, changed, overwrite=args.overwrite)
+    write_json(
+        sidecar,
+        {
+            "record": str(record.path),
+            "record_sha256": records.file_digest(record.path),
+            "method": record.method,
+            "erased": subset,
+            "not_erased": [c for c in record.concepts if c not in subset],
+            "base": record.base,
+        },
+        overwrite=True,
+    )
+    print(f"wrote {output}: erased {subset} from {args.ckpt_path}")
+    return output
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args())
