@@ -1,0 +1,112 @@
+"""Generate evaluation images for every row of a prompt CSV (seed README "Generating Images").
+
+    python eval-scripts/generate-images.py --model_name='?' --prompts_path './data/evaluate.csv' \\
+        --save_path 'evaluation_folder' --num_samples 5
+
+Writes ``<save_path>/<output name>/<case_number>_<k>.png`` for each row (columns ``prompt``,
+``evaluation_seed``, ``case_number``; validated before any model loads) and ``k`` in ``0..num_samples-1``.
+The output name is ``--model_name`` (the file or folder name when it is a path) unless ``--output_name`` is
+given. ``--model_name SD-v1-4`` is the original model; any other name is a run folder under ``models/``
+(erasure record ``erasure.safetensors`` applied onto ``--ckpt_path``, or one full checkpoint) or a checkpoint
+path; SepCE records take ``--erase c1 c2`` to erase only those concepts (the others stay restored).
+
+Defaults follow the paper: K-LMS, 100 steps, guidance 7.5, 512 px. Image k of a case starts from row k of
+``torch.randn((num_samples, 4, H/8, W/8), generator=manual_seed(evaluation_seed))`` (as ESD's script), so the
+same seed gives the same image whatever the batch size. Existing images are skipped (resumable). Several GPUs:
+``torchrun --nproc_per_node N eval-scripts/generate-images.py ...`` shards the rows by rank (on CPU the same
+works with several processes). See sepce/generation.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from sepce.classes import DEFAULT_CLASS_MAP, load_class_map
+from sepce.evaluation.common import run_script
+from sepce.generation import (
+    GenerationReport,
+    add_model_arguments,
+    add_sampling_arguments,
+    check_runtime,
+    generate_rows,
+    resolve_model,
+    settings_from_args,
+)
+from sepce.prompts import read_prompt_csv
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument(
+        "--model_name",
+        required=True,
+        help="SD-v1-4 (original), a run folder under --models_dir, or a checkpoint/record path",
+    )
+    parser.add_argument(
+        "--prompts_path",
+        type=Path,
+        required=True,
+        help="CSV with columns prompt, evaluation_seed, case_number (optional class)",
+    )
+    parser.add_argument(
+        "--save_path", type=Path, default=Path("evaluation_folder"), help="images go to <save_path>/<output name>/"
+    )
+    parser.add_argument(
+        "--output_name", default=None, help="folder name under --save_path (None: the model name, e.g. SD-v1-4)"
+    )
+    parser.add_argument("--num_samples", type=int, default=10, help="images per CSV row")
+    parser.add_argument("--from_case", type=int, default=0, help="skip rows whose case_number is below this")
+    parser.add_argument(
+        "--classes",
+        type=Path,
+        default=DEFAULT_CLASS_MAP,
+        help="class map CSV; an empty prompt is allowed for its blank class",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="regenerate existing images (also when the folder was made with other settings)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampling_arguments(parser)
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    for name in ("num_samples", "batch_size", "ddim_steps", "image_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)} must be >= 1")
+    if args.from_case < 0:
+        parser.error(f"--from_case {args.from_case} must be >= 0")
+    if args.output_name is not None and (not args.output_name.strip() or "/" in args.output_name):
+        parser.error(f"--output_name {args.output_name!r} must be a non-empty folder name without '/'")
+    return args
+
+
+def main(args: argparse.Namespace) -> List[GenerationReport]:
+    settings = settings_from_args(args)
+    check_runtime(args.device, args.precision)
+    rows = read_prompt_csv(args.prompts_path, classes=load_class_map(args.classes))
+    resolved = resolve_model(args.model_name, args.ckpt_path, args.config_path, args.models_dir, args.erase)
+    folder = Path(args.save_path) / (args.output_name or resolved.folder_name)
+    report = generate_rows(
+        rows,
+        resolved,
+        settings,
+        folder,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        from_case=args.from_case,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        extra={"prompts_path": str(args.prompts_path)},
+    )
+    where = "" if report.rank.world_size == 1 else f" (rank {report.rank.rank}/{report.rank.world_size})"
+    print(f"{folder}: wrote {report.written} image(s), {report.skipped} already existed{where}")
+    return [report]
+
+
+if __name__ == "__main__":
+    run_script(parse_args, main)

@@ -1,0 +1,87 @@
+"""Prompt → images with the original or an erased model (quick start).
+
+    python eval-scripts/txt2img.py --prompt 'Van Gogh' --model_name SD-v1-4 --n_samples 2
+    python eval-scripts/txt2img.py --prompt 'Van Gogh' --model_name sepce-run --erase 'Van Gogh'
+
+Writes ``<outdir>/<output name>/<prompt-slug>-<seed>_<k>.png`` (output name: the model name, as in
+``generate-images.py``) and prints the paths. Same sampler, seeds and model resolution as
+``generate-images.py`` (sepce/generation.py): the same ``--seed`` gives the same start noise for every model,
+so images of the original and an erased model can be compared side by side. Refuses to replace existing images
+unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from sepce.evaluation.common import run_script
+from sepce.generation import (
+    ImageJob,
+    ImageSampler,
+    add_model_arguments,
+    add_sampling_arguments,
+    check_runtime,
+    load_resolved,
+    png_text,
+    resolve_model,
+    run_jobs,
+    settings_from_args,
+    slug,
+)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--prompt", required=True, help="text prompt ('' for the unconditional image)")
+    parser.add_argument(
+        "--model_name",
+        default="SD-v1-4",
+        help="SD-v1-4 (original), a run folder under --models_dir, or a checkpoint/record path",
+    )
+    parser.add_argument("--n_samples", type=int, default=1, help="number of images")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the start noise")
+    parser.add_argument("--outdir", type=Path, default=Path("outputs/txt2img"), help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing images")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampling_arguments(parser)
+    add_model_arguments(parser)
+    args = parser.parse_args(argv)
+    for name in ("n_samples", "batch_size", "ddim_steps", "image_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)} must be >= 1")
+    if args.seed < 0:
+        parser.error(f"--seed {args.seed} must be >= 0")
+    return args
+
+
+def main(args: argparse.Namespace) -> List[Path]:
+    settings = settings_from_args(args)
+    _, device, dtype = check_runtime(args.device, args.precision)
+    resolved = resolve_model(args.model_name, args.ckpt_path, args.config_path, args.models_dir, args.erase)
+    folder = Path(args.outdir) / resolved.folder_name
+    prompt = args.prompt.strip()
+    jobs = [
+        ImageJob(0, k, prompt, args.seed, folder / f"{slug(prompt)}-{args.seed}_{k}.png") for k in range(args.n_samples)
+    ]
+    existing = [str(job.path) for job in jobs if job.path.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{existing[0]} already exists; pass --overwrite or choose another --outdir/--seed")
+    sampler = ImageSampler(load_resolved(resolved, device), settings, device, dtype)
+    run_jobs(
+        sampler,
+        jobs,
+        args.batch_size,
+        args.n_samples,
+        png_text(resolved, settings),
+        desc="txt2img",
+        progress=not args.quiet,
+    )
+    for job in jobs:
+        print(job.path)
+    return [job.path for job in jobs]
+
+
+if __name__ == "__main__":
+    run_script(parse_args, main)

@@ -1,0 +1,793 @@
+"""Image generation shared by ``generate-images.py``, ``generate-data.py``, ``txt2img.py`` and the benchmark.
+
+Model resolution (:func:`resolve_model`, no weights are read)
+------------------------------------------------------------
+``--model_name`` is one of
+
+* ``SD-v1-4`` or ``original`` (any case): the base checkpoint ``--ckpt_path`` with ``--config_path``;
+* a run folder name under ``--models_dir`` (default ``models/``), or a path to a run folder, holding
+  ``erasure.safetensors`` (a :mod:`sepce.records` erasure record, applied onto ``--ckpt_path`` after checking the
+  record's base-checkpoint SHA-256) or else exactly one full checkpoint (``.ckpt``/``.safetensors``/``.pt``);
+* a path to a record file or to a full CompVis checkpoint.
+
+A SepCE record applies the increments of every concept it holds unless ``erase`` names a subset (Eq. 9–10 of
+the paper: θ = θ_orig + Σ_{c∈subset} ΔW_c; a concept left out is restored). Unknown names fail with one line
+listing what exists under ``models/``.
+
+Seeds (same seed → same image)
+------------------------------
+Image ``k`` of a case with seed ``s`` starts from row ``k`` of
+``torch.randn((num_samples, C, H/8, W/8), generator=torch.Generator("cpu").manual_seed(s))`` — exactly the
+latents of the ESD repository's ``generate-images.py`` (which draws the whole batch of a case from
+``torch.manual_seed(s)``); K-LMS multiplies them by the scheduler's ``init_noise_sigma`` (σ_max), DDIM and PLMS
+start from them as x_T. Row ``k`` does not depend on ``num_samples`` (CPU draws are sequential), and every
+image's latent comes from its own case's generator, so the batch an image is sampled in (``--batch_size``,
+resuming, ``torchrun`` sharding) does not change it. Sampling is deterministic after the initial latent
+(DDIM with η = 0).
+
+Sampling (:class:`ImageSampler`)
+--------------------------------
+K-LMS (the paper's evaluation protocol: 100 steps, guidance 7.5, 512 px), DDIM or PLMS from
+:mod:`ldm.models.diffusion.sampling`; classifier-free guidance evaluates the unconditional and conditional
+halves in one batched UNet forward (:func:`ldm.models.diffusion.sampling.cfg`). Latents and sampler arithmetic
+stay float32; with ``fp16``/``bf16`` (GPU only) the networks run under ``torch.autocast`` (weights stay float32).
+Decoded images are ``round(255 · clamp((x + 1) / 2, 0, 1))`` (as the ESD/diffusers scripts).
+
+Output folders
+--------------
+Images are written atomically as ``<folder>/<case_number>_<k>.png`` with the prompt, seed and settings in PNG
+text chunks; existing images are skipped (resumable), also after ``move_image.py`` sorted them into class folders
+``<folder>/<index>/``. ``<folder>/generation.json`` records the settings
+(model, sampler, steps, guidance, size, precision); adding images to a folder made with other settings is
+refused unless ``overwrite`` (then the planned images are regenerated).
+
+Several processes (``torchrun --nproc_per_node N``): each takes the rows ``shard_rows(rows, rank, N)`` and, on
+GPUs, the device ``cuda:<LOCAL_RANK>`` (when ``--device cuda`` has no index). Ranks never communicate, so a
+resumed run with uneven leftovers never waits on a collective timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from ldm.models.diffusion.sampling import (
+    cfg,
+    ddim_sample,
+    ddim_timesteps,
+    klms_initial_latent,
+    klms_sample,
+    plms_sample,
+)
+from tqdm.auto import tqdm
+
+from sepce.io import atomic_write, write_json
+from sepce.modeling import load_model, parse_device, parse_dtype
+from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR
+from sepce.prompts import PromptRow, shard_rows
+from sepce.records import RECORD_NAME, ErasureRecord, apply_record, check_base, load_record
+
+log = logging.getLogger(__name__)
+
+ORIGINAL_NAMES = ("SD-v1-4", "original")
+SAMPLERS = ("klms", "ddim", "plms")
+WEIGHT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
+SETTINGS_FILE = "generation.json"
+SEED_SCHEME = "image k of a case = row k of torch.randn((num_samples, C, H/8, W/8), Generator(cpu).manual_seed(seed))"
+
+
+# ------------------------------------------------------------------------------------------ model resolution
+@dataclass
+class ResolvedModel:
+    """What ``--model_name`` means, decided before any weights are read."""
+
+    name: str
+    kind: str  # "original" | "record" | "checkpoint"
+    ckpt_path: Path  # the weights file to load (the base checkpoint for records)
+    config_path: Path
+    folder_name: str  # default output folder name under --save_path
+    record: Optional[ErasureRecord] = None
+    erase: Optional[List[str]] = None  # concepts whose erasure is applied (records only)
+
+    def describe(self) -> dict:
+        """JSON-able identity of the weights the images come from (stored in ``generation.json``)."""
+        ckpt = Path(self.ckpt_path)
+        # the base is named by file name and size (it may move); a fine-tuned checkpoint by its location,
+        # an erasure record by its content
+        info = {"kind": self.kind, "checkpoint": ckpt.name, "checkpoint_bytes": ckpt.stat().st_size}
+        if self.kind == "checkpoint":
+            info["checkpoint"] = str(ckpt.resolve())
+        if self.record is not None:
+            info.update(
+                method=self.record.method,
+                record_sha256=_sha256(self.record.path),
+                erase=list(self.erase or []),
+            )
+        return info
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _is_record_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file with SepCE erasure metadata (reads the header only)."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "sepce" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - not a readable safetensors file: let the loader report it
+        return False
+
+
+def available_models(models_dir: Path = MODELS_DIR) -> List[str]:
+    """Names accepted by :func:`resolve_model`: the original plus the usable run folders under ``models_dir``."""
+    names = list(ORIGINAL_NAMES)
+    models_dir = Path(models_dir)
+    if models_dir.is_dir():
+        for sub in sorted(p for p in models_dir.iterdir() if p.is_dir()):
+            if (sub / RECORD_NAME).is_file() or _weight_files(sub):
+                names.append(sub.name)
+    return names
+
+
+def _weight_files(folder: Path) -> List[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p.name != RECORD_NAME and not p.name.startswith(".")
+    )
+
+
+def _match_concepts(record: ErasureRecord, erase: Sequence[str]) -> List[str]:
+    """Map ``--erase`` names onto the record's concept names (exact, else ignoring case and spaces)."""
+
+    def key(name: str) -> str:
+        return name.replace(" ", "").lower()
+
+    by_key = {key(c): c for c in record.concepts}
+    chosen = []
+    for name in erase:
+        concept = name if name in record.concepts else by_key.get(key(name))
+        if concept is None:
+            raise ValueError(f"--erase {name!r} is not a concept of {record.path}; it holds {record.concepts}")
+        if concept not in chosen:
+            chosen.append(concept)
+    record.check_concepts(chosen)  # a subset of a non-separable record is refused here
+    return chosen
+
+
+def resolve_model(
+    model_name: str,
+    ckpt_path: Path = DEFAULT_CKPT,
+    config_path: Path = DEFAULT_CONFIG,
+    models_dir: Path = MODELS_DIR,
+    erase: Optional[Sequence[str]] = None,
+) -> ResolvedModel:
+    """Decide which weights ``model_name`` stands for (see the module docstring). Raises ``ValueError`` /
+    ``FileNotFoundError`` with one line; reads only file headers, erasure records and the base digest."""
+    ckpt_path, config_path, models_dir = Path(ckpt_path), Path(config_path), Path(models_dir)
+    name = str(model_name).strip()
+    if not name:
+        raise ValueError("--model_name is empty; expected SD-v1-4, a run folder under models/ or a checkpoint path")
+    if not config_path.is_file():
+        raise FileNotFoundError(f"config {config_path} does not exist (--config_path)")
+
+    if name.lower() in {n.lower() for n in ORIGINAL_NAMES}:
+        target = None
+    else:
+        as_path = Path(name)
+        looks_like_path = os.sep in name or "/" in name or as_path.suffix in WEIGHT_SUFFIXES
+        target = as_path if looks_like_path or not (models_dir / name).exists() else models_dir / name
+        if not target.exists():
+            raise ValueError(
+                f"unknown model {name!r}: not one of {list(ORIGINAL_NAMES)}, not a run folder under {models_dir} "
+                f"and not a file; available: {', '.join(available_models(models_dir))}"
+            )
+    folder_name = name if target is None else (target.stem if target.is_file() else target.resolve().name)
+
+    record_path = weights = None
+    if target is not None and target.is_dir():
+        if (target / RECORD_NAME).is_file():
+            record_path = target / RECORD_NAME
+        else:
+            files = _weight_files(target)
+            if len(files) != 1:
+                found = ", ".join(p.name for p in files) or "nothing usable"
+                raise ValueError(
+                    f"run folder {target} holds no {RECORD_NAME} and {len(files)} full checkpoints "
+                    f"({found}); pass the checkpoint file itself as --model_name"
+                )
+            weights = files[0]
+    elif target is not None:
+        if _is_record_file(target):
+            record_path = target
+        elif target.suffix not in WEIGHT_SUFFIXES:
+            raise ValueError(
+                f"--model_name {name!r} is a file but neither an erasure record nor a checkpoint "
+                f"({', '.join(WEIGHT_SUFFIXES)})"
+            )
+        else:
+            weights = target
+
+    if record_path is None:
+        if erase:
+            what = "the original model" if target is None else f"a full checkpoint ({weights})"
+            raise ValueError(f"--erase {list(erase)} needs a SepCE erasure record, but {name!r} is {what}")
+        path = ckpt_path if weights is None else weights
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {path} does not exist (--ckpt_path); download "
+                "sd-v1-4-full-ema.ckpt into models/ldm/ or use the tiny model "
+                "(python -m sepce.tiny; --ckpt_path models/tiny/model.ckpt "
+                "--config_path configs/tiny/v1-tiny.yaml)"
+            )
+        return ResolvedModel(name, "original" if target is None else "checkpoint", path, config_path, folder_name)
+
+    record = load_record(record_path)
+    chosen = _match_concepts(record, erase) if erase else list(record.concepts)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(
+            f"base checkpoint {ckpt_path} of erasure record {record_path} does not exist "
+            f"(--ckpt_path; the record was made from {record.base.get('path')})"
+        )
+    check_base(record, ckpt_path)
+    return ResolvedModel(name, "record", ckpt_path, config_path, folder_name, record, chosen)
+
+
+def load_resolved(resolved: ResolvedModel, device: torch.device):
+    """Load the model of ``resolved`` (float32, eval mode, no gradients) on ``device``.
+
+    Erasure records are applied on the CPU (where their tensors live) before the model moves to ``device``.
+    16-bit sampling runs under ``torch.autocast`` (:class:`ImageSampler`), so the weights stay float32 here.
+    """
+    on_cpu_first = resolved.record is not None
+    model = load_model(resolved.config_path, resolved.ckpt_path, "cpu" if on_cpu_first else device)
+    if on_cpu_first:
+        apply_record(model, resolved.record, erase=resolved.erase)
+        model.to(device)
+    log.info(
+        "model %s (%s%s)",
+        resolved.name,
+        resolved.kind,
+        f", erase {resolved.erase}" if resolved.record is not None else "",
+    )
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampler, steps, guidance and image size; the defaults are the paper's evaluation protocol."""
+
+    sampler: str = "klms"
+    steps: int = 100
+    guidance_scale: float = 7.5
+    image_size: int = 512
+
+    def validate(self) -> SamplingSettings:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"--sampler {self.sampler!r} is not supported; expected one of {list(SAMPLERS)}")
+        limit = 500 if self.sampler in ("ddim", "plms") else 1000
+        if not 1 <= self.steps <= limit:
+            raise ValueError(f"--ddim_steps {self.steps} must lie in 1..{limit} for the {self.sampler} sampler")
+        if self.sampler != "klms" and ddim_timesteps(self.steps)[-1] >= 1000:
+            raise ValueError(
+                f"--ddim_steps {self.steps}: the CompVis uniform DDIM discretisation reaches timestep "
+                f"1000 (stride {1000 // self.steps} divides 999); choose another step count"
+            )
+        if not np.isfinite(self.guidance_scale):
+            raise ValueError(f"--guidance_scale {self.guidance_scale} must be a finite number")
+        if self.image_size < 8 or self.image_size % 8:
+            raise ValueError(f"--image_size {self.image_size} must be a positive multiple of 8")
+        return self
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``fp32``/``fp16``/``bf16`` → dtype; 16-bit needs a GPU."""
+    dtype = parse_dtype(precision)
+    if dtype != torch.float32 and device.type == "cpu":
+        raise ValueError(f"--precision {precision} needs a GPU (--device cuda); use --precision fp32 on the CPU")
+    return dtype
+
+
+# -------------------------------------------------------------------------------------------------- sampling
+def case_noise(seed: int, num_samples: int, latent_shape: Tuple[int, int, int]) -> torch.Tensor:
+    """The start noise of one case: ``randn((num_samples, *latent_shape))`` from a CPU generator seeded with
+    ``seed`` (the ESD convention; see the module docstring). Row k is independent of ``num_samples``."""
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn((num_samples, *latent_shape), generator=generator)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Decoded images in ≈[-1, 1] (B, 3, H, W) → uint8 (B, H, W, 3)."""
+    x = ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+    return (x * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class ImageSampler:
+    """Prompts + start noise → images, for one loaded (float32) LatentDiffusion model.
+
+    ``dtype`` float16/bfloat16 runs the text encoder, UNet and decoder under ``torch.autocast`` (matrix products
+    and convolutions in 16-bit, normalisations in float32; CompVis' ``--precision autocast``); latents and the
+    sampler arithmetic stay float32.
+    """
+
+    def __init__(self, model, settings: SamplingSettings, device: torch.device, dtype: torch.dtype = torch.float32):
+        self.model, self.settings, self.device, self.dtype = model, settings.validate(), device, dtype
+        factor = 2**model.num_downs
+        self.latent_shape = (model.channels, settings.image_size // factor, settings.image_size // factor)
+        self._embeddings: Dict[str, torch.Tensor] = {}
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text conditioning (B, 77, D), cached per prompt (the text encoder runs once per distinct prompt)."""
+        new = [p for p in dict.fromkeys(prompts) if p not in self._embeddings]
+        if new:
+            with torch.no_grad(), self.autocast():
+                for p, e in zip(new, self.model.get_learned_conditioning(new)):
+                    self._embeddings[p] = e
+        return torch.stack([self._embeddings[p] for p in prompts])
+
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """ε_θ (under autocast for 16-bit), returned as float32 for the sampler arithmetic."""
+        with self.autocast():
+            return self.model.apply_model(x, t, cond).float()
+
+    @torch.no_grad()
+    def sample_latents(self, prompts: Sequence[str], noise: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """Run the sampler from ``noise`` (B, C, h, w) (standard normal) with classifier-free guidance."""
+        s = self.settings
+        cond = self.embed(prompts)
+        uncond = self.embed([""]) if s.guidance_scale != 1.0 else None
+        fn = cfg(self.model_fn, uncond, s.guidance_scale)
+        x = noise.to(self.device, torch.float32)
+        alphas = self.model.alphas_cumprod
+        if s.sampler == "klms":
+            return klms_sample(fn, klms_initial_latent(x, alphas), cond, alphas, s.steps, progress=progress)
+        if s.sampler == "ddim":
+            return ddim_sample(fn, x, cond, alphas, s.steps, progress=progress)
+        return plms_sample(fn, x, cond, alphas, s.steps, progress=progress)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        with self.autocast():
+            return to_uint8(self.model.decode_first_stage(latents))
+
+    def __call__(self, prompts: Sequence[str], noise: torch.Tensor, progress: bool = False) -> np.ndarray:
+        """uint8 images (B, H, W, 3)."""
+        return self.decode(self.sample_latents(prompts, noise, progress))
+
+
+# --------------------------------------------------------------------------------------------------- jobs
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to make: image ``k`` of a case (prompt, seed) and where it goes."""
+
+    case_number: int
+    k: int
+    prompt: str
+    seed: int
+    path: Path
+
+
+def image_name(case_number: int, k: int) -> str:
+    return f"{case_number}_{k}.png"
+
+
+def existing_images(folder: Path) -> Dict[str, Path]:
+    """Image files of a model folder by name: loose ones and those already sorted into class folders
+    ``<folder>/<index>/`` by ``move_image.py`` (so a sorted folder still counts as done)."""
+    found: Dict[str, Path] = {}
+    folder = Path(folder)
+    if not folder.is_dir():
+        return found
+    places = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    for place in places:
+        for path in place.iterdir():
+            if path.suffix == ".png" and path.is_file():
+                found.setdefault(path.name, path)
+    return found
+
+
+def plan_jobs(
+    rows: Iterable[PromptRow], num_samples: int, folder: Path, from_case: int = 0, overwrite: bool = False
+) -> Tuple[List[ImageJob], int]:
+    """Jobs for the images of ``rows`` (cases ≥ ``from_case``) that do not exist yet; also the count skipped.
+
+    An image counts as existing when ``<folder>/<case>_<k>.png`` or ``<folder>/<class>/<case>_<k>.png`` exists;
+    with ``overwrite`` it is regenerated where it is.
+    """
+    existing = existing_images(folder)
+    jobs, skipped = [], 0
+    for row in rows:
+        if row.case_number < from_case:
+            continue
+        for k in range(num_samples):
+            name = image_name(row.case_number, k)
+            if name in existing and not overwrite:
+                skipped += 1
+            else:
+                path = existing.get(name, Path(folder) / name)
+                jobs.append(ImageJob(row.case_number, k, row.prompt, row.evaluation_seed, path))
+    return jobs, skipped
+
+
+def save_png(path: Path, pixels: np.ndarray, text: Dict[str, str]) -> Path:
+    """Atomically write an RGB uint8 array as PNG with ``text`` chunks."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in text.items():
+        info.add_text(key, str(value))
+    image = Image.fromarray(pixels, "RGB")
+    return atomic_write(path, lambda p: image.save(p, format="PNG", pnginfo=info))
+
+
+def run_jobs(
+    sampler: ImageSampler,
+    jobs: Sequence[ImageJob],
+    batch_size: int,
+    num_samples: int,
+    text: Optional[Dict[str, str]] = None,
+    desc: str = "images",
+    progress: bool = True,
+) -> int:
+    """Sample and save ``jobs`` in batches of ``batch_size``; returns the number of images written.
+
+    Each job's start noise is row ``k`` of its case's :func:`case_noise` (drawn once per case), so batch
+    composition never changes an image.
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch_size {batch_size} must be >= 1")
+    noise: Dict[Tuple[int, int], torch.Tensor] = {}  # (case, seed) -> case_noise, for the current batch
+    written = 0
+    with tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start : start + batch_size]
+            noise = {key: noise[key] for key in {(j.case_number, j.seed) for j in batch} if key in noise}
+            for job in batch:
+                key = (job.case_number, job.seed)
+                if key not in noise:
+                    noise[key] = case_noise(job.seed, max(num_samples, job.k + 1), sampler.latent_shape)
+            rows = [noise[(job.case_number, job.seed)][job.k] for job in batch]
+            images = sampler([job.prompt for job in batch], torch.stack(rows))
+            for job, pixels in zip(batch, images):
+                meta = {
+                    "prompt": job.prompt,
+                    "seed": job.seed,
+                    "case_number": job.case_number,
+                    "sample": job.k,
+                    **(text or {}),
+                }
+                save_png(job.path, pixels, meta)
+                written += 1
+            bar.update(len(batch))
+    return written
+
+
+# ------------------------------------------------------------------------------------------- distribution
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in a ``torchrun`` launch (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Rank:
+        def read(name: str, default: int) -> int:
+            value = os.environ.get(name, "")
+            try:
+                return int(value) if value.strip() else default
+            except ValueError:
+                raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+        world = read("WORLD_SIZE", 1)
+        rank = cls(read("RANK", 0), world, read("LOCAL_RANK", read("RANK", 0)))
+        if world < 1 or not 0 <= rank.rank < world:
+            raise ValueError(f"RANK={rank.rank} / WORLD_SIZE={world} from the environment are inconsistent")
+        return rank
+
+
+def resolve_device(spec: str, rank: Rank) -> torch.device:
+    """``--device`` → device; under ``torchrun`` a bare ``cuda`` becomes ``cuda:<LOCAL_RANK>``."""
+    text = str(spec).strip()
+    if text == "cuda" and rank.world_size > 1:
+        text = f"cuda:{rank.local_rank}"
+    try:
+        return parse_device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {spec!r} is not a device name (expected cpu, cuda, cuda:N or N)") from None
+
+
+def check_runtime(device: str, precision: str) -> Tuple[Rank, torch.device, torch.dtype]:
+    """Validate ``--device`` and ``--precision`` for this process (cheap; call before anything heavy)."""
+    rank = Rank.from_env()
+    torch_device = resolve_device(device, rank)
+    return rank, torch_device, check_precision(precision, torch_device)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ------------------------------------------------------------------------------------------ folder settings
+def folder_settings(resolved: ResolvedModel, settings: SamplingSettings, precision: str) -> dict:
+    """The settings that decide an image's pixels besides its prompt and seed."""
+    return {
+        "model": resolved.describe(),
+        "sampler": settings.sampler,
+        "steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+        "image_size": settings.image_size,
+        "precision": precision,
+        "seeds": SEED_SCHEME,
+    }
+
+
+def check_folder_settings(folder: Path, settings: dict, overwrite: bool, extra: Optional[dict] = None) -> None:
+    """Refuse to add images to ``folder`` when its ``generation.json`` records other settings (unless
+    ``overwrite``); write the settings file when missing or when overwriting."""
+    path = Path(folder) / SETTINGS_FILE
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text()).get("settings")
+        except ValueError:
+            stored = None
+        if stored == json.loads(json.dumps(settings)):
+            return
+        if not overwrite:
+            changed = _differences(stored or {}, settings)
+            raise FileExistsError(
+                f"{folder} holds images made with other settings ({changed}); use another "
+                "--save_path or output name, or pass --overwrite to regenerate them"
+            )
+    write_json(path, {"settings": settings, **(extra or {})})
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> str:
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _differences(a, b, f"{prefix}{key}.")
+            parts += [inner] if inner else []
+        elif a != b:
+            parts.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return "; ".join(parts)
+
+
+def png_text(resolved: ResolvedModel, settings: SamplingSettings) -> Dict[str, str]:
+    """Provenance written into every PNG (besides prompt, seed, case and sample index)."""
+    text = {
+        "model": resolved.name,
+        "sampler": settings.sampler,
+        "steps": str(settings.steps),
+        "guidance_scale": str(settings.guidance_scale),
+    }
+    if resolved.erase is not None:
+        text["erase"] = ", ".join(resolved.erase)
+    return text
+
+
+# --------------------------------------------------------------------------------------------- one call
+@dataclass
+class GenerationReport:
+    """What :func:`generate_rows` did in this process (its shard of the rows)."""
+
+    folder: Path
+    rank: Rank
+    planned: int = 0
+    written: int = 0
+    skipped: int = 0
+    rows: List[PromptRow] = field(default_factory=list)
+
+
+def generate_rows(
+    rows: Sequence[PromptRow],
+    resolved: ResolvedModel,
+    settings: SamplingSettings,
+    folder: Path,
+    *,
+    num_samples: int,
+    batch_size: int,
+    device: str,
+    precision: str = "fp32",
+    from_case: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    extra: Optional[dict] = None,
+) -> GenerationReport:
+    """Generate ``num_samples`` images for each row (this process's ``torchrun`` shard) into ``folder``.
+
+    Everything is checked before the model is loaded, and the model is loaded only when an image is missing.
+    """
+    settings.validate()
+    if num_samples < 1:
+        raise ValueError(f"--num_samples {num_samples} must be >= 1")
+    if batch_size < 1:
+        raise ValueError(f"--batch_size {batch_size} must be >= 1")
+    if from_case < 0:
+        raise ValueError(f"--from_case {from_case} must be >= 0")
+    rank, torch_device, dtype = check_runtime(device, precision)
+    folder = Path(folder)
+    check_folder_settings(folder, folder_settings(resolved, settings, precision), overwrite, extra)
+    mine = shard_rows([row for row in rows if row.case_number >= from_case], rank.rank, rank.world_size)
+    jobs, skipped = plan_jobs(mine, num_samples, folder, overwrite=overwrite)
+    report = GenerationReport(folder, rank, len(jobs), 0, skipped, mine)
+    if not jobs:
+        return report
+    if torch_device.type == "cuda":
+        torch.cuda.set_device(torch_device)
+    model = load_resolved(resolved, torch_device)
+    sampler = ImageSampler(model, settings, torch_device, dtype)
+    text = png_text(resolved, settings)
+    desc = folder.name if rank.world_size == 1 else f"{folder.name} [rank {rank.rank}/{rank.world_size}]"
+    report.written = run_jobs(sampler, jobs, batch_size, num_samples, text, desc, progress)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------ argparse
+def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 100, image_size: int = 512) -> None:
+    """The sampler flags every generation script shares (ESD's names: ``--ddim_steps`` counts any sampler)."""
+    parser.add_argument(
+        "--sampler", choices=SAMPLERS, default="klms", help="sampler: K-LMS (paper protocol), DDIM (eta 0) or PLMS"
+    )
+    parser.add_argument("--ddim_steps", type=int, default=steps, help="number of sampler steps")
+    parser.add_argument("--guidance_scale", type=float, default=7.5, help="classifier-free guidance scale")
+    parser.add_argument("--image_size", type=int, default=image_size, help="image height and width in pixels")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=8,
+        help="images per sampler batch (each UNet forward sees 2x this with guidance)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=sorted(("fp32", "fp16", "bf16")),
+        default="fp32",
+        help="network precision; fp16/bf16 need a GPU and run under torch.autocast (latents and sampler stay fp32)",
+    )
+    parser.add_argument(
+        "--device",
+        default=default_device(),
+        help="torch device (cpu, cuda, cuda:N); under torchrun, 'cuda' means cuda:LOCAL_RANK",
+    )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, erase: bool = True) -> None:
+    """``--ckpt_path``, ``--config_path``, ``--models_dir`` (and ``--erase``)."""
+    parser.add_argument(
+        "--ckpt_path",
+        type=Path,
+        default=DEFAULT_CKPT,
+        help="base (original) CompVis checkpoint; erasure records are applied onto it",
+    )
+    parser.add_argument("--config_path", type=Path, default=DEFAULT_CONFIG, help="CompVis model config")
+    parser.add_argument(
+        "--models_dir", type=Path, default=MODELS_DIR, help="folder of training runs that --model_name names"
+    )
+    if erase:
+        parser.add_argument(
+            "--erase",
+            nargs="+",
+            default=None,
+            metavar="CONCEPT",
+            help="SepCE records: erase only these concepts (None: every concept of the record)",
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> SamplingSettings:
+    return SamplingSettings(args.sampler, args.ddim_steps, args.guidance_scale, args.image_size).validate()
+
+
+def derive_seed(seed: int, case_number: int) -> int:
+    """Seed of case ``case_number`` of a ``generate-data.py`` run with ``--seed seed``: the first four bytes
+    of SHA-256(``"<seed>:<case_number>"``) as a big-endian integer, modulo 2^31. Stable across runs, machines
+    and ``--num_cases``; recorded in the manifest beside the images."""
+    digest = hashlib.sha256(f"{int(seed)}:{int(case_number)}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 2**31
+
+
+def slug(text: str) -> str:
+    """A file-name friendly form of a prompt (``'Van Gogh'`` → ``'van-gogh'``; ``''`` → ``'blank'``)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "blank"
+
+
+# ----------------------------------------------------------------------------------- training data (generate-data)
+MANIFEST = "manifest.csv"
+LINK_MODES = ("hardlink", "symlink", "copy", "none")
+
+
+def data_folder_name(prompt: str, class_name: Optional[str] = None) -> str:
+    """Folder of a prompt's training images under ``--save_path``: the prompt itself (``./data/Van Gogh/``, as
+    the training scripts read ``./data/<prompt>/``); the class name (``blank``) for the empty prompt."""
+    name = prompt.strip() or (class_name or "blank")
+    if "/" in name or "\\" in name or name.startswith(".") or name in ("train", "eval"):
+        raise ValueError(f"--prompt {prompt!r} cannot name a data folder (no '/', no leading '.', not 'train'/'eval')")
+    return name
+
+
+def data_rows(prompt: str, num_cases: int, seed: int, class_index: Optional[int]) -> List[PromptRow]:
+    """Cases ``0..num_cases-1`` of a prompt with seeds :func:`derive_seed` (``seed``, case)."""
+    return [PromptRow(case, prompt, derive_seed(seed, case), class_index, case + 2) for case in range(num_cases)]
+
+
+def write_manifest(folder: Path, rows: Sequence[PromptRow], overwrite: bool = False) -> Path:
+    """Write ``<folder>/manifest.csv`` (a prompt CSV: case_number, prompt, evaluation_seed, class) holding
+    ``rows`` merged with the rows already recorded there. A recorded case with another prompt or seed is
+    refused unless ``overwrite`` (then the new rows replace the old manifest)."""
+    import csv
+    import io
+
+    from sepce.prompts import read_prompt_csv
+
+    path = Path(folder) / MANIFEST
+    merged = {row.case_number: row for row in rows}
+    if path.is_file() and not overwrite:
+        for old in read_prompt_csv(path, allow_empty_prompt=True):
+            new = merged.get(old.case_number)
+            if new is not None and (new.prompt, new.evaluation_seed) != (old.prompt, old.evaluation_seed):
+                raise FileExistsError(
+                    f"{path} records case {old.case_number} as prompt {old.prompt!r} seed {old.evaluation_seed}, "
+                    f"not {new.prompt!r} seed {new.evaluation_seed} (another --prompt/--seed?); use another "
+                    "--save_path or pass --overwrite"
+                )
+            merged.setdefault(old.case_number, old)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case_number", "prompt", "evaluation_seed", "class"])
+    for case in sorted(merged):
+        row = merged[case]
+        writer.writerow([case, row.prompt, row.evaluation_seed, "" if row.class_index is None else row.class_index])
+    if path.is_file() and path.read_text() == buffer.getvalue():
+        return path
+    return atomic_write(path, lambda p: p.write_text(buffer.getvalue()))
+
+
+def link_file(source: Path, destination: Path, mode: str, overwrite: bool = False) -> bool:
+    """Place ``source`` at ``destination`` as a hard link (falling back to a copy across file systems), a
+    relative symlink or a copy, atomically. Returns False (and leaves it) when a different file is already
+    there and ``overwrite`` is false; True when it was placed or is already the same content."""
+    import filecmp
+    import shutil
+
+    if mode not in LINK_MODES or mode == "none":
+        raise ValueError(f"link mode {mode!r}: expected one of {list(LINK_MODES[:-1])}")
+    if destination.exists() and filecmp.cmp(source, destination, shallow=False):
+        return True
+    if (destination.exists() or destination.is_symlink()) and not overwrite:
+        return False
+
+    def place(tmp: Path) -> None:
+        tmp.unlink()
+        if mode == "symlink":
+            os.symlink(os.path.relpath(source.resolve(), destination.parent.resolve()), tmp)
+            return
+        if mode == "hardlink":
+            try:
+                os.link(source, tmp)
+                return
+            except OSError:
+                pass
+        shutil.copyfile(source, tmp)
+
+    atomic_write(destination, place)
+    return True

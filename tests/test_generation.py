@@ -1,0 +1,646 @@
+"""Image generation (sepce/generation.py, eval-scripts/generate-images.py, generate-data.py, txt2img.py) on the tiny
+model: seeds → images (ESD convention, diffusers K-LMS loop as an independent oracle), batch-size and run
+invariance, resumability, model resolution (original, erasure record, SepCE subsets, full checkpoint), bad input
+before any model loads, the generate-data manifest and class folders, and torchrun sharding with two CPU
+processes."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ldm.checkpoint import read_state_dict
+from PIL import Image
+
+import sepce.generation as G
+from sepce.evaluation.common import run_script
+from sepce.prompts import PromptRow, read_prompt_csv
+from sepce.records import ErasureRecord, base_info, changed_tensors, save_record, write_full_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = 8
+
+
+def load_script(relative: str):
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GEN_IMAGES = load_script("eval-scripts/generate-images.py")
+GEN_DATA = load_script("eval-scripts/generate-data.py")
+TXT2IMG = load_script("eval-scripts/txt2img.py")
+
+
+def run(module, *argv):
+    return run_script(module.parse_args, module.main, [str(a) for a in argv], prog=Path(module.__file__).name)
+
+
+def tiny_args(ckpt: Path, steps: int = STEPS) -> list:
+    return [
+        "--ckpt_path",
+        ckpt,
+        "--config_path",
+        ckpt.parent / "config.yaml",
+        "--image_size",
+        64,
+        "--ddim_steps",
+        steps,
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def assert_same_image(a: Path, b: Path, exact: bool) -> None:
+    """Same batch composition → bit-identical; another batch size may move a few pixels by one grey level
+    (round-off of batched CPU kernels; the start noise itself is identical, see test_case_noise_*)."""
+    diff = np.abs(pixels(a) - pixels(b))
+    if exact:
+        assert diff.max() == 0, f"{a.name} differs"
+    else:
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, f"{a.name}: max {diff.max()}, {(diff > 0).mean()}"
+
+
+PROMPTS = "case_number,prompt,evaluation_seed,class\n0,Van Gogh,42,0\n1,Picasso,7,1\n2,,3,9\n"
+
+
+@pytest.fixture
+def prompts(tmp_path) -> Path:
+    return write_csv(tmp_path / "prompts.csv", PROMPTS)
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a model is loaded (bad input must be caught before)."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(G, "load_model", boom)
+
+
+# ------------------------------------------------------------------------------------------------ seeds
+def test_case_noise_is_the_esd_latent_and_independent_of_num_samples():
+    shape = (4, 8, 8)
+    with torch.random.fork_rng(devices=[]):
+        esd = torch.randn((5, *shape), generator=torch.manual_seed(1234))  # ESD generate-images.py
+    assert torch.equal(G.case_noise(1234, 5, shape), esd)
+    assert torch.equal(G.case_noise(1234, 2, shape), esd[:2])
+    assert not torch.equal(G.case_noise(1235, 1, shape)[0], esd[0])
+
+
+def test_derive_seed_is_the_documented_hash():
+    digest = hashlib.sha256(b"7:12").digest()
+    assert G.derive_seed(7, 12) == int.from_bytes(digest[:4], "big") % 2**31
+    seeds = [G.derive_seed(0, i) for i in range(200)]
+    assert len(set(seeds)) == 200 and all(0 <= s < 2**31 for s in seeds)
+    assert [r.evaluation_seed for r in G.data_rows("x", 3, 0, None)] == seeds[:3]
+
+
+def test_generated_images_match_esd_diffusers_lms_loop(tmp_path, tiny_ckpt, tiny_model, prompts):
+    """Independent oracle: ESD's generate-images.py recipe (diffusers LMSDiscreteScheduler, latents from
+    torch.manual_seed(seed) × init_noise_sigma, guidance 7.5, (x/2+0.5).clamp → round(255 x))."""
+    from diffusers import LMSDiscreteScheduler
+
+    run(
+        GEN_IMAGES,
+        "--model_name",
+        "SD-v1-4",
+        "--prompts_path",
+        prompts,
+        "--save_path",
+        tmp_path / "out",
+        "--num_samples",
+        2,
+        "--batch_size",
+        2,
+        *tiny_args(tiny_ckpt),
+    )
+    model, scale = tiny_model, 7.5
+    for row in read_prompt_csv(prompts, allow_empty_prompt=True):
+        oracle = LMSDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+        )
+        oracle.set_timesteps(STEPS)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            latents = torch.randn((2, 4, 8, 8), generator=torch.manual_seed(row.evaluation_seed))
+            latents = latents * oracle.init_noise_sigma
+            text = model.get_learned_conditioning([""] * 2 + [row.prompt] * 2)
+            for t in oracle.timesteps:
+                model_in = oracle.scale_model_input(torch.cat([latents] * 2), t)
+                e_u, e_c = model.apply_model(model_in, t.expand(4), text).chunk(2)
+                latents = oracle.step(e_u + scale * (e_c - e_u), t, latents).prev_sample
+            image = (model.decode_first_stage(latents) / 2 + 0.5).clamp(0, 1)
+            expected = (image.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.int16)
+        for k in range(2):
+            got = pixels(tmp_path / "out" / "SD-v1-4" / f"{row.case_number}_{k}.png")
+            assert np.abs(got - expected[k]).max() <= 1
+            assert (np.abs(got - expected[k]) > 0).mean() < 0.01
+    meta = Image.open(tmp_path / "out" / "SD-v1-4" / "1_1.png").text
+    assert (meta["prompt"], meta["seed"], meta["sample"], meta["sampler"]) == ("Picasso", "7", "1", "klms")
+
+
+@pytest.mark.parametrize("sampler", ["klms", "ddim", "plms"])
+def test_same_seed_same_image_across_runs_and_batch_sizes(tmp_path, tiny_ckpt, prompts, sampler):
+    for name, batch in (("a", 3), ("b", 3), ("c", 1), ("d", 5)):
+        run(
+            GEN_IMAGES,
+            "--model_name",
+            "SD-v1-4",
+            "--prompts_path",
+            prompts,
+            "--save_path",
+            tmp_path / name,
+            "--num_samples",
+            2,
+            "--batch_size",
+            batch,
+            "--sampler",
+            sampler,
+            *tiny_args(tiny_ckpt, 5),
+        )
+    names = sorted(p.name for p in (tmp_path / "a" / "SD-v1-4").glob("*.png"))
+    assert names == [f"{c}_{k}.png" for c in range(3) for k in range(2)]
+    for n in names:
+        assert_same_image(tmp_path / "a/SD-v1-4" / n, tmp_path / "b/SD-v1-4" / n, exact=True)
+        assert_same_image(tmp_path / "a/SD-v1-4" / n, tmp_path / "c/SD-v1-4" / n, exact=False)
+        assert_same_image(tmp_path / "a/SD-v1-4" / n, tmp_path / "d/SD-v1-4" / n, exact=False)
+    # different seeds / samples give different images
+    assert np.abs(pixels(tmp_path / "a/SD-v1-4/0_0.png") - pixels(tmp_path / "a/SD-v1-4/0_1.png")).mean() > 1
+
+
+# ------------------------------------------------------------------------------------------- resumability
+def test_resume_skips_existing_and_recovers_from_interruption(tmp_path, tiny_ckpt, prompts, monkeypatch):
+    folder = tmp_path / "out" / "SD-v1-4"
+    args = [
+        "--model_name",
+        "SD-v1-4",
+        "--prompts_path",
+        prompts,
+        "--save_path",
+        tmp_path / "out",
+        "--num_samples",
+        2,
+        "--batch_size",
+        2,
+        *tiny_args(tiny_ckpt),
+    ]
+    real_save, calls = G.save_png, []
+
+    def interrupted(path, image, text):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(path)
+        return real_save(path, image, text)
+
+    monkeypatch.setattr(G, "save_png", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(GEN_IMAGES, *args)
+    monkeypatch.setattr(G, "save_png", real_save)
+    assert sorted(p.name for p in folder.iterdir()) == ["0_0.png", "0_1.png", "1_0.png", "generation.json"]
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+
+    report = run(GEN_IMAGES, *args)[0]
+    assert (report.written, report.skipped) == (3, 3)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png") if p.name in before} == before
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+    run(GEN_IMAGES, *args[:5], tmp_path / "fresh", *args[6:])
+    for p in folder.glob("*.png"):
+        assert_same_image(p, tmp_path / "fresh" / "SD-v1-4" / p.name, exact=False)
+
+    (folder / "1_1.png").unlink()
+    assert run(GEN_IMAGES, *args, "--from_case", 1)[0].written == 1
+    assert run(GEN_IMAGES, *args)[0].written == 0
+
+
+def test_folder_settings_mismatch_is_refused(tmp_path, tiny_ckpt, prompts):
+    args = ["--model_name", "SD-v1-4", "--prompts_path", prompts, "--save_path", tmp_path, "--num_samples", 1]
+    run(GEN_IMAGES, *args, *tiny_args(tiny_ckpt, 4))
+    with pytest.raises(SystemExit, match=r"other settings \(guidance_scale: 7.5 -> 3.0\)"):
+        run(GEN_IMAGES, *args, *tiny_args(tiny_ckpt, 4), "--guidance_scale", 3)
+    report = run(GEN_IMAGES, *args, *tiny_args(tiny_ckpt, 4), "--guidance_scale", 3, "--overwrite")[0]
+    assert report.written == 3
+    assert '"guidance_scale": 3.0' in (tmp_path / "SD-v1-4" / G.SETTINGS_FILE).read_text()
+
+
+# ----------------------------------------------------------------------------------------- bad input
+BAD_CSVS = {
+    "case_number,prompt\n0,a\n": r"lacks column\(s\) \['evaluation_seed'\]",
+    "case_number,prompt,evaluation_seed\n0,a,x\n": r"evaluation_seed 'x' is not an integer",
+    "case_number,prompt,evaluation_seed\n0,a,1\n0,b,2\n": r"case_number 0 already appears on line 2",
+    "case_number,prompt,evaluation_seed,class\n0,,1,0\n": r"case 0 has an empty prompt",
+}
+
+
+@pytest.mark.parametrize("text", list(BAD_CSVS))
+def test_bad_csv_fails_before_model_load(tmp_path, tiny_ckpt, no_model_load, text):
+    csv_path = write_csv(tmp_path / "bad.csv", text)
+    with pytest.raises(SystemExit, match=BAD_CSVS[text]):
+        run(
+            GEN_IMAGES,
+            "--model_name",
+            "SD-v1-4",
+            "--prompts_path",
+            csv_path,
+            "--save_path",
+            tmp_path,
+            *tiny_args(tiny_ckpt),
+        )
+    assert not (tmp_path / "SD-v1-4").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--precision", "fp16"], r"--precision fp16 needs a GPU"),
+        (["--precision", "bf16"], r"--precision bf16 needs a GPU"),
+        (["--device", "cuda:99"], r"no CUDA device is available" if not torch.cuda.is_available() else r"cuda:99"),
+        (["--device", "toaster"], r"--device 'toaster' is not a device name"),
+        (["--model_name", "no-such-run"], r"unknown model 'no-such-run'.*available: SD-v1-4, original, run-a"),
+        (["--erase", "Van Gogh"], r"--erase \['Van Gogh'\] needs a SepCE erasure record"),
+        (["--ddim_steps", "600", "--sampler", "ddim"], r"--ddim_steps 600 must lie in 1..500"),
+        (["--image_size", "60"], r"--image_size 60 must be a positive multiple of 8"),
+        (["--ddim_steps", "9", "--sampler", "plms"], r"--ddim_steps 9: the CompVis uniform DDIM discretisation"),
+    ],
+)
+def test_bad_options_fail_before_model_load(tmp_path, tiny_ckpt, prompts, no_model_load, extra, message):
+    (tmp_path / "models" / "run-a").mkdir(parents=True)
+    (tmp_path / "models" / "run-a" / "model.ckpt").write_bytes(b"x")
+    (tmp_path / "models" / "empty").mkdir()
+    args = [
+        *tiny_args(tiny_ckpt),
+        "--model_name",
+        "SD-v1-4",
+        "--prompts_path",
+        prompts,
+        "--save_path",
+        tmp_path,
+        "--models_dir",
+        tmp_path / "models",
+        *extra,
+    ]
+    with pytest.raises(SystemExit, match=message):
+        run(GEN_IMAGES, *args)
+
+
+def test_script_error_is_one_line_and_nonzero(tmp_path):
+    from conftest import run_script as run_subprocess
+
+    csv_path = write_csv(tmp_path / "bad.csv", "case_number,prompt\n0,a\n")
+    proc = run_subprocess(
+        "eval-scripts/generate-images.py",
+        "--model_name",
+        "SD-v1-4",
+        "--prompts_path",
+        csv_path,
+        "--ckpt_path",
+        tmp_path / "missing.ckpt",
+        check=False,
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if "error" in line]
+    assert lines == [
+        f"generate-images.py: error: prompt CSV {csv_path} lacks column(s) ['evaluation_seed'] (it has "
+        "['case_number', 'prompt']); expected case_number, prompt, evaluation_seed"
+    ]
+
+
+# -------------------------------------------------------------------------------------- model resolution
+def synthetic_sepce_record(model, ckpt: Path, concepts=("VanGogh", "Picasso"), rank: int = 6) -> ErasureRecord:
+    """Random separable increments on every attn2 to_k/to_v (coef d_out × n_c, basis n_c × D)."""
+    g = torch.Generator().manual_seed(5)
+    sd = model.state_dict()
+    layers = [k for k in sd if re.search(r"attn2\.to_[kv]\.weight$", k)]
+    dim = sd[layers[0]].shape[1]
+    bases = {c: torch.linalg.qr(torch.randn(dim, rank, generator=g))[0].T.contiguous() for c in concepts}
+    coefs = {c: {k: torch.randn(sd[k].shape[0], rank, generator=g) for k in layers} for c in concepts}
+    return ErasureRecord("SepCE", list(concepts), base_info(ckpt), bases=bases, coefs=coefs, beta=0.5)
+
+
+@pytest.fixture
+def runs(tmp_path, tiny_ckpt, tiny_model):
+    """models/sepce-run (record), models/full-run (full checkpoint of the record with every concept)."""
+    models = tmp_path / "models"
+    record = synthetic_sepce_record(tiny_model, tiny_ckpt)
+    save_record(models / "sepce-run" / "erasure.safetensors", record)
+    base = read_state_dict(tiny_ckpt)
+    write_full_checkpoint(tiny_ckpt, models / "full-run" / "model.ckpt", changed_tensors(record, base))
+    return models, record, base
+
+
+def test_resolve_original_record_subset_and_full_checkpoint(tiny_ckpt, runs):
+    models, record, base = runs
+    config = tiny_ckpt.parent / "config.yaml"
+    original = G.resolve_model("original", tiny_ckpt, config, models)
+    assert (original.kind, original.ckpt_path, original.folder_name) == ("original", tiny_ckpt, "original")
+
+    subset = G.resolve_model("sepce-run", tiny_ckpt, config, models, erase=["picasso"])
+    assert (subset.kind, subset.erase, subset.folder_name) == ("record", ["Picasso"], "sepce-run")
+    every = G.resolve_model(str(models / "sepce-run"), tiny_ckpt, config, models)
+    assert every.erase == ["VanGogh", "Picasso"]
+    by_file = G.resolve_model(str(models / "sepce-run" / "erasure.safetensors"), tiny_ckpt, config, models)
+    assert (by_file.kind, by_file.folder_name) == ("record", "erasure")
+    full = G.resolve_model("full-run", tiny_ckpt, config, models)
+    assert (full.kind, full.ckpt_path) == ("checkpoint", models / "full-run" / "model.ckpt")
+
+    cpu = torch.device("cpu")
+    w_subset = G.load_resolved(subset, cpu).state_dict()
+    w_full = G.load_resolved(full, cpu).state_dict()
+    for layer, coef in record.coefs["Picasso"].items():
+        expected_subset = base[layer] + coef @ (0.5 * record.bases["Picasso"])
+        torch.testing.assert_close(w_subset[layer], expected_subset, rtol=0, atol=1e-6)
+        expected_full = expected_subset + record.coefs["VanGogh"][layer] @ (0.5 * record.bases["VanGogh"])
+        torch.testing.assert_close(w_full[layer], expected_full, rtol=0, atol=1e-6)
+    untouched = [k for k in base if "attn2.to_k" not in k and "attn2.to_v" not in k and k in w_subset]
+    assert all(torch.equal(w_subset[k], base[k]) for k in untouched[:50])
+
+
+def test_record_resolution_errors(tmp_path, tiny_ckpt, runs):
+    models, record, _ = runs
+    config = tiny_ckpt.parent / "config.yaml"
+    with pytest.raises(ValueError, match=r"--erase 'Monet' is not a concept of .* holds \['VanGogh', 'Picasso'\]"):
+        G.resolve_model("sepce-run", tiny_ckpt, config, models, erase=["Monet"])
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(tiny_ckpt.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match=r"was made for base checkpoint"):
+        G.resolve_model("sepce-run", other, config, models)
+    joint = ErasureRecord(
+        "CiE",
+        ["Van Gogh", "Picasso"],
+        base_info(tiny_ckpt),
+        tensors={k: v for k, v in list(read_state_dict(tiny_ckpt).items())[:1]},
+    )
+    save_record(models / "cie-run" / "erasure.safetensors", joint)
+    with pytest.raises(ValueError, match=r"erases \['Van Gogh', 'Picasso'\] jointly; a subset needs a SepCE"):
+        G.resolve_model("cie-run", tiny_ckpt, config, models, erase=["Van Gogh"])
+    (models / "full-run" / "second.ckpt").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"holds no erasure.safetensors and 2 full checkpoints"):
+        G.resolve_model("full-run", tiny_ckpt, config, models)
+    with pytest.raises(ValueError, match=r"available: SD-v1-4, original, cie-run, full-run, sepce-run"):
+        G.resolve_model("nope", tiny_ckpt, config, models)
+
+
+def test_erased_images_record_equals_full_checkpoint_and_subsets_differ(tmp_path, tiny_ckpt, runs, prompts):
+    models, _, _ = runs
+    common = [
+        "--prompts_path",
+        prompts,
+        "--save_path",
+        tmp_path / "eval",
+        "--num_samples",
+        1,
+        "--batch_size",
+        3,
+        "--models_dir",
+        models,
+        *tiny_args(tiny_ckpt),
+    ]
+    run(GEN_IMAGES, "--model_name", "sepce-run", *common)
+    run(GEN_IMAGES, "--model_name", "full-run", *common)
+    run(GEN_IMAGES, "--model_name", "sepce-run", "--erase", "Picasso", "--output_name", "sepce-picasso", *common)
+    run(GEN_IMAGES, "--model_name", "SD-v1-4", *common)
+    with pytest.raises(SystemExit, match=r"other settings \(model.erase: \['VanGogh', 'Picasso'\] -> \['Picasso'\]"):
+        run(GEN_IMAGES, "--model_name", "sepce-run", "--erase", "Picasso", *common)
+    out = tmp_path / "eval"
+    for case in range(3):
+        assert_same_image(out / "sepce-run" / f"{case}_0.png", out / "full-run" / f"{case}_0.png", exact=True)
+        for a, b in (("sepce-run", "SD-v1-4"), ("sepce-run", "sepce-picasso"), ("sepce-picasso", "SD-v1-4")):
+            assert np.abs(pixels(out / a / f"{case}_0.png") - pixels(out / b / f"{case}_0.png")).mean() > 0.5
+    assert Image.open(out / "sepce-picasso" / "0_0.png").text["erase"] == "Picasso"
+
+
+def test_txt2img_writes_named_images_and_refuses_overwrite(tmp_path, tiny_ckpt, prompts):
+    paths = run(
+        TXT2IMG,
+        "--prompt",
+        "Van Gogh",
+        "--n_samples",
+        2,
+        "--seed",
+        42,
+        "--outdir",
+        tmp_path / "t2i",
+        *tiny_args(tiny_ckpt),
+    )
+    assert [p.name for p in paths] == ["van-gogh-42_0.png", "van-gogh-42_1.png"]
+    run(
+        GEN_IMAGES,
+        "--model_name",
+        "SD-v1-4",
+        "--prompts_path",
+        prompts,
+        "--save_path",
+        tmp_path / "eval",
+        "--num_samples",
+        2,
+        "--batch_size",
+        2,
+        *tiny_args(tiny_ckpt),
+    )
+    for k in range(2):  # same prompt and seed (case 0 of the CSV) → same image as generate-images.py
+        assert_same_image(paths[k], tmp_path / "eval" / "SD-v1-4" / f"0_{k}.png", exact=False)
+    with pytest.raises(SystemExit, match=r"van-gogh-42_0.png already exists; pass --overwrite"):
+        run(TXT2IMG, "--prompt", "Van Gogh", "--outdir", tmp_path / "t2i", *tiny_args(tiny_ckpt))
+
+
+# ----------------------------------------------------------------------------------------- generate-data
+def test_generate_data_manifest_class_folder_and_resume(tmp_path, tiny_ckpt):
+    data = tmp_path / "data"
+    common = ["--save_path", data, "--num_samples", 2, "--batch_size", 4, *tiny_args(tiny_ckpt)]
+    report = run(GEN_DATA, "--prompt", "Van Gogh", "--model_name", "0", "--num_cases", 3, *common)
+    folder = data / "Van Gogh"
+    assert report.written == 6
+    manifest = read_prompt_csv(folder / "manifest.csv")
+    assert [(r.case_number, r.prompt, r.evaluation_seed, r.class_index) for r in manifest] == [
+        (i, "Van Gogh", G.derive_seed(0, i), 0) for i in range(3)
+    ]
+    for i in range(3):
+        for k in range(2):
+            image, linked = folder / f"{i}_{k}.png", data / "train" / "0" / f"van-gogh_{i}_{k}.png"
+            assert os.path.samefile(image, linked)
+            assert Image.open(image).text["seed"] == str(G.derive_seed(0, i))
+
+    # the manifest is a prompt CSV: generate-images.py redoes the same images from it
+    run(
+        GEN_IMAGES,
+        "--model_name",
+        "SD-v1-4",
+        "--prompts_path",
+        folder / "manifest.csv",
+        "--save_path",
+        tmp_path / "redo",
+        "--num_samples",
+        2,
+        "--batch_size",
+        4,
+        *tiny_args(tiny_ckpt),
+    )
+    for image in folder.glob("*.png"):
+        assert_same_image(image, tmp_path / "redo" / "SD-v1-4" / image.name, exact=True)
+
+    report = run(GEN_DATA, "--prompt", "Van Gogh", "--num_cases", 4, *common)  # class looked up from the prompt
+    assert (report.written, report.skipped) == (2, 6)
+    assert len(read_prompt_csv(folder / "manifest.csv")) == 4
+    assert len(list((data / "train" / "0").glob("*.png"))) == 8
+    with pytest.raises(SystemExit, match=r"records case 0 as prompt 'Van Gogh' seed \d+, not 'Van Gogh' seed"):
+        run(GEN_DATA, "--prompt", "Van Gogh", "--num_cases", 4, "--seed", 1, *common)
+    with pytest.raises(SystemExit, match=r"other settings \(steps: 8 -> 9\)"):
+        run(GEN_DATA, "--prompt", "Van Gogh", "--num_cases", 4, *common, "--ddim_steps", 9)
+
+
+def test_generate_data_blank_prompt_and_class_checks(tmp_path, tiny_ckpt, no_model_load):
+    data = tmp_path / "data"
+    common = ["--save_path", data, "--num_cases", 1, *tiny_args(tiny_ckpt)]
+    with pytest.raises(SystemExit, match=r"--model_name 1 is class 'Picasso' .* but --prompt is 'Van Gogh'"):
+        run(GEN_DATA, "--prompt", "Van Gogh", "--model_name", "1", *common)
+    with pytest.raises(SystemExit, match=r"--model_name 12: not a class index"):
+        run(GEN_DATA, "--prompt", "Van Gogh", "--model_name", "12", *common)
+    with pytest.raises(SystemExit, match=r"--model_name 'Monet' is neither a class index"):
+        run(GEN_DATA, "--prompt", "Van Gogh", "--model_name", "Monet", *common)
+    with pytest.raises(SystemExit, match=r"cannot name a data folder"):
+        run(GEN_DATA, "--prompt", "a/b", "--model_name", "none", *common)
+    assert not data.exists() or not any(data.rglob("*.png"))
+
+
+def test_generate_data_blank_prompt_goes_to_blank_folder(tmp_path, tiny_ckpt):
+    data = tmp_path / "data"
+    run(GEN_DATA, "--prompt", "", "--save_path", data, "--num_cases", 2, "--link", "copy", *tiny_args(tiny_ckpt, 3))
+    assert sorted(p.name for p in (data / "blank").glob("*.png")) == ["0_0.png", "1_0.png"]
+    copies = sorted((data / "train" / "9").iterdir())
+    assert [p.name for p in copies] == ["blank_0_0.png", "blank_1_0.png"]
+    assert not os.path.samefile(copies[0], data / "blank" / "0_0.png")
+    assert read_prompt_csv(data / "blank" / "manifest.csv", allow_empty_prompt=True)[0].class_index == 9
+
+
+def test_link_file_modes(tmp_path):
+    source = tmp_path / "a.png"
+    source.write_bytes(b"one")
+    for mode in ("hardlink", "symlink", "copy"):
+        target = tmp_path / mode / "a.png"
+        assert G.link_file(source, target, mode) and target.read_bytes() == b"one"
+        assert G.link_file(source, target, mode)  # idempotent
+    assert (tmp_path / "symlink" / "a.png").is_symlink()
+    other = tmp_path / "b.png"
+    other.write_bytes(b"two")
+    assert not G.link_file(other, tmp_path / "copy" / "a.png", "copy")
+    assert G.link_file(other, tmp_path / "copy" / "a.png", "copy", overwrite=True)
+    assert (tmp_path / "copy" / "a.png").read_bytes() == b"two"
+
+
+# -------------------------------------------------------------------------------------------- torchrun
+def test_torchrun_two_cpu_processes_write_every_file_exactly_once(tmp_path, tiny_ckpt):
+    rows = "".join(f"{i},{['Van Gogh', 'Picasso', 'Cezanne'][i % 3]},{100 + i},{i % 3}\n" for i in range(5))
+    csv_path = write_csv(tmp_path / "p.csv", "case_number,prompt,evaluation_seed,class\n" + rows)
+    args = [
+        str(a)
+        for a in [
+            "--model_name",
+            "SD-v1-4",
+            "--prompts_path",
+            csv_path,
+            "--num_samples",
+            2,
+            "--batch_size",
+            1,
+            *tiny_args(tiny_ckpt, 4),
+        ]
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "eval-scripts" / "generate-images.py"),
+            *args,
+            "--save_path",
+            str(tmp_path / "dist"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = {
+        int(m.group(2)): int(m.group(1))
+        for m in re.finditer(r"wrote (\d+) image\(s\), 0 already existed \(rank (\d)/2\)", proc.stdout)
+    }
+    assert written == {0: 6, 1: 4}  # rows 0,2,4 and 1,3 (round-robin), 2 samples each
+    files = sorted(p.name for p in (tmp_path / "dist" / "SD-v1-4").glob("*.png"))
+    assert files == sorted(f"{c}_{k}.png" for c in range(5) for k in range(2))
+    assert sum(written.values()) == len(files)  # no file was written twice
+
+    run(GEN_IMAGES, *args, "--save_path", tmp_path / "single")
+    for name in files:
+        assert_same_image(tmp_path / "dist" / "SD-v1-4" / name, tmp_path / "single" / "SD-v1-4" / name, exact=True)
+
+
+def test_rank_from_env_and_device(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    rank = G.Rank.from_env()
+    assert (rank.rank, rank.world_size, rank.local_rank) == (3, 4, 1)
+    assert G.resolve_device("cpu", rank) == torch.device("cpu")
+    rows = [PromptRow(i, "p", i) for i in range(10)]
+    assert [r.case_number for r in G.shard_rows(rows, rank.rank, rank.world_size)] == [3, 7]
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="inconsistent"):
+        G.Rank.from_env()
+
+
+def test_bench_sampling_tiny_smoke(tmp_path, capsys):
+    bench = load_script("bench/bench_sampling.py")
+    args = bench.parse_args(
+        ["--tiny", "--steps", "4", "--batch_size", "2", "--repeats", "1", "--out", str(tmp_path / "b.json")]
+    )
+    result = bench.main(args)
+    assert json.loads((tmp_path / "b.json").read_text()) == result
+    for key in ("unet_s", "step_s", "decode_s", "save_s", "end_to_end_s", "images_per_s", "images_per_s_at_100_steps"):
+        assert result[key] > 0, key
+    assert (result["steps"], result["batch_size"], result["image_size"]) == (4, 2, 64)
+    assert '"loop_overhead_pct"' in capsys.readouterr().out
+
+
+def test_16_bit_sampling_runs_under_autocast_close_to_fp32(tiny_ckpt):
+    """The --precision bf16/fp16 code path (GPU-only on the CLI), exercised on the CPU through the library."""
+    resolved = G.resolve_model("SD-v1-4", tiny_ckpt, tiny_ckpt.parent / "config.yaml")
+    model = G.load_resolved(resolved, torch.device("cpu"))
+    settings = G.SamplingSettings("klms", 6, 7.5, 64)
+    images = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        sampler = G.ImageSampler(model, settings, torch.device("cpu"), dtype)
+        noise = G.case_noise(3, 2, sampler.latent_shape)
+        images[dtype] = sampler(["Van Gogh", "Picasso"], noise).astype(np.int16)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights untouched
+    diff = np.abs(images[torch.bfloat16] - images[torch.float32])
+    assert 0 < diff.mean() < 3

@@ -1,0 +1,193 @@
+"""The reproduction pipeline (eval-scripts/reproduce.py, sepce/reproduce.py): the full-size plan uses the seed
+README's commands, ``--tiny`` runs every stage end to end on the tiny model and writes the table, a re-run
+resumes without redoing work, and SepCE's separability shows in the table (restored concepts and the blank
+prompt unchanged, erased ones changed)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sepce.evaluation.common import run_script
+from sepce.reproduce import METHODS, Method, model_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(relative: str):
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REPRO = load_script("eval-scripts/reproduce.py")
+
+
+def run(*argv):
+    return run_script(REPRO.parse_args, REPRO.main, [str(a) for a in argv], prog="reproduce.py")
+
+
+def test_dry_run_is_the_seed_pipeline_as_a_shell_script(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run("--dry_run", "--device", "cpu")
+    script = capsys.readouterr().out
+    assert not any(tmp_path.iterdir())  # nothing written
+    for command in (
+        "python eval-scripts/generate-data.py --prompt 'Van Gogh' --model_name 0 --save_path data --num_cases 1000",
+        "python eval-scripts/generate-data.py --prompt '' --model_name 9",
+        "python train-scripts/artist-cls-train.py --train_dir data/train",
+        "python train-scripts/CiE.py --prompt 'Van Gogh' --threshold 0 --lr 1e-6 --reg_beta 3e-5",
+        "python train-scripts/SepCE.py --prompts 'Van Gogh' Picasso Cezanne --lr 1e-2 --scale_factor 1e-4 "
+        "--reg_beta 3e-5",
+        "python train-scripts/Esd.py --prompt 'Van Gogh' --train_method xattn --iterations 1000",
+        "python train-scripts/FMN.py --prompt 'Van Gogh' --lr 1e-5 --iter_break 10",
+        "python train-scripts/Abconcept.py --prompt 'Van Gogh' --lr 1e-5 --iter_break 50",
+        "python eval-scripts/generate-images.py --model_name SD-v1-4 --prompts_path",
+        "--output_name sepce-restore-cezanne --num_samples 5",
+        "python train-scripts/move_image.py --path evaluation_folder",
+        "python train-scripts/artist-cls-test.py --path evaluation_folder",
+        "python eval-scripts/lpips_eval.py --original_path evaluation_folder/default --edited_path "
+        "evaluation_folder/sepce ",
+        "python eval-scripts/make-table.py --spec outputs/table/spec.json",
+    ):
+        assert command in script, command
+    assert "--ddim_steps 100 --image_size 512" in script and "--no_pretrained" not in script
+    assert script.count("generate-data.py") == 10 and script.count("generate-images.py") == 8
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0  # valid shell syntax
+
+
+def test_sepce_subset_rows_erase_prefixes_and_restore_the_rest():
+    rows = model_rows(["CiE", "SepCE"], "Van Gogh", ["Van Gogh", "Picasso", "Cezanne"])
+    assert [(r.name, r.folder, r.erase, r.erased, r.restored) for r in rows] == [
+        ("ORI", "default", None, [], []),
+        ("CiE", "cie", None, ["Van Gogh"], []),
+        ("SepCE", "sepce", ["Van Gogh", "Picasso", "Cezanne"], ["Van Gogh", "Picasso", "Cezanne"], []),
+        (
+            "SepCE (restore Cezanne)",
+            "sepce-restore-cezanne",
+            ["Van Gogh", "Picasso"],
+            ["Van Gogh", "Picasso"],
+            ["Cezanne"],
+        ),
+        (
+            "SepCE (restore Picasso+Cezanne)",
+            "sepce-restore-picasso-cezanne",
+            ["Van Gogh"],
+            ["Van Gogh"],
+            ["Picasso", "Cezanne"],
+        ),
+    ]
+    assert {r.model_name for r in rows[2:]} == {"sepce-van-gogh-picasso-cezanne"}
+
+
+def test_bad_inputs_fail_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "Nope", Method("Nope", "train-scripts/nope.py", (), ()))
+    with pytest.raises(SystemExit, match=r"script\(s\) \['train-scripts/nope.py'\] do not exist"):
+        run("--tiny", "--work_dir", tmp_path / "w", "--methods", "CiE", "Nope")
+    with pytest.raises(SystemExit, match=r"checkpoint .*missing.ckpt does not exist \(--ckpt_path\)"):
+        run(
+            "--work_dir",
+            tmp_path / "w",
+            "--ckpt_path",
+            tmp_path / "missing.ckpt",
+            "--device",
+            "cpu",
+            "--methods",
+            "CiE",
+        )
+    with pytest.raises(SystemExit, match=r"unknown concept 'Monet'"):
+        run("--tiny", "--work_dir", tmp_path / "w", "--concept", "Monet", "--methods", "CiE")
+    assert not (tmp_path / "w").exists()
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def test_tiny_reproduction_end_to_end_then_resume(tmp_path, capsys):
+    work = tmp_path / "tiny"
+    run("--tiny", "--work_dir", work, "--quiet")
+    with (work / "table" / "table.csv").open() as f:
+        table = {row["model"]: row for row in csv.DictReader(f)}
+    assert list(table) == [
+        "ORI",
+        "CiE",
+        "SepCE",
+        "SepCE (restore Cezanne)",
+        "SepCE (restore Picasso+Cezanne)",
+        "ESD",
+        "FMN",
+        "AC",
+    ]
+    assert (work / "table" / "table.png").stat().st_size > 1000 and (work / "table" / "table.md").is_file()
+    assert "| SepCE (restore Cezanne) |" in capsys.readouterr().out  # the table is printed
+
+    evaluation = work / "evaluation_folder"
+    folders = ["default", "cie", "sepce", "sepce-restore-cezanne", "sepce-restore-picasso-cezanne", "esd", "fmn", "ac"]
+    assert sorted(p.name for p in evaluation.iterdir()) == sorted(folders)
+    for folder in folders:  # 4 classes x 2 seeds x 2 samples, sorted into class folders, accuracy per class
+        assert sorted(p.relative_to(evaluation / folder).parts[0] for p in (evaluation / folder).rglob("*.png")) == [
+            str(c) for c in range(4) for _ in range(4)
+        ]
+        assert (evaluation / folder / "results" / "accuracy.csv").is_file()
+    for folder in folders[1:]:
+        assert {p.name for p in (evaluation / folder / "results").glob("*.csv")} == {
+            "accuracy.csv",
+            "lpips.csv",
+            "fid.csv",
+        }
+
+    # SepCE separability, visible in the table: restored concepts and the blank prompt keep their images
+    lpips = {
+        name: {c: float(row[f"{c} LPIPS"] or "nan") for c in ("Van Gogh", "Picasso", "Cezanne", "blank")}
+        for name, row in table.items()
+        if name != "ORI"
+    }
+    assert lpips["SepCE"]["blank"] < 1e-6 and min(lpips["SepCE"][c] for c in ("Van Gogh", "Picasso", "Cezanne")) > 1e-4
+    assert lpips["SepCE (restore Cezanne)"]["Cezanne"] < 1e-6 and lpips["SepCE (restore Cezanne)"]["Picasso"] > 1e-4
+    restored = lpips["SepCE (restore Picasso+Cezanne)"]
+    assert restored["Van Gogh"] > 1e-4 and max(restored["Picasso"], restored["Cezanne"], restored["blank"]) < 1e-6
+    assert table["SepCE (restore Cezanne)"]["restored"] == "Cezanne"
+    for case, index in (("50_0.png", 1), ("100_1.png", 2), ("450_0.png", 3)):  # Picasso, Cezanne, blank
+        original = pixels(evaluation / "default" / str(index) / case)
+        assert np.abs(original - pixels(evaluation / "sepce-restore-picasso-cezanne" / str(index) / case)).max() <= 1
+    spec = json.loads((work / "table" / "spec.json").read_text())
+    assert spec["models"][1]["erased"] == ["Van Gogh", "Picasso", "Cezanne"]
+
+    # resume: nothing is trained, generated or measured again
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in work.rglob("*")
+        if p.is_file() and p.suffix in (".png", ".safetensors", ".pt", ".csv")
+    }
+    run("--tiny", "--work_dir", work, "--quiet")
+    out = capsys.readouterr().out
+    assert out.count("skipped:") == 9  # class map, CSV and spec (same content), classifier, five training runs
+    assert "wrote 0 image(s), 16 already existed" in out and "unchanged:" in out
+    assert [p for p, t in stamps.items() if p.stat().st_mtime_ns != t] == []
+
+
+def test_subprocess_runner_and_a_failing_step(tmp_path):
+    work = tmp_path / "w"
+    run("--tiny", "--work_dir", work, "--stages", "model", "--runner", "subprocess", "--methods", "CiE")
+    assert (work / "tiny" / "model.ckpt").is_file() and (work / "tiny" / "config.yaml").is_file()
+    assert (
+        work / "classes.csv"
+    ).read_text() == "index,name,prompt\n0,Van Gogh,Van Gogh\n1,Picasso,Picasso\n2,Cezanne,Cezanne\n3,blank,\n"
+    assert (work / "evaluate.csv").read_text().splitlines()[1:3] == ["0,Van Gogh,68504,0", "1,Van Gogh,38136,0"]
+    with pytest.raises(
+        SystemExit,
+        match=r"step 'training images of Van Gogh' failed \(exit status 1\): python "
+        r"eval-scripts/generate-data.py --prompt 'Van Gogh' .*; fix it and re-run",
+    ):
+        run("--tiny", "--work_dir", work, "--stages", "data", "--runner", "subprocess", "--image_size", 60)
+    assert not (work / "data").exists()
