@@ -194,7 +194,9 @@ def changed_tensors(
 ) -> dict[str, torch.Tensor]:
     """New values of every tensor the record changes, given the base tensors (state-dict keys)."""
     if record.separable:
-        return {k: (base[k].float() + d).to(base[k].dtype) for k, d in record.increments(erase).items()}
+        return {
+            k: (base[k].float() + d.to(base[k].device)).to(base[k].dtype) for k, d in record.increments(erase).items()
+        }
     record.check_concepts(erase)
     return dict(record.tensors)
 

@@ -126,9 +126,11 @@ def inception_extractor(
     """
     if size < 75:
         raise ValueError(f"Inception-v3 needs images of at least 75 px, not {size}")
-    net = torchvision.models.inception_v3(
-        weights=None, aux_logits=True, transform_input=True, init_weights=not pretrained
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random weights (tests) are the same network on every run
+        net = torchvision.models.inception_v3(
+            weights=None, aux_logits=True, transform_input=True, init_weights=not pretrained
+        )
     if pretrained:
         net.load_state_dict(load_state_dict(resolve_weights(INCEPTION_V3, weights, "--fid_weights")))
     net.fc = torch.nn.Identity()

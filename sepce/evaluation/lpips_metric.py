@@ -34,7 +34,8 @@ def build_lpips(pretrained: bool = True, backbone_weights: Optional[str | Path] 
 
     if pretrained:
         path = resolve_weights(ALEXNET, backbone_weights, "--backbone_weights")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # a random trunk (tests) is the same network on every run
         warnings.filterwarnings("ignore", message=".*(pretrained|weights).*", category=UserWarning)
         metric = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
     if pretrained:
