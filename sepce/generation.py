@@ -74,7 +74,7 @@ from sepce.io import atomic_write, write_json
 from sepce.modeling import load_model, parse_device, parse_dtype
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR
 from sepce.prompts import PromptRow, shard_rows
-from sepce.records import RECORD_NAME, ErasureRecord, apply_record, check_base, load_record
+from sepce.records import RECORD_NAME, ErasureRecord, apply_record, check_base, file_digest, load_record
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +109,10 @@ class ResolvedModel:
         if self.record is not None:
             info.update(
                 method=self.record.method,
-                record_sha256=_sha256(self.record.path),
+                record_sha256=file_digest(self.record.path),
                 erase=list(self.erase or []),
             )
         return info
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _is_record_file(path: Path) -> bool:

@@ -599,7 +599,12 @@ def test_torchrun_two_cpu_processes_write_every_file_exactly_once(tmp_path, tiny
     assert files == sorted(f"{c}_{k}.png" for c in range(5) for k in range(2))
     assert sum(written.values()) == len(files)  # no file was written twice
 
-    run(GEN_IMAGES, *args, "--save_path", tmp_path / "single")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1): same kernels, same round-off
+    try:
+        run(GEN_IMAGES, *args, "--save_path", tmp_path / "single")
+    finally:
+        torch.set_num_threads(threads)
     for name in files:
         assert_same_image(tmp_path / "dist" / "SD-v1-4" / name, tmp_path / "single" / "SD-v1-4" / name, exact=True)
 

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
 from ldm.util import instantiate_from_config
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -32,20 +33,7 @@ TEXT_MODEL_PREFIX = "cond_stage_model.transformer.text_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
 EMA_PREFIX = "model_ema."
-SCHEDULE_KEYS = (
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-)
+SCHEDULE_KEYS = SCHEDULE_BUFFERS
 
 
 class CheckpointError(ValueError):
