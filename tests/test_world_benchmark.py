@@ -1,0 +1,127 @@
+"""The world classifier and the world benchmark (sepce/world/classifier.py, sepce/world/benchmark.py,
+eval-scripts/world-benchmark.py); includes the CI check that the shipped model still draws its styles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_script
+
+from sepce.classes import load_class_map
+from sepce.world import OBJECTS, STYLES, build_prompt, make_arrays
+from sepce.world.benchmark import CLASS_MAP, FORMS, PRESETS, concept_prompts, layout, plan
+from sepce.world.classifier import (
+    accuracies,
+    feature_distance,
+    load_classifier,
+    predict,
+    save_classifier,
+    to_unit_images,
+)
+from sepce.world.model import load_world_model, sample_images
+
+#: The shipped model's accuracy on its own generations must not fall below this (styles, %).
+ORI_STYLE_ACCURACY = 90.0
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_classifier()[0]
+
+
+def test_classifier_recognises_fresh_renders(classifier):
+    data = make_arrays(128, seed=4242)
+    acc = accuracies(classifier, data.images, data.style, data.object)
+    assert acc["style_pct"] >= 95.0 and acc["object_pct"] >= 90.0, acc
+
+
+def test_feature_distance_is_a_semimetric_on_pairs(classifier):
+    x = to_unit_images(make_arrays(6, seed=7).images)
+    y = x.flip(0)
+    d_xy, d_yx, d_xx = (
+        feature_distance(classifier, x, y),
+        feature_distance(classifier, y, x),
+        feature_distance(classifier, x, x),
+    )
+    assert torch.equal(d_xx, torch.zeros(6, dtype=torch.float64))
+    assert torch.allclose(d_xy, d_yx) and (d_xy > 0).all()
+    assert torch.allclose(feature_distance(classifier, x[:2], y[:2]), d_xy[:2])  # no batch coupling (eval BN)
+
+
+def test_classifier_file_round_trip_and_refusals(tmp_path, classifier):
+    path = save_classifier(tmp_path / "c.safetensors", classifier, {"note": "copy"})
+    again, info = load_classifier(path)
+    x = torch.rand(4, 3, 64, 64)
+    assert all(torch.equal(a, b) for a, b in zip(classifier(x), again(x)))
+    assert info["info"] == {"note": "copy"} and info["styles"] == list(STYLES)
+    with pytest.raises(FileNotFoundError, match="train-world-classifier"):
+        load_classifier(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"format": "x"})
+    with pytest.raises(ValueError, match="not a world classifier"):
+        load_classifier(tmp_path / "other.safetensors")
+
+
+def test_shipped_model_still_reaches_its_original_accuracy(classifier):
+    """CI check: the shipped model draws the style it is prompted with (fixed seeds, 4 per style, the benchmark's
+    guidance 7.5; docs/world-benchmark.md reports 96.9 % here), and objects well above chance (12.5 %)."""
+    model = load_world_model()
+    prompts = [build_prompt(s, None) for s in STYLES for _ in range(4)]
+    images = sample_images(model, prompts, list(range(len(prompts))), steps=20, guidance=7.5)
+    styles, _ = predict(classifier, to_unit_images(images))
+    accuracy = 100.0 * float(np.mean(styles == np.repeat(np.arange(len(STYLES)), 4)))
+    assert accuracy >= ORI_STYLE_ACCURACY, accuracy
+    objects = [build_prompt(None, o) for o in OBJECTS for _ in range(4)]
+    _, found = predict(
+        classifier, to_unit_images(sample_images(model, objects, list(range(32)), steps=20, guidance=7.5))
+    )
+    assert float(np.mean(found == np.repeat(np.arange(len(OBJECTS)), 4))) >= 0.5
+
+
+def test_plan_names_the_presets_and_the_model_geometry(tmp_path):
+    lay = layout(tmp_path / "work")
+    steps, rows = plan(lay, FORMS["short"], list(PRESETS), "waves", ["waves", "dots", "rings"])
+    by_name = {s.name: s for s in steps}
+    esd = next(s for s in steps if s.name.startswith("ESD"))
+    assert esd.argv[esd.argv.index("--image_size") + 1] == "128"  # ESD samples image_size/8 = 16-px latents
+    cie = next(s for s in steps if s.name.startswith("CiE"))
+    assert all(flag in cie.argv for flag in PRESETS["CiE"])
+    assert [r.name for r in rows] == [
+        "ORI",
+        "CiE",
+        "SepCE",
+        "SepCE (restore rings)",
+        "SepCE (restore dots+rings)",
+        "ESD",
+        "FMN",
+        "AC",
+    ]
+    restore = next(r for r in rows if r.name == "SepCE (restore rings)")
+    assert restore.erase == concept_prompts(load_class_map(CLASS_MAP), ["waves", "dots"])
+    csv_text = by_name["evaluation CSV"].content.splitlines()
+    assert len(csv_text) == 1 + len(STYLES) * FORMS["short"].seeds_per_class
+
+
+def test_benchmark_refuses_bad_input(tmp_path):
+    bad = run_script("eval-scripts/world-benchmark.py", "--concept", "paisley", "--work_dir", tmp_path, check=False)
+    assert bad.returncode != 0 and "paisley" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_script("eval-scripts/world-benchmark.py", "--preset", "XYZ=--lr 1", check=False)
+    assert bad.returncode != 0 and "XYZ" in bad.stderr
+
+
+def test_benchmark_smoke_form_prints_the_table_and_restores_exactly(tmp_path):
+    work = tmp_path / "bench"
+    run = run_script("eval-scripts/world-benchmark.py", "--form", "smoke", "--work_dir", work, "--quiet")
+    assert "| ORI |" in run.stdout and "| SepCE (restore rings) |" in run.stdout
+    summary = json.loads((work / "summary.json").read_text())
+    assert set(summary["original_accuracy"]) == set(STYLES)
+    for name in ("SepCE (restore rings)", "SepCE (restore dots+rings)"):
+        for check in summary["rows"][name]["restoration"].values():
+            assert check["images"] >= 1 and check["max_abs_diff"] <= 1, (name, check)
+    for row in ("cie", "esd", "fmn", "ac", "sepce"):
+        assert (work / "images" / row / "results" / "fid.csv").is_file()
+    assert (work / "table" / "table.png").is_file() and (work / "report.md").is_file()
