@@ -12,7 +12,7 @@ from conftest import run_script
 
 from sepce.classes import load_class_map
 from sepce.world import OBJECTS, STYLES, build_prompt, make_arrays
-from sepce.world.benchmark import CLASS_MAP, FORMS, PRESETS, concept_prompts, layout, plan
+from sepce.world.benchmark import CLASS_MAP, DEFAULT_SEPCE, FORMS, PRESETS, concept_prompts, layout, plan
 from sepce.world.classifier import (
     accuracies,
     feature_distance,
@@ -116,10 +116,12 @@ def test_benchmark_refuses_bad_input(tmp_path):
 def test_benchmark_smoke_form_prints_the_table_and_restores_exactly(tmp_path):
     work = tmp_path / "bench"
     run = run_script("eval-scripts/world-benchmark.py", "--form", "smoke", "--work_dir", work, "--quiet")
-    assert "| ORI |" in run.stdout and "| SepCE (restore rings) |" in run.stdout
+    first, *later = DEFAULT_SEPCE
+    restore_rows = [f"SepCE (restore {'+'.join(later[i:])})" for i in range(len(later))]
+    assert "| ORI |" in run.stdout and all(f"| {row} |" in run.stdout for row in restore_rows)
     summary = json.loads((work / "summary.json").read_text())
     assert set(summary["original_accuracy"]) == set(STYLES)
-    for name in ("SepCE (restore rings)", "SepCE (restore dots+rings)"):
+    for name in restore_rows:
         for check in summary["rows"][name]["restoration"].values():
             assert check["images"] >= 1 and check["max_abs_diff"] <= 1, (name, check)
     for row in ("cie", "esd", "fmn", "ac", "sepce"):
