@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 DEFAULT_CLASS_MAP = Path(__file__).resolve().parent.parent / "data" / "classes.csv"
 
@@ -52,3 +53,14 @@ def class_by_name(classes: list[ConceptClass], name: str) -> ConceptClass:
         if key in (c.name.replace(" ", "").lower(), c.prompt.replace(" ", "").lower()):
             return c
     raise KeyError(f"unknown concept {name!r}; the class map has {[c.name for c in classes]}")
+
+
+def classes_by_names(classes: Sequence[ConceptClass], names: Sequence[str], what: str) -> list[ConceptClass]:
+    """:func:`class_by_name` for each name; an unknown one raises a one-line ``ValueError`` prefixed by ``what``."""
+    found = []
+    for name in names:
+        try:
+            found.append(class_by_name(list(classes), name))
+        except KeyError as error:
+            raise ValueError(f"{what}: {error.args[0]}") from None
+    return found

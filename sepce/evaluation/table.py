@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from sepce.classes import ConceptClass, class_by_name
+from sepce.classes import ConceptClass, classes_by_names
 from sepce.io import atomic_write
 
 from .results import metric_paths, read_metric
@@ -71,13 +71,7 @@ class Table:
 
 
 def _canonical(classes: Sequence[ConceptClass], names: Sequence[str], what: str) -> List[str]:
-    result = []
-    for name in names:
-        try:
-            result.append(class_by_name(list(classes), name).name)
-        except KeyError as error:
-            raise ValueError(f"{what}: {error.args[0]}") from None
-    return result
+    return [c.name for c in classes_by_names(classes, names, what)]
 
 
 def normalise_specs(models: Sequence[ModelSpec], classes: Sequence[ConceptClass]) -> List[ModelSpec]:

@@ -43,7 +43,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from sepce.classes import ConceptClass, class_by_name, load_class_map
+from sepce.classes import ConceptClass, class_by_name, classes_by_names, load_class_map
 from sepce.evaluation.classifier import accuracy_table
 from sepce.evaluation.common import fingerprint
 from sepce.evaluation.compare import compare_folders
@@ -142,13 +142,7 @@ def layout(work: Path, ckpt: Path = SHIPPED_CKPT, config: Path = SHIPPED_CONFIG,
 
 def concept_prompts(classes: Sequence[ConceptClass], names: Sequence[str]) -> List[str]:
     """Class-map prompts of style names (``waves`` → ``in the style of waves``); unknown names fail with one line."""
-    out = []
-    for name in names:
-        try:
-            out.append(class_by_name(list(classes), name).prompt)
-        except KeyError as error:
-            raise ValueError(f"unknown style {name!r}: {error.args[0]}") from None
-    return out
+    return [c.prompt for c in classes_by_names(classes, names, "unknown style")]
 
 
 def run_name(method: Method, styles: Sequence[str]) -> str:
