@@ -54,7 +54,7 @@ from sepce.io import write_text
 from sepce.paths import REPO_ROOT
 from sepce.prompts import case_classes, read_prompt_csv
 from sepce.reproduce import METHODS, ORIGINAL_FOLDER, Method, Row, Step, table_spec, tiny_inputs
-from sepce.world.classifier import SHIPPED_CLASSIFIER, WorldClassifier, feature_distance, load_classifier
+from sepce.world.classifier import SHIPPED_CLASSIFIER, WorldClassifier, feature_distance, load_classifier, predict
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 
 log = logging.getLogger(__name__)
@@ -273,8 +273,7 @@ def classify_paths(classifier: WorldClassifier, paths: Sequence[Path], batch_siz
     """Predicted style index of each image file."""
     out: List[int] = []
     for start in range(0, len(paths), batch_size):
-        styles, _ = classifier(load_images(paths[start : start + batch_size], IMAGE_SIZE))
-        out += styles.argmax(1).tolist()
+        out += predict(classifier, load_images(paths[start : start + batch_size], IMAGE_SIZE))[0].tolist()
     return out
 
 

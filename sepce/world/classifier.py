@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from sepce.io import atomic_write
 from sepce.paths import REPO_ROOT
-from sepce.world.dataset import make_arrays
+from sepce.world.dataset import make_arrays, to_model_images, to_unit_images
 from sepce.world.render import OBJECTS, STYLES
 
 log = logging.getLogger(__name__)
@@ -179,17 +179,12 @@ class ClassifierSettings:
         return self
 
 
-def to_unit_images(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) → float32 (N, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-
-
 @torch.no_grad()
 def autoencode(vae: nn.Module, images: np.ndarray, batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """uint8 images through the world model's autoencoder (posterior mean → decoder), as uint8."""
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc="autoencode", disable=not progress):
-        x = to_unit_images(images[start : start + batch_size]) * 2 - 1
+        x = to_model_images(images[start : start + batch_size])
         y = vae.decode(vae.encode(x).mode())
         out.append(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)

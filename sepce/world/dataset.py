@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -27,6 +28,16 @@ from sepce.world.render import OBJECTS, STYLES, Scene, check_size, render, rende
 WORLD_VERSION = 1  # bump when rendering changes, so stale folders are recognised
 METADATA_COLUMNS = ("file", "style", "object", "prompt", "seed")
 MAX_IMAGES = 10_000_000
+
+
+def to_unit_images(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) → float32 (N, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def to_model_images(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) → float32 (N, 3, H, W) in [-1, 1] (the autoencoder's range)."""
+    return to_unit_images(images) * 2 - 1
 
 
 def image_seed(seed: int, index: int) -> int:

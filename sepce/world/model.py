@@ -46,9 +46,9 @@ from tqdm.auto import tqdm
 
 from sepce.io import save_image, save_torch, write_json, write_text
 from sepce.paths import REPO_ROOT
-from sepce.world.dataset import make_arrays
+from sepce.world.dataset import make_arrays, to_model_images
 from sepce.world.prompts import build_prompt, sample_prompt
-from sepce.world.render import OBJECTS, STYLES
+from sepce.world.render import OBJECTS, STYLES, image_grid
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +140,6 @@ def null_space_sizes(model: torch.nn.Module, prompts: Sequence[str], rtol: float
         s = torch.linalg.svdvals(stack)
         sizes[p] = int(stack.shape[1] - int((s > s[0] * rtol).sum()))
     return sizes
-
-
-def to_model_images(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) → float32 (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def lr_at(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -520,19 +515,6 @@ def sample_images(
         noise = torch.stack([case_noise(int(seeds[i]), 1, image_sampler.latent_shape)[0] for i in chunk])
         out.append(image_sampler([prompts[i] for i in chunk], noise))
     return np.concatenate(out)
-
-
-def image_grid(images: np.ndarray, columns: int, pad: int = 2) -> Image.Image:  # noqa: F821
-    """Contact sheet of uint8 images (N, H, W, 3), ``columns`` per row, white padding."""
-    from PIL import Image
-
-    n, h, w, _ = images.shape
-    rows = math.ceil(n / columns)
-    sheet = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 255, np.uint8)
-    for i, im in enumerate(images):
-        r, c = divmod(i, columns)
-        sheet[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
-    return Image.fromarray(sheet)
 
 
 def write_sample_grid(model: torch.nn.Module, path: Path, seed: int = 0, **kwargs) -> Path:

@@ -350,6 +350,17 @@ def render_pil(scene: Scene, size: int = 64, aa: int = 4) -> Image.Image:
     return Image.fromarray(render(scene, size, aa), mode="RGB")
 
 
+def image_grid(images: np.ndarray, columns: int, pad: int = 2) -> Image.Image:
+    """Contact sheet of uint8 images (N, H, W, 3), ``columns`` per row, white padding."""
+    n, h, w, _ = images.shape
+    rows = math.ceil(n / columns)
+    sheet = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, columns)
+        sheet[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
+    return Image.fromarray(sheet)
+
+
 def preview_grid(
     seed: int = 0,
     size: int = 64,
@@ -358,10 +369,9 @@ def preview_grid(
     pad: int = 2,
 ) -> Image.Image:
     """Contact sheet: a row per style, a column per object; cell ``k`` (row-major) has seed ``seed + k``."""
-    step = size + pad
-    sheet = Image.new("RGB", (len(objects) * step + pad, len(styles) * step + pad), (255, 255, 255))
-    for r, style in enumerate(styles):
-        for c, obj in enumerate(objects):
-            cell = render_pil(Scene(style, obj, seed + r * len(objects) + c), size)
-            sheet.paste(cell, (pad + c * step, pad + r * step))
-    return sheet
+    cells = [
+        render(Scene(s, o, seed + r * len(objects) + c), size)
+        for r, s in enumerate(styles)
+        for c, o in enumerate(objects)
+    ]
+    return image_grid(np.stack(cells), len(objects), pad)
