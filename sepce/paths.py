@@ -1,11 +1,31 @@
-"""Default locations, relative to the repository root (scripts also accept explicit paths)."""
+"""Default locations, relative to the repository root (scripts also accept explicit paths), and run names.
+
+Every default path and the run-folder naming scheme are defined here and nowhere else."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "stable-diffusion" / "v1-inference.yaml"
 DEFAULT_CKPT = REPO_ROOT / "models" / "ldm" / "sd-v1-4-full-ema.ckpt"
 MODELS_DIR = REPO_ROOT / "models"
 DATA_DIR = REPO_ROOT / "data"
+
+
+def concept_slug(concept: str) -> str:
+    """A concept as it appears in run names: spaces dropped, only ``[A-Za-z0-9_=.-]`` kept (``'Van Gogh'`` →
+    ``'VanGogh'``, as the released scripts named their runs); ``''`` → ``'blank'``."""
+    return re.sub(r"[^A-Za-z0-9_=.-]", "", concept.replace(" ", "")) or "blank"
+
+
+def run_name(method: str, concepts: Sequence[str], suffix: Optional[str] = None) -> str:
+    """THE name of a training run's folder under ``models/`` (and of what generate-images.py's ``--model_name``
+    finds): ``<method>-<concept>[+<concept>...][-<suffix>]`` — ``CiE-VanGogh``,
+    ``SepCE-VanGogh+Cezanne+Picasso``, ``ESD-waves-seed1``."""
+    if not concepts:
+        raise ValueError(f"run_name({method!r}, []): a run erases at least one concept")
+    name = f"{method}-{'+'.join(concept_slug(c) for c in concepts)}"
+    return f"{name}-{suffix}" if suffix else name

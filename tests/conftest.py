@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import subprocess
 import sys
@@ -72,3 +74,20 @@ def run_script(
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+@functools.lru_cache(maxsize=None)
+def _load_script(relative: str):
+    """Import a repository script (``eval-scripts/generate-images.py``) as a module, once per session."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location("script_" + path.stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("train-scripts/CiE.py")`` → the script imported as a module (cached), to call its
+    ``parse_args`` / ``main`` in-process."""
+    return _load_script

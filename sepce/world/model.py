@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import re
@@ -80,7 +81,7 @@ class WorldTrainSettings:
     weight_decay: float = 0.01
     ema_decay: float = 0.998
     checkpoint_every: int = 100
-    init_from: str = ""  # a finished run folder: continue from its autoencoder and (EMA) UNet, no VAE phase
+    init_from: str = ""  # a finished run folder or an exported model folder: continue its autoencoder and UNet
 
     def validate(self) -> WorldTrainSettings:
         positive_ints = ("pool_images", "vae_batch_size", "batch_size", "checkpoint_every")
@@ -107,9 +108,13 @@ class WorldTrainSettings:
         if self.vae_crop < 8 or self.vae_crop > 64 or self.vae_crop % 8:
             raise ValueError(f"--vae_crop {self.vae_crop!r}: expected a multiple of 8 in [8, 64]")
         if self.init_from:
-            source = Path(self.init_from) / STATE_FILE
-            if not source.is_file():
-                raise FileNotFoundError(f"--init_from {self.init_from}: no {STATE_FILE} there (expected a run folder)")
+            source = Path(self.init_from)
+            exported = (source / "model.ckpt").is_file() and (source / "config.yaml").is_file()
+            if not (source / STATE_FILE).is_file() and not exported:
+                raise FileNotFoundError(
+                    f"--init_from {self.init_from}: no {STATE_FILE} and no model.ckpt + config.yaml there (expected a "
+                    "finished run folder or an exported model folder such as assets/world)"
+                )
         return self
 
     def to_dict(self) -> dict:
@@ -200,6 +205,24 @@ class CaptionEmbeddings:
         return torch.stack([self.cache[c] for c in captions])  # B N D
 
 
+def exported_times(folder: Path) -> dict:
+    """Total wall and CPU seconds that produced an exported model, from its ``train-record.json`` (the shipped
+    model's stages) or ``summary.json``; zeros when neither is there."""
+    totals = {"wall_time_s": 0.0, "cpu_time_s": 0.0}
+    record = folder / "train-record.json"
+    summaries = []
+    if record.is_file():
+        data = json.loads(record.read_text())
+        summaries = [v["summary"] for k, v in data.items() if k.startswith("stage") and "summary" in v]
+        summaries = summaries[-1:]  # the last stage's totals include the earlier stages
+    elif (folder / "summary.json").is_file():
+        summaries = [json.loads((folder / "summary.json").read_text())]
+    for summ in summaries:
+        totals["wall_time_s"] = float(summ.get("total_wall_time_s", summ.get("wall_time_s", 0.0)))
+        totals["cpu_time_s"] = float(summ.get("total_cpu_time_s", summ.get("cpu_time_s", 0.0)))
+    return totals
+
+
 # ------------------------------------------------------------------------------------------------ run state
 @dataclass
 class TrainState:
@@ -266,7 +289,12 @@ class Trainer:
         self.moments = None
 
     def _continue(self, source_dir: Path) -> None:
-        """Start the UNet phase from a finished run's autoencoder, scale and (EMA) UNet weights."""
+        """Start the UNet phase from a finished run's autoencoder, scale and (EMA) UNet weights, or from an exported
+        model folder (``model.ckpt`` + ``config.yaml``, e.g. the shipped ``assets/world``; its record, if any, in
+        ``train-record.json`` / ``summary.json``)."""
+        if not (source_dir / STATE_FILE).is_file():
+            self._continue_exported(source_dir)
+            return
         source = load_state(source_dir / STATE_FILE)
         if source.phase != "done":
             raise ValueError(f"--init_from {source_dir}: that run is not finished (phase {source.phase!r})")
@@ -279,6 +307,14 @@ class Trainer:
             "wall_time_s": source.elapsed_s + earlier.get("wall_time_s", 0.0),
             "cpu_time_s": source.cpu_s + earlier.get("cpu_time_s", 0.0),
         }
+
+    def _continue_exported(self, source_dir: Path) -> None:
+        model = load_world_model(source_dir / "model.ckpt", source_dir / "config.yaml")
+        s = self.state
+        s.vae = {k: v.clone() for k, v in model.first_stage_model.state_dict().items()}
+        s.unet = {k: v.clone() for k, v in model.model.state_dict().items()}
+        s.scale_factor, s.phase = float(model.scale_factor), "unet"
+        s.init = {"path": str(source_dir), "settings": None, **exported_times(source_dir)}
 
     # -------------------------------------------------------------------------------------------- helpers
     def elapsed(self) -> float:

@@ -1,0 +1,186 @@
+"""The command-line layer every script shares: the runner, user errors and exit codes, devices, shared flags.
+
+A script is ``parse_args()`` + ``main(args)``; it ends with ``run(parse_args, main)``. The runner
+
+- sets up logging (one line per record on stderr) and parses the arguments;
+- turns :data:`USER_ERRORS` (bad values, missing files, refused overwrites) into ONE line on stderr,
+  ``<script>: error: <message>``, and exit status :data:`EXIT_USER_ERROR` — no traceback, nothing written;
+- turns a returned summary with ``ok`` False (a training run stopped early: non-finite loss, Ctrl-C) into a
+  warning and exit status :data:`EXIT_STOPPED_EARLY`, after the script has saved its last good state.
+
+Scripts validate their flags once, here at the boundary (:func:`parse_device`, :func:`parse_devices`,
+:func:`parse_precision`, ...), and hand the library typed settings; the library never reads flag names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: Exceptions that mean "bad input": reported as one ``error:`` line, exit status :data:`EXIT_USER_ERROR`.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+EXIT_USER_ERROR = 1
+EXIT_STOPPED_EARLY = 3
+EXIT_HELP = (
+    "exit status: 0 done; 1 bad input (one line on stderr, nothing written); 3 stopped early (non-finite loss or "
+    "Ctrl-C) after saving the last good state"
+)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the description's line breaks (the module docstrings are written as text)."""
+
+
+def parser(description: Optional[str], epilog: Optional[str] = None) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with the project's help formatter."""
+    return argparse.ArgumentParser(description=description, epilog=epilog, formatter_class=HelpFormatter)
+
+
+def script_name() -> str:
+    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "sepce"
+
+
+def run(
+    parse_args: Callable[[Optional[Sequence[str]]], argparse.Namespace],
+    main: Callable[[argparse.Namespace], Any],
+    argv: Optional[Sequence[str]] = None,
+    prog: Optional[str] = None,
+) -> Any:
+    """Parse, run ``main`` and map its outcome to the exit statuses above (see the module docstring)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    try:
+        result = main(args)
+    except USER_ERRORS as error:
+        print(f"{prog or script_name()}: error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    if isinstance(result, Mapping) and result.get("ok") is False:
+        print(
+            f"warning: training stopped early: {result.get('stop_reason')}; the saved weights are its last good state",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_STOPPED_EARLY)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ devices
+def default_device() -> str:
+    """``cuda`` when a GPU is visible (``cuda:<LOCAL_RANK>`` under torchrun, see :func:`parse_device`), else
+    ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def local_rank() -> int:
+    """``LOCAL_RANK`` of a torchrun launch (0 without one)."""
+    value = os.environ.get("LOCAL_RANK", "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ValueError(f"environment variable LOCAL_RANK={value!r} is not a non-negative integer")
+    return int(value)
+
+
+def parse_device(spec: Union[str, int, torch.device], flag: str = "--device") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:1``, ``mps`` or a bare GPU index (``0``) → torch.device, checked to exist.
+    Under torchrun (``WORLD_SIZE`` > 1) a bare ``cuda`` is this process's GPU, ``cuda:<LOCAL_RANK>``.
+    ``flag`` names the option in the error message."""
+    if isinstance(spec, torch.device):
+        device, text = spec, str(spec)
+    else:
+        text = str(spec).strip()
+        if text == "cuda" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            text = f"cuda:{local_rank()}"
+        try:
+            device = torch.device(f"cuda:{text}" if text.isdigit() else text)
+        except RuntimeError:
+            raise ValueError(f"{flag} {spec!r} is not a device name (expected cpu, cuda, cuda:N or N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {text!r} asks for CUDA but no CUDA device is visible; use {flag} cpu")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {text!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{flag} {text!r} asks for MPS, which is not available; use {flag} cpu")
+    return device
+
+
+def parse_devices(spec: str) -> list[torch.device]:
+    """``--devices`` of the training scripts: ``'0,1'`` (trained model on the first, frozen reference on the
+    second, as the released scripts did), ``'0'`` (one device), ``cpu`` or ``cuda:0,cpu``."""
+    parts = [p for p in str(spec).split(",") if p.strip()]
+    if not parts or len(parts) > 2:
+        raise ValueError(f"--devices {spec!r}: expected one or two devices such as '0,1', '0' or 'cpu'")
+    return [parse_device(p, "--devices") for p in parts]
+
+
+def parse_precision(name: str, device: Optional[torch.device] = None, flag: str = "--precision") -> torch.dtype:
+    """``fp32|fp16|bf16`` → dtype. Given the ``device`` of a generation script, 16-bit is refused on the CPU
+    (no fast kernels there; training autocast passes no device and may use bf16 on the CPU)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"{flag} {name!r}: expected one of {sorted(PRECISIONS)}")
+    dtype = PRECISIONS[name]
+    if device is not None and device.type == "cpu" and dtype != torch.float32:
+        raise ValueError(f"{flag} {name} needs a GPU (--device cuda); use {flag} fp32 on the CPU")
+    return dtype
+
+
+# ------------------------------------------------------------------------------------------------ shared flags
+def add_device(p: argparse.ArgumentParser, help: str = "torch device: cpu, cuda, cuda:N or N") -> None:
+    p.add_argument("--device", default=default_device(), help=help)
+
+
+def add_precision(p: argparse.ArgumentParser, help: str = "dtype of the model's forward passes") -> None:
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help=help)
+
+
+def add_classes(p: argparse.ArgumentParser, default: Optional[Path] = None) -> None:
+    from sepce.classes import DEFAULT_CLASS_MAP
+
+    p.add_argument(
+        "--classes", type=Path, default=default or DEFAULT_CLASS_MAP, help="class map CSV (index,name,prompt)"
+    )
+
+
+def add_prompts_path(p: argparse.ArgumentParser, default: Optional[Path] = None, required: bool = False) -> None:
+    p.add_argument(
+        "--prompts_path",
+        type=Path,
+        default=default,
+        required=required,
+        help="prompt CSV with columns case_number, prompt, evaluation_seed (and class)",
+    )
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars (also off when stderr is not a terminal)")
+
+
+def show_progress(quiet: bool = False) -> bool:
+    """Progress bars only for a person watching: not with ``--quiet`` and not when stderr is a file or pipe
+    (CI logs, ``nohup``), where finished stages are logged as one line each instead."""
+    return not quiet and sys.stderr.isatty()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Validated ``--device`` / ``--precision`` of a generation or evaluation script."""
+
+    device: torch.device
+    dtype: torch.dtype
+    precision: str
+
+    @classmethod
+    def from_flags(cls, device: str, precision: str = "fp32") -> Runtime:
+        torch_device = parse_device(device)
+        return cls(torch_device, parse_precision(precision, torch_device), precision)
