@@ -148,3 +148,43 @@ def test_half_precision_file_gives_float32_model(tmp_path, sd, golden):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert model.alphas_cumprod.dtype == torch.float32
     torch.testing.assert_close(_eps(model, golden), golden["eps"], atol=2e-2, rtol=0)
+
+
+def test_config_ckpt_path_goes_through_the_strict_loader(tmp_path, sd, golden):
+    """``ckpt_path:`` in a config (CompVis ``init_from_ckpt``, which loaded non-strictly) is checked like every load."""
+    from ldm.checkpoint import build_model, load_config
+
+    config = load_config(CONFIG)
+    config.model.params.ckpt_path = str(COMPVIS_TINY / "model.ckpt")
+    torch.testing.assert_close(_eps(build_model(config, "cpu"), golden), golden["eps"], atol=1e-4, rtol=0)
+    assert not any(t.is_meta for t in build_model(config, "meta").state_dict().values())
+
+    no_text = tmp_path / "no_text.ckpt"
+    torch.save({"state_dict": {k: v for k, v in sd.items() if not k.startswith("cond_stage_model.")}}, no_text)
+    config.model.params.ckpt_path = str(no_text)
+    with pytest.raises(CheckpointMismatchError, match="missing key.*cond_stage_model"):
+        build_model(config, "cpu")
+    config.model.params.ignore_keys = ["cond_stage_model."]
+    model = build_model(config, "cpu")
+    key = "model.diffusion_model.time_embed.0.weight"
+    torch.testing.assert_close(model.state_dict()[key], sd[key], atol=0, rtol=0)
+    key = "cond_stage_model.transformer.embeddings.token_embedding.weight"
+    assert not torch.equal(model.state_dict()[key], sd[key])
+
+
+def test_autoencoder_ckpt_path_skips_training_loss_weights(tmp_path, sd):
+    from ldm.checkpoint import load_config
+    from ldm.util import instantiate_from_config
+
+    prefix = "first_stage_model."
+    vae_sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    path = tmp_path / "vae.ckpt"
+    torch.save({"state_dict": {**vae_sd, "loss.discriminator.main.0.weight": torch.zeros(4, 3, 4, 4)}}, path)
+    vae_config = load_config(CONFIG).model.params.first_stage_config
+    vae_config.params.ckpt_path = str(path)
+    vae = instantiate_from_config(vae_config)
+    for k, v in vae.state_dict().items():
+        torch.testing.assert_close(v, vae_sd[k], atol=0, rtol=0)
+    vae_config.params.ckpt_path = str(COMPVIS_TINY / "model.ckpt")
+    with pytest.raises(CheckpointMismatchError, match="AutoencoderKL"):
+        instantiate_from_config(vae_config)

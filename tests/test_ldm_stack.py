@@ -76,7 +76,7 @@ def test_golden_ddim_sampler(compvis_tiny_model, golden):
 def test_schedule_buffers_match_checkpoint(compvis_tiny_model):
     """The CompVis schedule is recomputed identically from the config (the loader may rely on it)."""
     from ldm.checkpoint import read_state_dict
-    from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
+    from ldm.modules.diffusionmodules.util import SCHEDULE_BUFFERS
 
     sd = read_state_dict(COMPVIS_TINY / "model.ckpt")
     model = build_model(load_config(COMPVIS_TINY / "config.yaml"), "meta")

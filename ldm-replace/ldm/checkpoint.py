@@ -19,12 +19,12 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
+from ldm.modules.diffusionmodules.util import SCHEDULE_BUFFERS
 from ldm.util import instantiate_from_config
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -33,7 +33,6 @@ TEXT_MODEL_PREFIX = "cond_stage_model.transformer.text_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
 EMA_PREFIX = "model_ema."
-SCHEDULE_KEYS = SCHEDULE_BUFFERS
 
 
 class CheckpointError(ValueError):
@@ -139,7 +138,7 @@ def check_state_dict(
 ) -> None:
     """Raise :class:`CheckpointMismatchError` unless ``sd`` matches ``expected`` up to the ignorable keys."""
     uses_ema = any(k.startswith(EMA_PREFIX) for k in expected)
-    missing = [k for k in expected if k not in sd and k not in SCHEDULE_KEYS]
+    missing = [k for k in expected if k not in sd and k not in SCHEDULE_BUFFERS]
     unexpected = [
         k
         for k in sd
@@ -227,7 +226,7 @@ def load_model_from_config(
     ema = {k[len(EMA_PREFIX) :]: v for k, v in sd.items() if k.startswith(EMA_PREFIX)}
     if use_ema_weights and not ema:
         raise CheckpointError(f"{ckpt} holds no EMA weights (model_ema.*) but use_ema_weights was requested")
-    wanted = {k: (v.float() if k in SCHEDULE_KEYS else v) for k, v in sd.items() if k in expected}
+    wanted = {k: (v.float() if k in SCHEDULE_BUFFERS else v) for k, v in sd.items() if k in expected}
     model.load_state_dict(wanted, strict=False, assign=True)
     _check_materialized(model)
     if use_ema_weights:
@@ -238,6 +237,24 @@ def load_model_from_config(
     cast_model(model, dtype or torch.float32)
     model.to(device)
     model.eval()
+    return model
+
+
+def load_weights(model: torch.nn.Module, ckpt: PathLike, ignore_keys: Sequence[str] = ()) -> torch.nn.Module:
+    """Load ``ckpt`` into the already-built ``model`` after the same strict check as :func:`load_model_from_config`
+    (this is where a config's ``ckpt_path:`` goes: ``DDPM``, ``LatentDiffusion``, ``AutoencoderKL``).
+
+    ``ignore_keys`` are key prefixes dropped from the file AND from the model's expected keys (CompVis
+    ``init_from_ckpt`` semantics: those tensors keep their initial values). Each tensor takes the dtype of the
+    model's own; a model built on the meta device gets the file's tensors assigned instead of copied into.
+    """
+    prefixes = tuple(ignore_keys)
+    current = model.state_dict()
+    expected = {k: v.shape for k, v in current.items() if not k.startswith(prefixes)}
+    sd = {k: v for k, v in read_state_dict(ckpt).items() if not k.startswith(prefixes)}
+    check_state_dict(expected, sd, str(ckpt), f"{type(model).__name__} (ckpt_path)")
+    wanted = {k: v.to(current[k].dtype) for k, v in sd.items() if k in expected}
+    model.load_state_dict(wanted, strict=False, assign=any(t.is_meta for t in current.values()))
     return model
 
 

@@ -41,7 +41,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from ldm.checkpoint import build_model, denormalize_keys, load_config
-from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
+from ldm.modules.diffusionmodules.util import SCHEDULE_BUFFERS
 from ldm.modules.ema import LitEma
 from tqdm.auto import tqdm
 

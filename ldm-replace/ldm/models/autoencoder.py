@@ -10,12 +10,16 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.nn as nn
 
+from ldm.checkpoint import load_weights
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import instantiate_from_config
 
 
 class AutoencoderKL(nn.Module):
+    """``ckpt_path``/``ignore_keys`` load weights at construction through :func:`ldm.checkpoint.load_weights`
+    (strict; the training loss' ``loss.*`` tensors in the file are skipped when this module has none)."""
+
     def __init__(
         self,
         ddconfig: Mapping[str, Any],
@@ -41,9 +45,10 @@ class AutoencoderKL(nn.Module):
         self.embed_dim = embed_dim
         self.monitor = monitor
         if ckpt_path is not None:
-            from ldm.checkpoint import load_state_dict
-
-            self.load_state_dict(load_state_dict(ckpt_path), strict=False)
+            # Autoencoder training checkpoints also hold the loss' weights (LPIPS, discriminator): skipped unless the
+            # lossconfig built a loss module that has them.
+            skip = ("loss.",) if not self.loss.state_dict() else ()
+            load_weights(self, ckpt_path, (*ignore_keys, *skip))
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         moments = self.quant_conv(self.encoder(x))  # B 2*embed_dim h w

@@ -15,25 +15,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ldm.modules.diffusionmodules.util import extract_into_tensor, make_beta_schedule
+from ldm.checkpoint import load_weights
+from ldm.modules.diffusionmodules.util import SCHEDULE_BUFFERS, extract_into_tensor, make_beta_schedule
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.ema import LitEma
 from ldm.util import default, instantiate_from_config
-
-SCHEDULE_BUFFERS = (
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-)
 
 
 class DiffusionWrapper(nn.Module):
@@ -59,7 +45,14 @@ class DiffusionWrapper(nn.Module):
 
 
 class DDPM(nn.Module):
-    """Denoising diffusion in pixel/latent space with the CompVis noise schedule and ε-parameterisation."""
+    """Denoising diffusion in pixel/latent space with the CompVis noise schedule and ε-parameterisation.
+
+    ``ckpt_path`` (CompVis ``init_from_ckpt``) loads weights at construction through the one strict loader,
+    :func:`ldm.checkpoint.load_weights`: a file that does not match the model fails with a one-line error instead of
+    loading partially. ``ignore_keys`` are key prefixes skipped on both sides (those tensors keep their initial
+    values); with ``load_only_unet`` the file holds ``self.model``'s keys (``diffusion_model.*``). SD configs load
+    weights through :func:`ldm.checkpoint.load_model_from_config` instead and leave ``ckpt_path`` unset.
+    """
 
     def __init__(
         self,
@@ -128,9 +121,7 @@ class DDPM(nn.Module):
         else:
             self.register_buffer("logvar", logvar, persistent=False)
         if ckpt_path is not None:
-            from ldm.checkpoint import load_state_dict
-
-            self.load_state_dict(load_state_dict(ckpt_path), strict=False)
+            load_weights(self.model if load_only_unet else self, ckpt_path, ignore_keys)
 
     def register_schedule(
         self,
@@ -205,7 +196,8 @@ class DDPM(nn.Module):
 
 class LatentDiffusion(DDPM):
     """Latent diffusion (Rombach et al. 2022): DDPM on ``scale_factor``·z of a KL autoencoder, conditioned on text
-    through cross-attention. ``first_stage_model`` and ``cond_stage_model`` are frozen."""
+    through cross-attention. ``first_stage_model`` and ``cond_stage_model`` are frozen. ``ckpt_path`` and
+    ``ignore_keys`` act as in :class:`DDPM`, once the autoencoder and text encoder exist."""
 
     def __init__(
         self,
@@ -228,8 +220,8 @@ class LatentDiffusion(DDPM):
             raise ValueError("num_timesteps_cond > 1 (shortened conditioning schedules) is not supported")
         if conditioning_key is None:
             conditioning_key = "concat" if concat_mode else "crossattn"
-        ckpt_path = kwargs.pop("ckpt_path", None)
-        kwargs.pop("ignore_keys", None)
+        ckpt_path = kwargs.pop("ckpt_path", None)  # loaded below, once every submodule exists
+        ignore_keys = kwargs.pop("ignore_keys", ())
         super().__init__(*args, conditioning_key=conditioning_key, **kwargs)
         self.concat_mode = concat_mode
         self.cond_stage_trainable = cond_stage_trainable
@@ -250,9 +242,7 @@ class LatentDiffusion(DDPM):
                 p.requires_grad = False
         self.cond_stage_forward = cond_stage_forward
         if ckpt_path is not None:
-            from ldm.checkpoint import load_state_dict
-
-            self.load_state_dict(load_state_dict(ckpt_path), strict=False)
+            load_weights(self, ckpt_path, ignore_keys)
 
     def train(self, mode: bool = True) -> LatentDiffusion:
         """Train mode for the UNet only; the autoencoder and (frozen) text encoder stay in eval mode."""

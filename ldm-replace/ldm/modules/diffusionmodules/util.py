@@ -1,4 +1,4 @@
-"""Building blocks shared by the UNet: schedules, timestep embeddings, layer factories, checkpointing."""
+"""Building blocks shared by the UNet and DDPM: schedules, timestep embeddings, layer factories, checkpointing."""
 
 from __future__ import annotations
 
@@ -8,6 +8,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
+
+#: The forward-process buffers ``DDPM.register_schedule`` derives from the config (Ho et al. 2020, Eq. 4, 6-7).
+#: Checkpoints carry them, but they are recomputed, so the loader lets them be absent and exports may drop them.
+SCHEDULE_BUFFERS = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
 
 
 def make_beta_schedule(
