@@ -13,7 +13,8 @@ file                   written by                                 value column
 
 Each CSV has one row per class (``class`` = index, ``name`` = class-map name, the value column, a count
 column) and a last row with ``class`` = ``all``. A value is empty where it could not be computed (no images).
-The JSON beside it holds the same rows plus how they were made (inputs, network, image size) and a
+The JSON beside it holds the same rows plus how they were made (inputs, network, image size; for accuracy also
+``predictions``, each image's true and predicted class, from which paired drops get their intervals) and a
 ``fingerprint`` of the inputs: a script re-run on unchanged inputs reuses the stored result, and changed
 inputs need ``--overwrite`` to replace it, so results are never overwritten silently. LPIPS and FID results of
 an erased model live in the
@@ -114,3 +115,34 @@ def read_metric(model_folder: str | Path, metric: str) -> Optional[Dict[str, flo
             key = OVERALL if row.get("class") == OVERALL else row["name"]
             values[key] = float(text) if text else math.nan
     return values
+
+
+def read_counts(model_folder: str | Path) -> Optional[Dict[str, tuple]]:
+    """``{class name: (correct, images)}`` (plus ``'all'``) from ``accuracy.csv``, or ``None`` without the file or
+    its count columns (an accuracy interval needs the counts, not only the percentage)."""
+    csv_path, _ = metric_paths(model_folder, "accuracy")
+    if not csv_path.is_file():
+        return None
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"name", "correct", "images"} <= set(reader.fieldnames or []):
+            return None
+        counts = {}
+        for row in reader:
+            key = OVERALL if row.get("class") == OVERALL else row["name"]
+            if (row["correct"] or "").strip() and (row["images"] or "").strip():
+                counts[key] = (int(row["correct"]), int(row["images"]))
+    return counts
+
+
+def read_predictions(model_folder: str | Path) -> Optional[Dict[str, tuple]]:
+    """``{image file name: (true class index, predicted class index)}`` recorded in ``accuracy.json`` (key
+    ``predictions``) by the accuracy writers, or ``None`` when absent. Paired drops between two models use the
+    images both have under the same name (same case and seed)."""
+    _, json_path = metric_paths(model_folder, "accuracy")
+    if not json_path.is_file():
+        return None
+    stored = json.loads(json_path.read_text()).get("predictions")
+    if not isinstance(stored, dict):
+        return None
+    return {str(name): (int(pair[0]), int(pair[1])) for name, pair in stored.items()}

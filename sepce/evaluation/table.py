@@ -5,10 +5,13 @@ from ``artist-cls-test.py`` and, for erased models, ``lpips.csv`` / ``fid.csv`` 
 (measured against the original model's images). For every model the caller says which concepts it erased and
 which it restored (SepCE can erase several concepts and restore some later); every other concept is *regular*.
 
-The table has one row per model and one cell ``FID / ACC / LPIPS`` per concept (ACC in %), then the averages
-over the model's erased, restored and regular concepts (NaN cells skipped). Erased cells are bold, restored
-cells italic in the Markdown. The CSV has the same content with one numeric column per (concept, metric). The
-chart (:func:`plot_table`) shows per-concept accuracy and the three role averages per metric.
+The table has one row per model and one cell ``FID / ACC / LPIPS`` per concept (ACC in % with its 95 % Wilson
+interval from the stored counts, docs/method.md "Evaluation"), then the averages over the model's erased, restored
+and regular concepts (NaN cells skipped; the ACC average's interval pools the counts). Erased cells are bold,
+restored cells italic in the Markdown. The CSV has the same content with one numeric column per (concept, metric)
+plus the interval bounds. The chart (:func:`plot_table`) shows per-concept accuracy and the three role averages per
+metric, accuracy with its intervals as error bars, the legend above the panels. :func:`accuracy_drops` gives each
+concept's drop against the original with a bootstrap-over-seeds interval, from the recorded per-image predictions.
 
 A spec JSON for ``eval-scripts/make-table.py --spec``::
 
@@ -32,8 +35,9 @@ from typing import Dict, List, Optional, Sequence
 
 from sepce.classes import ConceptClass, classes_by_names
 from sepce.io import atomic_write
+from sepce.stats import NAN, Estimate, paired_difference, wilson
 
-from .results import metric_paths, read_metric
+from .results import metric_paths, read_counts, read_metric, read_predictions
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,8 @@ class Table:
     concepts: List[str]
     values: Dict[str, Dict[str, Dict[str, float]]]
     averages: Dict[str, Dict[str, Dict[str, float]]]
+    #: ``accuracy_intervals[model][concept or role]``: the ACC value with its Wilson interval (%), NaN if unknown
+    accuracy_intervals: Dict[str, Dict[str, Estimate]] = field(default_factory=dict)
 
 
 def _canonical(classes: Sequence[ConceptClass], names: Sequence[str], what: str) -> List[str]:
@@ -143,6 +149,7 @@ def collect(
     original = next((m for m in models if m.original), None)
     values: Dict[str, Dict[str, Dict[str, float]]] = {}
     averages: Dict[str, Dict[str, Dict[str, float]]] = {}
+    intervals: Dict[str, Dict[str, Estimate]] = {}
     for spec in models:
         per_metric = {}
         for metric in METRICS:
@@ -173,7 +180,42 @@ def collect(
             }
             for role in ROLES
         }
-    return Table(list(models), names, values, averages)
+        intervals[spec.name] = accuracy_intervals(spec, names)
+    return Table(list(models), names, values, averages, intervals)
+
+
+def accuracy_intervals(spec: ModelSpec, concepts: Sequence[str]) -> Dict[str, Estimate]:
+    """Wilson intervals (%) of each concept's accuracy and of each role's pooled accuracy, from the stored
+    ``correct``/``images`` counts (NaN where they are missing)."""
+    counts = read_counts(spec.path) or {}
+
+    def pooled(names: Sequence[str]) -> Estimate:
+        known = [counts[c] for c in names if c in counts]
+        if not known:
+            return NAN
+        return wilson(sum(k for k, _ in known), sum(n for _, n in known)).scaled(100.0)
+
+    out = {c: pooled([c]) for c in concepts}
+    out.update({role: pooled([c for c in concepts if spec.role(c) == role]) for role in ROLES})
+    return out
+
+
+def accuracy_drops(
+    original: str | Path, edited: str | Path, classes: Sequence[ConceptClass], seed: int = 0
+) -> Dict[str, Estimate]:
+    """Per concept: original accuracy minus edited accuracy (points) on the images both folders hold under the
+    same name (same case, same seed), with a bootstrap-over-images interval (:func:`sepce.stats.paired_difference`).
+    Empty when either folder lacks recorded predictions."""
+    left, right = read_predictions(original), read_predictions(edited)
+    if not left or not right:
+        return {}
+    out = {}
+    for c in classes:
+        names = sorted(n for n in set(left) & set(right) if left[n][0] == c.index and right[n][0] == c.index)
+        before = [float(left[n][1] == c.index) for n in names]
+        after = [float(right[n][1] == c.index) for n in names]
+        out[c.name] = paired_difference(before, after, seed=seed).scaled(100.0) if names else NAN
+    return out
 
 
 def _check_reference(spec: ModelSpec, metric: str, original: ModelSpec) -> None:
@@ -198,27 +240,34 @@ def _fmt(metric: str, value: float) -> str:
     return {"fid": "{:.2f}", "accuracy": "{:.1f}", "lpips": "{:.3f}"}[metric].format(value)
 
 
-def _cell(metrics: Dict[str, float]) -> str:
-    return " / ".join(_fmt(m, metrics[m]) for m in METRICS)
+def _cell(metrics: Dict[str, float], accuracy: Estimate = NAN) -> str:
+    parts = []
+    for m in METRICS:
+        text = _fmt(m, metrics[m])
+        if m == "accuracy" and not math.isnan(metrics[m]) and not math.isnan(accuracy.low):
+            text += f" [{accuracy.low:.0f}, {accuracy.high:.0f}]"
+        parts.append(text)
+    return " / ".join(parts)
 
 
 def to_markdown(table: Table) -> str:
     """The Markdown table (cells ``FID / ACC / LPIPS``; erased bold, restored italic)."""
     header = ["Model"] + table.concepts + [f"{role.capitalize()} avg." for role in ROLES]
     lines = [
-        "Each cell: " + " / ".join(LABELS[m] for m in METRICS) + " (ACC in %). Erased concepts in **bold**, "
-        "restored in _italics_; averages skip empty cells; – = not available.",
+        "Each cell: " + " / ".join(LABELS[m] for m in METRICS) + " (ACC in % with its 95 % Wilson interval). Erased "
+        "concepts in **bold**, restored in _italics_; averages skip empty cells; – = not available.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|",
     ]
     for spec in table.models:
         cells = [spec.name]
+        ci = table.accuracy_intervals.get(spec.name, {})
         for concept in table.concepts:
-            text = _cell(table.values[spec.name][concept])
+            text = _cell(table.values[spec.name][concept], ci.get(concept, NAN))
             role = spec.role(concept)
             cells.append(f"**{text}**" if role == "erased" else f"_{text}_" if role == "restored" else text)
-        cells += [_cell(table.averages[spec.name][role]) for role in ROLES]
+        cells += [_cell(table.averages[spec.name][role], ci.get(role, NAN)) for role in ROLES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -228,6 +277,8 @@ def to_csv(table: Table) -> str:
     columns = ["model", "erased", "restored"]
     columns += [f"{c} {LABELS[m]}" for c in table.concepts for m in METRICS]
     columns += [f"{role} avg {LABELS[m]}" for role in ROLES for m in METRICS]
+    groups = list(table.concepts) + list(ROLES)
+    columns += [f"{g}{' avg' if g in ROLES else ''} ACC {bound}" for g in groups for bound in ("low", "high")]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
@@ -235,6 +286,8 @@ def to_csv(table: Table) -> str:
         row = [spec.name, ";".join(spec.erased), ";".join(spec.restored)]
         row += [table.values[spec.name][c][m] for c in table.concepts for m in METRICS]
         row += [table.averages[spec.name][role][m] for role in ROLES for m in METRICS]
+        ci = table.accuracy_intervals.get(spec.name, {})
+        row += [getattr(ci.get(g, NAN), bound) for g in groups for bound in ("low", "high")]
         writer.writerow(
             [("" if isinstance(v, float) and math.isnan(v) else f"{v:.6g}" if isinstance(v, float) else v) for v in row]
         )
@@ -242,7 +295,8 @@ def to_csv(table: Table) -> str:
 
 
 def plot_table(table: Table, path: str | Path) -> Path:
-    """Bar chart PNG: per-concept accuracy by model, and erased/restored/regular averages of each metric."""
+    """Bar chart PNG: per-concept accuracy by model (95 % intervals as error bars), and erased/restored/regular
+    averages of each metric; one legend above the panels, so it hides no bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,7 +304,7 @@ def plot_table(table: Table, path: str | Path) -> Path:
 
     n_models = len(table.models)
     width = 0.8 / max(n_models, 1)
-    fig, axes = plt.subplots(2, 2, figsize=(max(10, 1.1 * len(table.concepts) + 4), 8))
+    fig, axes = plt.subplots(2, 2, figsize=(max(10, 1.1 * len(table.concepts) + 4), 8.5))
     panels = [(axes[0, 0], "accuracy", table.concepts, "per concept")] + [
         (ax, metric, list(ROLES), "averages")
         for ax, metric in zip([axes[0, 1], axes[1, 0], axes[1, 1]], ("accuracy", "lpips", "fid"))
@@ -263,7 +317,14 @@ def plot_table(table: Table, path: str | Path) -> Path:
                 heights = [table.averages[spec.name][role][metric] for role in groups]
             heights = [0.0 if math.isnan(h) else h for h in heights]
             positions = [g + (i - (n_models - 1) / 2) * width for g in range(len(groups))]
-            ax.bar(positions, heights, width, label=spec.name)
+            errors = None
+            if metric == "accuracy":
+                ci = [table.accuracy_intervals.get(spec.name, {}).get(g, NAN) for g in groups]
+                errors = [
+                    [0.0 if math.isnan(e.low) else max(0.0, h - e.low) for h, e in zip(heights, ci)],
+                    [0.0 if math.isnan(e.high) else max(0.0, e.high - h) for h, e in zip(heights, ci)],
+                ]
+            ax.bar(positions, heights, width, yerr=errors, capsize=2, error_kw={"elinewidth": 0.8}, label=spec.name)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(
             groups,
@@ -271,8 +332,10 @@ def plot_table(table: Table, path: str | Path) -> Path:
             ha="right" if kind == "per concept" else "center",
         )
         ax.set_title(f"{LABELS[metric]} {kind}" + (" (%)" if metric == "accuracy" else ""))
-    axes[0, 0].legend(fontsize="small")
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    rows = math.ceil(n_models / 6)
+    fig.legend(handles, labels, loc="upper center", ncol=min(n_models, 6), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.035 * rows))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return Path(path)
