@@ -93,6 +93,50 @@ def test_pickled_training_metadata_is_not_imported(tmp_path, sd, golden):
     torch.testing.assert_close(_eps(load_model_from_config(CONFIG, path), golden), golden["eps"], atol=1e-4, rtol=0)
 
 
+def _lightning_like_file(path, sd, protocol=2):
+    torch.save({"state_dict": sd, "callbacks": {LightningCallbackLike: {"x": 1}}}, path, pickle_protocol=protocol)
+    return path
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_pickled_globals_agree_with_torch(tmp_path, sd, protocol):
+    """The pickletools scan (for torch < 2.6) finds what torch's own scan finds."""
+    from ldm.checkpoint import _unsafe_globals, pickled_globals
+
+    path = _lightning_like_file(tmp_path / "lightning.ckpt", {"w": torch.zeros(2)}, protocol)
+    name = f"{LightningCallbackLike.__module__}.LightningCallbackLike"
+    assert name in pickled_globals(path) and "collections.OrderedDict" in pickled_globals(path)
+    assert set(_unsafe_globals(path)) == set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) == {name}
+
+
+def test_older_torch_without_unsafe_globals_helpers(tmp_path, sd, golden, monkeypatch):
+    """torch 2.4/2.5 lack ``get_unsafe_globals_in_checkpoint`` (2.4 also ``safe_globals``): the own scan and a
+    scoped ``add_safe_globals`` take over, and no stub stays in the allowlist."""
+    from ldm.checkpoint import _Ignored
+
+    path = _lightning_like_file(tmp_path / "lightning.ckpt", sd)
+    monkeypatch.delattr(torch.serialization, "get_unsafe_globals_in_checkpoint")
+    before = torch.serialization.get_safe_globals()
+    torch.testing.assert_close(_eps(load_model_from_config(CONFIG, path), golden), golden["eps"], atol=1e-4, rtol=0)
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    torch.testing.assert_close(_eps(load_model_from_config(CONFIG, path), golden), golden["eps"], atol=1e-4, rtol=0)
+    after = torch.serialization.get_safe_globals()
+    assert set(before) <= set(after)
+    assert not [g for g in after if isinstance(g, type) and issubclass(g, _Ignored)]
+
+
+def test_torch_without_safe_globals_api_gives_one_line_error(tmp_path, sd, golden, monkeypatch):
+    """torch 2.1-2.3 cannot skip pickled classes safely: such files get a one-line error, plain ones still load."""
+    path = _lightning_like_file(tmp_path / "lightning.ckpt", sd)
+    for name in ("get_unsafe_globals_in_checkpoint", "safe_globals", "add_safe_globals"):
+        monkeypatch.delattr(torch.serialization, name)
+    msg = _load_one_line_error(path, r"pickles non-tensor objects \(.*LightningCallbackLike\).*torch>=2\.4")
+    assert not msg.startswith("cannot read")
+    torch.testing.assert_close(
+        _eps(load_model_from_config(CONFIG, COMPVIS_TINY / "model.ckpt"), golden), golden["eps"], atol=1e-4, rtol=0
+    )
+
+
 def test_missing_file():
     _load_one_line_error(COMPVIS_TINY / "nope.ckpt", "does not exist")
 

@@ -15,11 +15,13 @@ naming the first offending keys and, where recognisable, what the file is (SD 2.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import pickletools
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -53,18 +55,87 @@ class _Ignored:
         self.state = state
 
 
+#: The first torch with ``torch.serialization.add_safe_globals``: older ones cannot skip pickled training metadata.
+MIN_TORCH_FOR_PICKLED_METADATA = "2.4"
+
+
+def pickled_globals(path: PathLike) -> list[str]:
+    """``module.name`` of every global that the pickle of a ``torch.save`` zip file refers to, read with
+    :mod:`pickletools` (nothing is imported or called): the stand-in for
+    ``torch.serialization.get_unsafe_globals_in_checkpoint``, which torch < 2.6 lacks. Protocols 2 and 3 name
+    globals with the ``GLOBAL`` opcode only (``weights_only`` loads read no other protocol); [] for other files."""
+    if not zipfile.is_zipfile(path):
+        return []
+    with zipfile.ZipFile(path) as archive:
+        name = next((n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")), None)
+        if name is None:
+            return []
+        data = archive.read(name)
+    names = (arg.replace(" ", ".") for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL")
+    return list(dict.fromkeys(names))
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals of ``path`` that a ``weights_only`` load refuses."""
+    getter = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if getter is not None:  # torch >= 2.6
+        return list(getter(path))
+    allowed = getattr(torch._weights_only_unpickler, "_get_allowed_globals", dict)()
+    return [name for name in pickled_globals(path) if name not in allowed]
+
+
+def _stub(full_name: str) -> type:
+    """An inert class that a ``weights_only`` load accepts for ``full_name`` (torch matches on ``__module__`` and
+    ``__name__``/``__qualname__``)."""
+    module, _, name = full_name.rpartition(".")
+    return type(name, (_Ignored,), {"__module__": module, "__qualname__": name})
+
+
+@contextlib.contextmanager
+def _allowing(stubs: list[type]) -> Iterator[None]:
+    """Allow ``stubs`` in ``weights_only`` loads inside the block: ``safe_globals`` (torch >= 2.5) or, on 2.4, the
+    same done by hand with ``add_safe_globals``. Callers check :func:`_can_allow` first."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        with serialization.safe_globals(stubs):
+            yield
+        return
+    previous = list(serialization.get_safe_globals())
+    serialization.add_safe_globals(stubs)
+    try:
+        yield
+    finally:
+        serialization.clear_safe_globals()
+        serialization.add_safe_globals(previous)
+
+
+def _can_allow() -> bool:
+    return hasattr(torch.serialization, "safe_globals") or hasattr(torch.serialization, "add_safe_globals")
+
+
 def _torch_load(path: Path) -> Any:
     """``torch.load`` with ``weights_only=True``; classes of training metadata pickled in old Lightning
-    checkpoints are replaced by inert stubs instead of being imported."""
+    checkpoints (the released SD v1 files hold some) are replaced by inert stubs instead of being imported. That
+    needs torch >= 2.4 (:data:`MIN_TORCH_FOR_PICKLED_METADATA`); older torch gets a one-line error for such files
+    and loads plain state dicts as usual."""
     try:
         mmap = zipfile.is_zipfile(path)
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            stubs = [(type(name.rsplit(".", 1)[-1], (_Ignored,), {}), name) for name in unsafe]
-            with torch.serialization.safe_globals(stubs):
+            unsafe = _unsafe_globals(path)
+            if not unsafe:
+                raise
+            if not _can_allow():
+                raise CheckpointError(
+                    f"checkpoint {path} pickles non-tensor objects ({', '.join(unsafe[:3])}) that torch "
+                    f"{torch.__version__} cannot skip without running them; use torch>={MIN_TORCH_FOR_PICKLED_METADATA}"
+                    f", or save its state dict as .safetensors with a newer torch"
+                ) from None
+            with _allowing([_stub(name) for name in unsafe]):
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except CheckpointError:
+        raise
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
