@@ -25,25 +25,21 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sepce.classes import DEFAULT_CLASS_MAP, ConceptClass, class_by_name, load_class_map
+from sepce.data_generation import LINK_MODES, data_folder_name, data_rows, link_file, write_manifest
 from sepce.evaluation.common import run_script
 from sepce.generation import (
-    LINK_MODES,
     GenerationReport,
     add_model_arguments,
     add_sampling_arguments,
     check_folder_settings,
     check_runtime,
-    data_folder_name,
-    data_rows,
     folder_settings,
     generate_rows,
     image_name,
-    link_file,
-    resolve_model,
     settings_from_args,
     slug,
-    write_manifest,
 )
+from sepce.modeling import resolve_model
 
 log = logging.getLogger("generate-data")
 

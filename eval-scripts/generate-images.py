@@ -31,9 +31,9 @@ from sepce.generation import (
     add_sampling_arguments,
     check_runtime,
     generate_rows,
-    resolve_model,
     settings_from_args,
 )
+from sepce.modeling import resolve_model
 from sepce.prompts import read_prompt_csv
 
 

@@ -23,13 +23,12 @@ from sepce.generation import (
     add_model_arguments,
     add_sampling_arguments,
     check_runtime,
-    load_resolved,
     png_text,
-    resolve_model,
     run_jobs,
     settings_from_args,
     slug,
 )
+from sepce.modeling import load_resolved, resolve_model
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

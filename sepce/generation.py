@@ -1,18 +1,7 @@
 """Image generation shared by ``generate-images.py``, ``generate-data.py``, ``txt2img.py`` and the benchmark.
 
-Model resolution (:func:`resolve_model`, no weights are read)
-------------------------------------------------------------
-``--model_name`` is one of
-
-* ``SD-v1-4`` or ``original`` (any case): the base checkpoint ``--ckpt_path`` with ``--config_path``;
-* a run folder name under ``--models_dir`` (default ``models/``), or a path to a run folder, holding
-  ``erasure.safetensors`` (a :mod:`sepce.records` erasure record, applied onto ``--ckpt_path`` after checking the
-  record's base-checkpoint SHA-256) or else exactly one full checkpoint (``.ckpt``/``.safetensors``/``.pt``);
-* a path to a record file or to a full CompVis checkpoint.
-
-A SepCE record applies the increments of every concept it holds unless ``erase`` names a subset (Eq. 9–10 of
-the paper: θ = θ_orig + Σ_{c∈subset} ΔW_c; a concept left out is restored). Unknown names fail with one line
-listing what exists under ``models/``.
+The weights come from :func:`sepce.modeling.resolve_model` (what ``--model_name`` means); the training-data
+helpers of ``generate-data.py`` live in :mod:`sepce.data_generation`.
 
 Seeds (same seed → same image)
 ------------------------------
@@ -49,7 +38,6 @@ resumed run with uneven leftovers never waits on a collective timeout.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -71,196 +59,15 @@ from ldm.models.diffusion.sampling import (
 from tqdm.auto import tqdm
 
 from sepce.io import atomic_write, write_json
-from sepce.modeling import load_model, parse_device, parse_dtype
+from sepce.modeling import ResolvedModel, load_resolved, parse_device, parse_dtype
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR
 from sepce.prompts import PromptRow, shard_rows
-from sepce.records import RECORD_NAME, ErasureRecord, apply_record, check_base, file_digest, load_record
 
 log = logging.getLogger(__name__)
 
-ORIGINAL_NAMES = ("SD-v1-4", "original")
 SAMPLERS = ("klms", "ddim", "plms")
-WEIGHT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
 SETTINGS_FILE = "generation.json"
 SEED_SCHEME = "image k of a case = row k of torch.randn((num_samples, C, H/8, W/8), Generator(cpu).manual_seed(seed))"
-
-
-# ------------------------------------------------------------------------------------------ model resolution
-@dataclass
-class ResolvedModel:
-    """What ``--model_name`` means, decided before any weights are read."""
-
-    name: str
-    kind: str  # "original" | "record" | "checkpoint"
-    ckpt_path: Path  # the weights file to load (the base checkpoint for records)
-    config_path: Path
-    folder_name: str  # default output folder name under --save_path
-    record: Optional[ErasureRecord] = None
-    erase: Optional[List[str]] = None  # concepts whose erasure is applied (records only)
-
-    def describe(self) -> dict:
-        """JSON-able identity of the weights the images come from (stored in ``generation.json``)."""
-        ckpt = Path(self.ckpt_path)
-        # the base is named by file name and size (it may move); a fine-tuned checkpoint by its location,
-        # an erasure record by its content
-        info = {"kind": self.kind, "checkpoint": ckpt.name, "checkpoint_bytes": ckpt.stat().st_size}
-        if self.kind == "checkpoint":
-            info["checkpoint"] = str(ckpt.resolve())
-        if self.record is not None:
-            info.update(
-                method=self.record.method,
-                record_sha256=file_digest(self.record.path),
-                erase=list(self.erase or []),
-            )
-        return info
-
-
-def _is_record_file(path: Path) -> bool:
-    """Whether ``path`` is a safetensors file with SepCE erasure metadata (reads the header only)."""
-    if path.suffix != ".safetensors":
-        return False
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return "sepce" in (f.metadata() or {})
-    except Exception:  # noqa: BLE001 - not a readable safetensors file: let the loader report it
-        return False
-
-
-def available_models(models_dir: Path = MODELS_DIR) -> List[str]:
-    """Names accepted by :func:`resolve_model`: the original plus the usable run folders under ``models_dir``."""
-    names = list(ORIGINAL_NAMES)
-    models_dir = Path(models_dir)
-    if models_dir.is_dir():
-        for sub in sorted(p for p in models_dir.iterdir() if p.is_dir()):
-            if (sub / RECORD_NAME).is_file() or _weight_files(sub):
-                names.append(sub.name)
-    return names
-
-
-def _weight_files(folder: Path) -> List[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p.name != RECORD_NAME and not p.name.startswith(".")
-    )
-
-
-def _match_concepts(record: ErasureRecord, erase: Sequence[str]) -> List[str]:
-    """Map ``--erase`` names onto the record's concept names (exact, else ignoring case and spaces)."""
-
-    def key(name: str) -> str:
-        return name.replace(" ", "").lower()
-
-    by_key = {key(c): c for c in record.concepts}
-    chosen = []
-    for name in erase:
-        concept = name if name in record.concepts else by_key.get(key(name))
-        if concept is None:
-            raise ValueError(f"--erase {name!r} is not a concept of {record.path}; it holds {record.concepts}")
-        if concept not in chosen:
-            chosen.append(concept)
-    record.check_concepts(chosen)  # a subset of a non-separable record is refused here
-    return chosen
-
-
-def resolve_model(
-    model_name: str,
-    ckpt_path: Path = DEFAULT_CKPT,
-    config_path: Path = DEFAULT_CONFIG,
-    models_dir: Path = MODELS_DIR,
-    erase: Optional[Sequence[str]] = None,
-) -> ResolvedModel:
-    """Decide which weights ``model_name`` stands for (see the module docstring). Raises ``ValueError`` /
-    ``FileNotFoundError`` with one line; reads only file headers, erasure records and the base digest."""
-    ckpt_path, config_path, models_dir = Path(ckpt_path), Path(config_path), Path(models_dir)
-    name = str(model_name).strip()
-    if not name:
-        raise ValueError("--model_name is empty; expected SD-v1-4, a run folder under models/ or a checkpoint path")
-    if not config_path.is_file():
-        raise FileNotFoundError(f"config {config_path} does not exist (--config_path)")
-
-    if name.lower() in {n.lower() for n in ORIGINAL_NAMES}:
-        target = None
-    else:
-        as_path = Path(name)
-        looks_like_path = os.sep in name or "/" in name or as_path.suffix in WEIGHT_SUFFIXES
-        target = as_path if looks_like_path or not (models_dir / name).exists() else models_dir / name
-        if not target.exists():
-            raise ValueError(
-                f"unknown model {name!r}: not one of {list(ORIGINAL_NAMES)}, not a run folder under {models_dir} "
-                f"and not a file; available: {', '.join(available_models(models_dir))}"
-            )
-    folder_name = name if target is None else (target.stem if target.is_file() else target.resolve().name)
-
-    record_path = weights = None
-    if target is not None and target.is_dir():
-        if (target / RECORD_NAME).is_file():
-            record_path = target / RECORD_NAME
-        else:
-            files = _weight_files(target)
-            if len(files) != 1:
-                found = ", ".join(p.name for p in files) or "nothing usable"
-                raise ValueError(
-                    f"run folder {target} holds no {RECORD_NAME} and {len(files)} full checkpoints "
-                    f"({found}); pass the checkpoint file itself as --model_name"
-                )
-            weights = files[0]
-    elif target is not None:
-        if _is_record_file(target):
-            record_path = target
-        elif target.suffix not in WEIGHT_SUFFIXES:
-            raise ValueError(
-                f"--model_name {name!r} is a file but neither an erasure record nor a checkpoint "
-                f"({', '.join(WEIGHT_SUFFIXES)})"
-            )
-        else:
-            weights = target
-
-    if record_path is None:
-        if erase:
-            what = "the original model" if target is None else f"a full checkpoint ({weights})"
-            raise ValueError(f"--erase {list(erase)} needs a SepCE erasure record, but {name!r} is {what}")
-        path = ckpt_path if weights is None else weights
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"checkpoint {path} does not exist (--ckpt_path); download "
-                "sd-v1-4-full-ema.ckpt into models/ldm/ or use the tiny model "
-                "(python -m sepce.tiny; --ckpt_path models/tiny/model.ckpt "
-                "--config_path configs/tiny/v1-tiny.yaml)"
-            )
-        return ResolvedModel(name, "original" if target is None else "checkpoint", path, config_path, folder_name)
-
-    record = load_record(record_path)
-    chosen = _match_concepts(record, erase) if erase else list(record.concepts)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(
-            f"base checkpoint {ckpt_path} of erasure record {record_path} does not exist "
-            f"(--ckpt_path; the record was made from {record.base.get('path')})"
-        )
-    check_base(record, ckpt_path)
-    return ResolvedModel(name, "record", ckpt_path, config_path, folder_name, record, chosen)
-
-
-def load_resolved(resolved: ResolvedModel, device: torch.device):
-    """Load the model of ``resolved`` (float32, eval mode, no gradients) on ``device``.
-
-    Erasure records are applied on the CPU (where their tensors live) before the model moves to ``device``.
-    16-bit sampling runs under ``torch.autocast`` (:class:`ImageSampler`), so the weights stay float32 here.
-    """
-    on_cpu_first = resolved.record is not None
-    model = load_model(resolved.config_path, resolved.ckpt_path, "cpu" if on_cpu_first else device)
-    if on_cpu_first:
-        apply_record(model, resolved.record, erase=resolved.erase)
-        model.to(device)
-    log.info(
-        "model %s (%s%s)",
-        resolved.name,
-        resolved.kind,
-        f", erase {resolved.erase}" if resolved.record is not None else "",
-    )
-    return model
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -694,96 +501,6 @@ def settings_from_args(args: argparse.Namespace) -> SamplingSettings:
     return SamplingSettings(args.sampler, args.ddim_steps, args.guidance_scale, args.image_size).validate()
 
 
-def derive_seed(seed: int, case_number: int) -> int:
-    """Seed of case ``case_number`` of a ``generate-data.py`` run with ``--seed seed``: the first four bytes
-    of SHA-256(``"<seed>:<case_number>"``) as a big-endian integer, modulo 2^31. Stable across runs, machines
-    and ``--num_cases``; recorded in the manifest beside the images."""
-    digest = hashlib.sha256(f"{int(seed)}:{int(case_number)}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 2**31
-
-
 def slug(text: str) -> str:
     """A file-name friendly form of a prompt (``'Van Gogh'`` → ``'van-gogh'``; ``''`` → ``'blank'``)."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "blank"
-
-
-# ----------------------------------------------------------------------------------- training data (generate-data)
-MANIFEST = "manifest.csv"
-LINK_MODES = ("hardlink", "symlink", "copy", "none")
-
-
-def data_folder_name(prompt: str, class_name: Optional[str] = None) -> str:
-    """Folder of a prompt's training images under ``--save_path``: the prompt itself (``./data/Van Gogh/``, as
-    the training scripts read ``./data/<prompt>/``); the class name (``blank``) for the empty prompt."""
-    name = prompt.strip() or (class_name or "blank")
-    if "/" in name or "\\" in name or name.startswith(".") or name in ("train", "eval"):
-        raise ValueError(f"--prompt {prompt!r} cannot name a data folder (no '/', no leading '.', not 'train'/'eval')")
-    return name
-
-
-def data_rows(prompt: str, num_cases: int, seed: int, class_index: Optional[int]) -> List[PromptRow]:
-    """Cases ``0..num_cases-1`` of a prompt with seeds :func:`derive_seed` (``seed``, case)."""
-    return [PromptRow(case, prompt, derive_seed(seed, case), class_index, case + 2) for case in range(num_cases)]
-
-
-def write_manifest(folder: Path, rows: Sequence[PromptRow], overwrite: bool = False) -> Path:
-    """Write ``<folder>/manifest.csv`` (a prompt CSV: case_number, prompt, evaluation_seed, class) holding
-    ``rows`` merged with the rows already recorded there. A recorded case with another prompt or seed is
-    refused unless ``overwrite`` (then the new rows replace the old manifest)."""
-    import csv
-    import io
-
-    from sepce.prompts import read_prompt_csv
-
-    path = Path(folder) / MANIFEST
-    merged = {row.case_number: row for row in rows}
-    if path.is_file() and not overwrite:
-        for old in read_prompt_csv(path, allow_empty_prompt=True):
-            new = merged.get(old.case_number)
-            if new is not None and (new.prompt, new.evaluation_seed) != (old.prompt, old.evaluation_seed):
-                raise FileExistsError(
-                    f"{path} records case {old.case_number} as prompt {old.prompt!r} seed {old.evaluation_seed}, "
-                    f"not {new.prompt!r} seed {new.evaluation_seed} (another --prompt/--seed?); use another "
-                    "--save_path or pass --overwrite"
-                )
-            merged.setdefault(old.case_number, old)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case_number", "prompt", "evaluation_seed", "class"])
-    for case in sorted(merged):
-        row = merged[case]
-        writer.writerow([case, row.prompt, row.evaluation_seed, "" if row.class_index is None else row.class_index])
-    if path.is_file() and path.read_text() == buffer.getvalue():
-        return path
-    return atomic_write(path, lambda p: p.write_text(buffer.getvalue()))
-
-
-def link_file(source: Path, destination: Path, mode: str, overwrite: bool = False) -> bool:
-    """Place ``source`` at ``destination`` as a hard link (falling back to a copy across file systems), a
-    relative symlink or a copy, atomically. Returns False (and leaves it) when a different file is already
-    there and ``overwrite`` is false; True when it was placed or is already the same content."""
-    import filecmp
-    import shutil
-
-    if mode not in LINK_MODES or mode == "none":
-        raise ValueError(f"link mode {mode!r}: expected one of {list(LINK_MODES[:-1])}")
-    if destination.exists() and filecmp.cmp(source, destination, shallow=False):
-        return True
-    if (destination.exists() or destination.is_symlink()) and not overwrite:
-        return False
-
-    def place(tmp: Path) -> None:
-        tmp.unlink()
-        if mode == "symlink":
-            os.symlink(os.path.relpath(source.resolve(), destination.parent.resolve()), tmp)
-            return
-        if mode == "hardlink":
-            try:
-                os.link(source, tmp)
-                return
-            except OSError:
-                pass
-        shutil.copyfile(source, tmp)
-
-    atomic_write(destination, place)
-    return True

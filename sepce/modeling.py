@@ -1,21 +1,42 @@
-"""Loading models for the scripts: device parsing, path validation, the CompVis loader, erasure records.
+"""Loading models for the scripts: path validation, the CompVis loader, and what ``--model_name`` means.
 
 Every script goes through :func:`load_model`, so a missing or wrong file fails with one line before any weights
 are read.
+
+Model resolution (:func:`resolve_model`, no weights are read)
+------------------------------------------------------------
+``--model_name`` is one of
+
+* ``SD-v1-4`` or ``original`` (any case): the base checkpoint ``--ckpt_path`` with ``--config_path``;
+* a run folder name under ``--models_dir`` (default ``models/``), or a path to a run folder, holding
+  ``erasure.safetensors`` (a :mod:`sepce.records` erasure record, applied onto ``--ckpt_path`` after checking the
+  record's base-checkpoint SHA-256) or else exactly one full checkpoint (``.ckpt``/``.safetensors``/``.pt``);
+* a path to a record file or to a full CompVis checkpoint.
+
+A SepCE record applies the increments of every concept it holds unless ``erase`` names a subset (Eq. 9–10 of
+the paper: θ = θ_orig + Σ_{c∈subset} ΔW_c; a concept left out is restored). Unknown names fail with one line
+listing what exists under ``models/``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from ldm.checkpoint import load_config, load_model_from_config
 
+from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR
+from sepce.records import RECORD_NAME, ErasureRecord, apply_record, check_base, file_digest, load_record
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ORIGINAL_NAMES = ("SD-v1-4", "original")
+WEIGHT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
 
 
 def parse_device(spec: Union[str, int, torch.device], flag: str = "--device") -> torch.device:
@@ -95,3 +116,181 @@ def prompts_embeddings(model: torch.nn.Module, prompts: Sequence[str]) -> torch.
     """``get_learned_conditioning`` without gradients."""
     with torch.no_grad():
         return model.get_learned_conditioning(list(prompts))
+
+
+# ------------------------------------------------------------------------------------------ model resolution
+@dataclass
+class ResolvedModel:
+    """What ``--model_name`` means, decided before any weights are read."""
+
+    name: str
+    kind: str  # "original" | "record" | "checkpoint"
+    ckpt_path: Path  # the weights file to load (the base checkpoint for records)
+    config_path: Path
+    folder_name: str  # default output folder name under --save_path
+    record: Optional[ErasureRecord] = None
+    erase: Optional[List[str]] = None  # concepts whose erasure is applied (records only)
+
+    def describe(self) -> dict:
+        """JSON-able identity of the weights the images come from (stored in ``generation.json``)."""
+        ckpt = Path(self.ckpt_path)
+        # the base is named by file name and size (it may move); a fine-tuned checkpoint by its location,
+        # an erasure record by its content
+        info = {"kind": self.kind, "checkpoint": ckpt.name, "checkpoint_bytes": ckpt.stat().st_size}
+        if self.kind == "checkpoint":
+            info["checkpoint"] = str(ckpt.resolve())
+        if self.record is not None:
+            info.update(
+                method=self.record.method,
+                record_sha256=file_digest(self.record.path),
+                erase=list(self.erase or []),
+            )
+        return info
+
+
+def _is_record_file(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file with SepCE erasure metadata (reads the header only)."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "sepce" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - not a readable safetensors file: let the loader report it
+        return False
+
+
+def available_models(models_dir: Path = MODELS_DIR) -> List[str]:
+    """Names accepted by :func:`resolve_model`: the original plus the usable run folders under ``models_dir``."""
+    names = list(ORIGINAL_NAMES)
+    models_dir = Path(models_dir)
+    if models_dir.is_dir():
+        for sub in sorted(p for p in models_dir.iterdir() if p.is_dir()):
+            if (sub / RECORD_NAME).is_file() or _weight_files(sub):
+                names.append(sub.name)
+    return names
+
+
+def _weight_files(folder: Path) -> List[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p.name != RECORD_NAME and not p.name.startswith(".")
+    )
+
+
+def _match_concepts(record: ErasureRecord, erase: Sequence[str]) -> List[str]:
+    """Map ``--erase`` names onto the record's concept names (exact, else ignoring case and spaces)."""
+
+    def key(name: str) -> str:
+        return name.replace(" ", "").lower()
+
+    by_key = {key(c): c for c in record.concepts}
+    chosen = []
+    for name in erase:
+        concept = name if name in record.concepts else by_key.get(key(name))
+        if concept is None:
+            raise ValueError(f"--erase {name!r} is not a concept of {record.path}; it holds {record.concepts}")
+        if concept not in chosen:
+            chosen.append(concept)
+    record.check_concepts(chosen)  # a subset of a non-separable record is refused here
+    return chosen
+
+
+def resolve_model(
+    model_name: str,
+    ckpt_path: Path = DEFAULT_CKPT,
+    config_path: Path = DEFAULT_CONFIG,
+    models_dir: Path = MODELS_DIR,
+    erase: Optional[Sequence[str]] = None,
+) -> ResolvedModel:
+    """Decide which weights ``model_name`` stands for (see the module docstring). Raises ``ValueError`` /
+    ``FileNotFoundError`` with one line; reads only file headers, erasure records and the base digest."""
+    ckpt_path, config_path, models_dir = Path(ckpt_path), Path(config_path), Path(models_dir)
+    name = str(model_name).strip()
+    if not name:
+        raise ValueError("--model_name is empty; expected SD-v1-4, a run folder under models/ or a checkpoint path")
+    if not config_path.is_file():
+        raise FileNotFoundError(f"config {config_path} does not exist (--config_path)")
+
+    if name.lower() in {n.lower() for n in ORIGINAL_NAMES}:
+        target = None
+    else:
+        as_path = Path(name)
+        looks_like_path = os.sep in name or "/" in name or as_path.suffix in WEIGHT_SUFFIXES
+        target = as_path if looks_like_path or not (models_dir / name).exists() else models_dir / name
+        if not target.exists():
+            raise ValueError(
+                f"unknown model {name!r}: not one of {list(ORIGINAL_NAMES)}, not a run folder under {models_dir} "
+                f"and not a file; available: {', '.join(available_models(models_dir))}"
+            )
+    folder_name = name if target is None else (target.stem if target.is_file() else target.resolve().name)
+
+    record_path = weights = None
+    if target is not None and target.is_dir():
+        if (target / RECORD_NAME).is_file():
+            record_path = target / RECORD_NAME
+        else:
+            files = _weight_files(target)
+            if len(files) != 1:
+                found = ", ".join(p.name for p in files) or "nothing usable"
+                raise ValueError(
+                    f"run folder {target} holds no {RECORD_NAME} and {len(files)} full checkpoints "
+                    f"({found}); pass the checkpoint file itself as --model_name"
+                )
+            weights = files[0]
+    elif target is not None:
+        if _is_record_file(target):
+            record_path = target
+        elif target.suffix not in WEIGHT_SUFFIXES:
+            raise ValueError(
+                f"--model_name {name!r} is a file but neither an erasure record nor a checkpoint "
+                f"({', '.join(WEIGHT_SUFFIXES)})"
+            )
+        else:
+            weights = target
+
+    if record_path is None:
+        if erase:
+            what = "the original model" if target is None else f"a full checkpoint ({weights})"
+            raise ValueError(f"--erase {list(erase)} needs a SepCE erasure record, but {name!r} is {what}")
+        path = ckpt_path if weights is None else weights
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {path} does not exist (--ckpt_path); download "
+                "sd-v1-4-full-ema.ckpt into models/ldm/ or use the tiny model "
+                "(python -m sepce.tiny; --ckpt_path models/tiny/model.ckpt "
+                "--config_path configs/tiny/v1-tiny.yaml)"
+            )
+        return ResolvedModel(name, "original" if target is None else "checkpoint", path, config_path, folder_name)
+
+    record = load_record(record_path)
+    chosen = _match_concepts(record, erase) if erase else list(record.concepts)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(
+            f"base checkpoint {ckpt_path} of erasure record {record_path} does not exist "
+            f"(--ckpt_path; the record was made from {record.base.get('path')})"
+        )
+    check_base(record, ckpt_path)
+    return ResolvedModel(name, "record", ckpt_path, config_path, folder_name, record, chosen)
+
+
+def load_resolved(resolved: ResolvedModel, device: torch.device):
+    """Load the model of ``resolved`` (float32, eval mode, no gradients) on ``device``.
+
+    Erasure records are applied on the CPU (where their tensors live) before the model moves to ``device``.
+    16-bit sampling runs under ``torch.autocast`` (:class:`ImageSampler`), so the weights stay float32 here.
+    """
+    on_cpu_first = resolved.record is not None
+    model = load_model(resolved.config_path, resolved.ckpt_path, "cpu" if on_cpu_first else device)
+    if on_cpu_first:
+        apply_record(model, resolved.record, erase=resolved.erase)
+        model.to(device)
+    log.info(
+        "model %s (%s%s)",
+        resolved.name,
+        resolved.kind,
+        f", erase {resolved.erase}" if resolved.record is not None else "",
+    )
+    return model

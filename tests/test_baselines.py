@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 import json
 import math
 import re
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, run_script
+from conftest import run_script
 from ldm.checkpoint import read_state_dict
 from PIL import Image
 
@@ -293,14 +292,6 @@ SEED_COMMANDS = {
 }
 
 
-def load_script(relative: str):
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """``<data_dir>/Van Gogh/`` and ``<data_dir>/Picasso/`` with a few small random images (not square, so
@@ -331,7 +322,7 @@ def tiny_overrides(tiny_ckpt, iterations):
 
 def check_run(run_dir, method, iterations, tiny_ckpt, expected_keys):
     """Run files as promised, and the erased model loads like any other through the generation resolver."""
-    from sepce.generation import load_resolved, resolve_model
+    from sepce.modeling import load_resolved, resolve_model
     from sepce.records import load_record
 
     assert {"args.json", "losses.csv", "summary.json", "loss.png", "erasure.safetensors"} <= {
@@ -402,7 +393,7 @@ def test_esd_seed_command_end_to_end(tiny_ckpt, tiny_model, tmp_path):
     assert record.meta["train_method"] == "xattn" and record.meta["negative_guidance"] == 1.0
 
 
-def test_esd_several_concepts_noxattn(tiny_ckpt, tiny_model, tmp_path):
+def test_esd_several_concepts_noxattn(tiny_ckpt, tiny_model, tmp_path, load_script):
     esd = load_script("train-scripts/Esd.py")
     out = tmp_path / "esd-multi"
     args = esd.parse_args(
@@ -458,7 +449,9 @@ def no_model_load(monkeypatch):
         ("Abconcept", ["--prompt", "Van Gogh", "--devices", "0,1,2"], "--devices '0,1,2'"),
     ],
 )
-def test_bad_input_refused_before_loading(script, argv, message, tiny_ckpt, data_dir, tmp_path, no_model_load):
+def test_bad_input_refused_before_loading(
+    script, argv, message, tiny_ckpt, data_dir, tmp_path, no_model_load, load_script
+):
     module = load_script(f"train-scripts/{script}.py")
     extra = [] if script == "Esd" else ["--data_dir", str(data_dir)]
     args = module.parse_args(
@@ -486,7 +479,7 @@ def test_cli_errors_are_one_line(tiny_ckpt, data_dir, tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"error: --output_dir {out} is not empty; refusing to overwrite a run (pass --overwrite or choose another "
+        f"FMN.py: error: --output_dir {out} is not empty; refusing to overwrite a run (pass --overwrite or choose another "
         "--output_dir)"
     ]
     assert (out / "losses.csv").read_text() == "iteration,loss\n"

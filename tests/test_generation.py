@@ -21,7 +21,9 @@ import torch
 from ldm.checkpoint import read_state_dict
 from PIL import Image
 
+import sepce.data_generation as D
 import sepce.generation as G
+import sepce.modeling as M
 from sepce.evaluation.common import run_script
 from sepce.prompts import PromptRow, read_prompt_csv
 from sepce.records import ErasureRecord, base_info, changed_tensors, save_record, write_full_checkpoint
@@ -99,7 +101,7 @@ def no_model_load(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was reported")
 
-    monkeypatch.setattr(G, "load_model", boom)
+    monkeypatch.setattr(M, "load_model", boom)
 
 
 # ------------------------------------------------------------------------------------------------ seeds
@@ -114,10 +116,10 @@ def test_case_noise_is_the_esd_latent_and_independent_of_num_samples():
 
 def test_derive_seed_is_the_documented_hash():
     digest = hashlib.sha256(b"7:12").digest()
-    assert G.derive_seed(7, 12) == int.from_bytes(digest[:4], "big") % 2**31
-    seeds = [G.derive_seed(0, i) for i in range(200)]
+    assert D.derive_seed(7, 12) == int.from_bytes(digest[:4], "big") % 2**31
+    seeds = [D.derive_seed(0, i) for i in range(200)]
     assert len(set(seeds)) == 200 and all(0 <= s < 2**31 for s in seeds)
-    assert [r.evaluation_seed for r in G.data_rows("x", 3, 0, None)] == seeds[:3]
+    assert [r.evaluation_seed for r in D.data_rows("x", 3, 0, None)] == seeds[:3]
 
 
 def test_generated_images_match_esd_diffusers_lms_loop(tmp_path, tiny_ckpt, tiny_model, prompts):
@@ -355,21 +357,21 @@ def runs(tmp_path, tiny_ckpt, tiny_model):
 def test_resolve_original_record_subset_and_full_checkpoint(tiny_ckpt, runs):
     models, record, base = runs
     config = tiny_ckpt.parent / "config.yaml"
-    original = G.resolve_model("original", tiny_ckpt, config, models)
+    original = M.resolve_model("original", tiny_ckpt, config, models)
     assert (original.kind, original.ckpt_path, original.folder_name) == ("original", tiny_ckpt, "original")
 
-    subset = G.resolve_model("sepce-run", tiny_ckpt, config, models, erase=["picasso"])
+    subset = M.resolve_model("sepce-run", tiny_ckpt, config, models, erase=["picasso"])
     assert (subset.kind, subset.erase, subset.folder_name) == ("record", ["Picasso"], "sepce-run")
-    every = G.resolve_model(str(models / "sepce-run"), tiny_ckpt, config, models)
+    every = M.resolve_model(str(models / "sepce-run"), tiny_ckpt, config, models)
     assert every.erase == ["VanGogh", "Picasso"]
-    by_file = G.resolve_model(str(models / "sepce-run" / "erasure.safetensors"), tiny_ckpt, config, models)
+    by_file = M.resolve_model(str(models / "sepce-run" / "erasure.safetensors"), tiny_ckpt, config, models)
     assert (by_file.kind, by_file.folder_name) == ("record", "erasure")
-    full = G.resolve_model("full-run", tiny_ckpt, config, models)
+    full = M.resolve_model("full-run", tiny_ckpt, config, models)
     assert (full.kind, full.ckpt_path) == ("checkpoint", models / "full-run" / "model.ckpt")
 
     cpu = torch.device("cpu")
-    w_subset = G.load_resolved(subset, cpu).state_dict()
-    w_full = G.load_resolved(full, cpu).state_dict()
+    w_subset = M.load_resolved(subset, cpu).state_dict()
+    w_full = M.load_resolved(full, cpu).state_dict()
     for layer, coef in record.coefs["Picasso"].items():
         expected_subset = base[layer] + coef @ (0.5 * record.bases["Picasso"])
         torch.testing.assert_close(w_subset[layer], expected_subset, rtol=0, atol=1e-6)
@@ -383,11 +385,11 @@ def test_record_resolution_errors(tmp_path, tiny_ckpt, runs):
     models, record, _ = runs
     config = tiny_ckpt.parent / "config.yaml"
     with pytest.raises(ValueError, match=r"--erase 'Monet' is not a concept of .* holds \['VanGogh', 'Picasso'\]"):
-        G.resolve_model("sepce-run", tiny_ckpt, config, models, erase=["Monet"])
+        M.resolve_model("sepce-run", tiny_ckpt, config, models, erase=["Monet"])
     other = tmp_path / "other.ckpt"
     other.write_bytes(tiny_ckpt.read_bytes() + b"\0")
     with pytest.raises(ValueError, match=r"was made for base checkpoint"):
-        G.resolve_model("sepce-run", other, config, models)
+        M.resolve_model("sepce-run", other, config, models)
     joint = ErasureRecord(
         "CiE",
         ["Van Gogh", "Picasso"],
@@ -396,12 +398,12 @@ def test_record_resolution_errors(tmp_path, tiny_ckpt, runs):
     )
     save_record(models / "cie-run" / "erasure.safetensors", joint)
     with pytest.raises(ValueError, match=r"erases \['Van Gogh', 'Picasso'\] jointly; a subset needs a SepCE"):
-        G.resolve_model("cie-run", tiny_ckpt, config, models, erase=["Van Gogh"])
+        M.resolve_model("cie-run", tiny_ckpt, config, models, erase=["Van Gogh"])
     (models / "full-run" / "second.ckpt").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"holds no erasure.safetensors and 2 full checkpoints"):
-        G.resolve_model("full-run", tiny_ckpt, config, models)
+        M.resolve_model("full-run", tiny_ckpt, config, models)
     with pytest.raises(ValueError, match=r"available: SD-v1-4, original, cie-run, full-run, sepce-run"):
-        G.resolve_model("nope", tiny_ckpt, config, models)
+        M.resolve_model("nope", tiny_ckpt, config, models)
 
 
 def test_erased_images_record_equals_full_checkpoint_and_subsets_differ(tmp_path, tiny_ckpt, runs, prompts):
@@ -476,13 +478,13 @@ def test_generate_data_manifest_class_folder_and_resume(tmp_path, tiny_ckpt):
     assert report.written == 6
     manifest = read_prompt_csv(folder / "manifest.csv")
     assert [(r.case_number, r.prompt, r.evaluation_seed, r.class_index) for r in manifest] == [
-        (i, "Van Gogh", G.derive_seed(0, i), 0) for i in range(3)
+        (i, "Van Gogh", D.derive_seed(0, i), 0) for i in range(3)
     ]
     for i in range(3):
         for k in range(2):
             image, linked = folder / f"{i}_{k}.png", data / "train" / "0" / f"van-gogh_{i}_{k}.png"
             assert os.path.samefile(image, linked)
-            assert Image.open(image).text["seed"] == str(G.derive_seed(0, i))
+            assert Image.open(image).text["seed"] == str(D.derive_seed(0, i))
 
     # the manifest is a prompt CSV: generate-images.py redoes the same images from it
     run(
@@ -541,13 +543,13 @@ def test_link_file_modes(tmp_path):
     source.write_bytes(b"one")
     for mode in ("hardlink", "symlink", "copy"):
         target = tmp_path / mode / "a.png"
-        assert G.link_file(source, target, mode) and target.read_bytes() == b"one"
-        assert G.link_file(source, target, mode)  # idempotent
+        assert D.link_file(source, target, mode) and target.read_bytes() == b"one"
+        assert D.link_file(source, target, mode)  # idempotent
     assert (tmp_path / "symlink" / "a.png").is_symlink()
     other = tmp_path / "b.png"
     other.write_bytes(b"two")
-    assert not G.link_file(other, tmp_path / "copy" / "a.png", "copy")
-    assert G.link_file(other, tmp_path / "copy" / "a.png", "copy", overwrite=True)
+    assert not D.link_file(other, tmp_path / "copy" / "a.png", "copy")
+    assert D.link_file(other, tmp_path / "copy" / "a.png", "copy", overwrite=True)
     assert (tmp_path / "copy" / "a.png").read_bytes() == b"two"
 
 
@@ -638,8 +640,8 @@ def test_bench_sampling_tiny_smoke(tmp_path, capsys):
 
 def test_16_bit_sampling_runs_under_autocast_close_to_fp32(tiny_ckpt):
     """The --precision bf16/fp16 code path (GPU-only on the CLI), exercised on the CPU through the library."""
-    resolved = G.resolve_model("SD-v1-4", tiny_ckpt, tiny_ckpt.parent / "config.yaml")
-    model = G.load_resolved(resolved, torch.device("cpu"))
+    resolved = M.resolve_model("SD-v1-4", tiny_ckpt, tiny_ckpt.parent / "config.yaml")
+    model = M.load_resolved(resolved, torch.device("cpu"))
     settings = G.SamplingSettings("klms", 6, 7.5, 64)
     images = {}
     for dtype in (torch.float32, torch.bfloat16):
