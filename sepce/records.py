@@ -10,6 +10,11 @@ One ``erasure.safetensors`` per run (format ``sepce-erasure/1``), metadata as JS
 
 Every record names the base checkpoint it was made from (path and SHA-256, cached beside the file), and applying
 a record to a different base is refused.
+
+Full checkpoints (:func:`write_full_checkpoint`) carry the erased values in the UNet AND in its EMA copy
+(``model_ema.*``, which SD's ``sd-v1-4-full-ema.ckpt`` holds and which CompVis with ``use_ema: True``, diffusers'
+converter with ``extract_ema=True`` and ``use_ema_weights`` read), so no reader of the file gets the original
+weights back.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import torch
-from ldm.checkpoint import TEXT_MODEL_PREFIX, TEXT_PREFIX, _torch_load, normalize_keys
+from ldm.checkpoint import EMA_PREFIX, TEXT_MODEL_PREFIX, TEXT_PREFIX, _torch_load, normalize_keys
 
 from sepce.io import atomic_path, save_torch
 
@@ -201,6 +206,45 @@ def changed_tensors(
     return dict(record.tensors)
 
 
+def match_concepts(record: ErasureRecord, names: Sequence[str]) -> list[str]:
+    """``--erase`` names → the record's concept names (exact, else ignoring case and spaces: ``vangogh`` finds
+    ``Van Gogh``); a subset of a non-separable record is refused."""
+
+    def key(name: str) -> str:
+        return name.replace(" ", "").lower()
+
+    by_key = {key(c): c for c in record.concepts}
+    chosen: list[str] = []
+    for name in names:
+        concept = name if name in record.concepts else by_key.get(key(name))
+        if concept is None:
+            raise RecordError(
+                f"--erase {name!r} is not a concept of {record.path or 'the record'}; it holds {record.concepts}"
+            )
+        if concept not in chosen:
+            chosen.append(concept)
+    record.check_concepts(chosen)
+    return chosen
+
+
+def erased_state_dict(
+    state_dict: Mapping[str, torch.Tensor], record: ErasureRecord, erase: Optional[Sequence[str]] = None
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` (CompVis keys, the record's base) with the record's erasure applied (all its concepts, or
+    the subset ``erase``); the other tensors are shared, not copied."""
+    keys = set(record.tensors) | {k for layers in record.coefs.values() for k in layers}
+    missing = sorted(k for k in keys if k not in state_dict)
+    if missing:
+        raise RecordError(
+            f"the base state dict has no tensor {missing[0]!r} that {record.path or 'the record'} changes"
+        )
+    changed = changed_tensors(record, {k: state_dict[k] for k in keys}, erase)
+    for k, v in changed.items():
+        if tuple(v.shape) != tuple(state_dict[k].shape):
+            raise RecordError(f"record tensor {k!r} has shape {list(v.shape)}, the base {list(state_dict[k].shape)}")
+    return {**state_dict, **{k: v.to(state_dict[k].dtype) for k, v in changed.items()}}
+
+
 @torch.no_grad()
 def apply_record(
     model: torch.nn.Module,
@@ -230,11 +274,39 @@ def restore(model: torch.nn.Module, originals: Mapping[str, torch.Tensor]) -> No
         params[k].copy_(v)
 
 
+def save_safetensors(path: PathLike, tensors: Mapping[str, torch.Tensor], overwrite: bool = False) -> Path:
+    """Atomically write a flat state dict as safetensors (``format: pt`` metadata, as transformers requires);
+    tensors sharing memory are copied (safetensors refuses shared storage)."""
+    from safetensors.torch import save_file
+
+    unique, seen = {}, set()
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        unique[k] = v.detach().clone().contiguous() if ptr in seen else v.detach().contiguous()
+        seen.add(ptr)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        save_file(unique, str(tmp), metadata={"format": "pt"})
+    return Path(path)
+
+
+def ema_key(key: str) -> str:
+    """The EMA shadow of a UNet tensor, named as CompVis' LitEma names it (the ``model.`` wrapper's parameter name
+    with its dots removed): ``model.diffusion_model.out.2.weight`` → ``model_ema.diffusion_modelout2weight``."""
+    if not key.startswith("model."):
+        raise ValueError(f"{key!r} is not a UNet tensor (model.*); only those have EMA copies")
+    return EMA_PREFIX + key[len("model.") :].replace(".", "")
+
+
 def write_full_checkpoint(
     base_ckpt: PathLike, out_path: PathLike, changed: Mapping[str, torch.Tensor], overwrite: bool = False
 ) -> Path:
-    """A CompVis checkpoint equal to ``base_ckpt`` (all its keys and layout, EMA included) with ``changed``
-    tensors replaced — loadable by the original tools."""
+    """A CompVis checkpoint equal to ``base_ckpt`` (all its keys, dtypes and layout) with ``changed`` tensors
+    replaced — loadable by the original tools.
+
+    When the base holds EMA weights (``model_ema.*``), the EMA copy of every changed UNet tensor gets the same
+    erased value, so loading with or without EMA gives the erased model. ``out_path`` ending in
+    ``.safetensors`` gives a flat safetensors state dict (CompVis keys), anything else a torch ``.ckpt``
+    (``{"state_dict": ..., "global_step": ...}``)."""
     base_ckpt, out_path = Path(base_ckpt), Path(out_path)
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} already exists; refusing to overwrite it (pass --overwrite)")
@@ -246,17 +318,25 @@ def write_full_checkpoint(
         obj = _torch_load(base_ckpt)
     sd = obj.get("state_dict", obj)
     layout = {normalize_keys({k: None}).popitem()[0]: k for k in sd}
-    for key, value in changed.items():
+    has_ema = any(k.startswith(EMA_PREFIX) for k in sd)
+    targets: dict[str, list[str]] = {}
+    for key in changed:
         original_key = layout.get(key) or layout.get(key.replace(TEXT_PREFIX, TEXT_MODEL_PREFIX, 1))
         if original_key is None:
             raise RecordError(f"{base_ckpt} has no tensor {key!r} to replace")
-        sd[original_key] = value.detach().to("cpu", sd[original_key].dtype).contiguous()
+        targets[key] = [original_key]
+        if has_ema and key.startswith("model."):
+            if ema_key(key) not in sd:
+                raise RecordError(
+                    f"{base_ckpt} holds EMA weights but no {ema_key(key)!r} for {key!r}; refusing to write a "
+                    "checkpoint whose EMA copy would contradict the erasure"
+                )
+            targets[key].append(ema_key(key))
+    for key, value in changed.items():
+        for k in targets[key]:
+            sd[k] = value.detach().to("cpu", sd[k].dtype).contiguous()
     if out_path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        with atomic_path(out_path, overwrite=overwrite) as tmp:
-            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
-        return out_path
+        return save_safetensors(out_path, sd, overwrite=overwrite)
     out = {"state_dict": sd}
     if sd is not obj and isinstance(obj.get("global_step"), int):
         out["global_step"] = obj["global_step"]
