@@ -31,7 +31,6 @@ import csv
 import json
 import logging
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,16 +40,14 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 
 from sepce import records
+from sepce.cli import add_precision, add_quiet, parse_devices, parse_precision, show_progress
 from sepce.io import atomic_path, write_json
-from sepce.modeling import check_model_files, load_model, parse_devices, parse_dtype, unet_of
+from sepce.modeling import check_model_files, load_model, unet_of
+from sepce.paths import DATA_DIR, DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR, run_name
 
 log = logging.getLogger(__name__)
 
 UNET_PREFIX = "model.diffusion_model."
-DEFAULT_CKPT = Path("models/ldm/sd-v1-4-full-ema.ckpt")
-DEFAULT_CONFIG = Path("configs/stable-diffusion/v1-inference.yaml")
-DEFAULT_DATA = Path("data")
-DEFAULT_MODELS = Path("models")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 RUN_FILES = ("args.json", "losses.csv", "summary.json", "loss.png", records.RECORD_NAME)
 
@@ -75,10 +72,10 @@ def add_common_args(
 ) -> argparse.ArgumentParser:
     """Add the flags shared by every training script to ``parser`` (see the module docstring).
 
-    ``prompt=False`` leaves ``--prompt`` out (SepCE adds ``--prompts``); ``images=False`` leaves ``--data_dir`` out
-    (ESD samples its own latents); ``zero_grad_flag=False`` leaves ``--zero_grad`` out (for methods that always
-    zero their gradients, like ESD). ``--iterations`` and ``--iter_break`` are two spellings of one flag
-    (``args.iterations``)."""
+    ``prompt=False`` leaves ``--prompt`` out (SepCE adds ``--prompts``, ESD its own ``--prompt``); ``images=False``
+    leaves ``--data_dir`` out (ESD samples its own latents); ``zero_grad_flag=False`` leaves ``--zero_grad`` out
+    (for methods that always zero their gradients, like ESD). ``--iterations`` and ``--iter_break`` are two
+    spellings of one flag (``args.iterations``)."""
     if prompt:
         parser.add_argument(
             "--prompt",
@@ -107,13 +104,15 @@ def add_common_args(
         "--image_size",
         type=int,
         default=512,
-        help="training images are resized (shorter side) and centre-cropped to this size",
+        help="training images are resized (shorter side) and centre-cropped to this size"
+        if images
+        else "size of the images whose latents (image_size/8) are sampled: 512 for SD v1.4, 64 for the tiny model",
     )
     if images:
         parser.add_argument(
             "--data_dir",
             type=Path,
-            default=DEFAULT_DATA,
+            default=DATA_DIR,
             help="folder holding one image folder per concept prompt: <data_dir>/<prompt>/",
         )
     parser.add_argument(
@@ -129,7 +128,8 @@ def add_common_args(
         "--output_dir",
         type=Path,
         default=None,
-        help="run folder (default: models/<method>-<prompt>); a non-empty folder needs --overwrite",
+        help="run folder (default: <repository>/models/<run name>, e.g. models/CiE-VanGogh, whatever the working "
+        "directory); a non-empty folder needs --overwrite",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="reuse a non-empty --output_dir, replacing its run files"
@@ -159,24 +159,9 @@ def add_common_args(
         help="recompute activations in backward (less memory, slower); 'config' keeps the "
         "model config's use_checkpoint (on for v1-inference.yaml)",
     )
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "fp16", "bf16"),
-        default="fp32",
-        help="autocast dtype of forward passes; weights and optimizer state stay fp32",
-    )
+    add_precision(parser, help="autocast dtype of forward passes; weights and optimizer state stay fp32")
+    add_quiet(parser)
     return parser
-
-
-def slug(text: str) -> str:
-    """Folder-friendly form of a prompt ('Van Gogh' → 'VanGogh', as the released scripts named runs)."""
-    out = re.sub(r"[^A-Za-z0-9_+=.-]", "", text.replace(" ", ""))
-    return out or "blank"
-
-
-def default_output_dir(method: str, prompts: Sequence[str], suffix: Optional[str] = None) -> Path:
-    name = f"{method}-{'+'.join(slug(p) for p in prompts)}"
-    return DEFAULT_MODELS / (f"{name}-{suffix}" if suffix else name)
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
@@ -194,32 +179,6 @@ def check_positive(name: str, value: float, integer: bool = False) -> None:
         raise ValueError(f"{name} {value!r}: expected a positive integer")
     if not integer and not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} {value!r}: expected a positive number")
-
-
-EXIT_STOPPED_EARLY = 3
-EXIT_HELP = (
-    "exit status: 0 done; 1 bad input (one line on stderr, nothing written); 3 stopped early (non-finite loss or "
-    "Ctrl-C) after saving the last good state"
-)
-
-
-def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> Any:
-    """Run a script's ``main``; expected errors (bad input, missing files, refused overwrites) become one line
-    on stderr and exit status 1 instead of a traceback. When ``main`` returns a run summary with ``ok`` False
-    (non-finite loss, interruption) the run's files are already saved (last good state); a warning goes to stderr
-    and the exit status is :data:`EXIT_STOPPED_EARLY` (3), so shell pipelines notice."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        result = main(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
-        raise SystemExit(f"error: {e}") from None
-    if isinstance(result, Mapping) and result.get("ok") is False:
-        print(
-            f"warning: training stopped early: {result.get('stop_reason')}; the saved weights are its last good state",
-            file=sys.stderr,
-        )
-        raise SystemExit(EXIT_STOPPED_EARLY)
-    return result
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -663,6 +622,7 @@ class Trainer:
             file=sys.stderr,
             dynamic_ncols=True,
         )
+        started = time.perf_counter()
         done, reason, ok = 0, f"iteration cap reached ({self.iterations} iterations)", True
         i = start
         stepping = False
@@ -724,6 +684,8 @@ class Trainer:
             bar.close()
         if not ok:
             log.warning("%s: %s", self.desc, reason)
+        if not self.progress:  # no bar to watch: one line per finished run
+            log.info("%s: %d iteration(s), %s, %.1f s", self.desc, done, reason, time.perf_counter() - started)
         return FitResult(iterations=done, stop_reason=reason, ok=ok)
 
     def _log(self, row: dict, tic: float) -> None:
@@ -757,14 +719,11 @@ class TrainingSession:
             raise ValueError(f"--ddim_steps {args.ddim_steps!r}: expected an integer in 1..1000")
         if args.image_size % 8:
             raise ValueError(f"--image_size {args.image_size}: expected a multiple of 8 (latents are 8x smaller)")
-        try:
-            self.devices = parse_devices(args.devices)
-        except ValueError as e:
-            raise ValueError(f"--devices {args.devices!r}: {e}") from None
-        self.dtype = parse_dtype(args.precision)
+        self.devices = parse_devices(args.devices)
+        self.dtype = parse_precision(args.precision)
         check_model_files(args.config_path, args.ckpt_path)
         self.output_dir = (
-            Path(args.output_dir) if args.output_dir else default_output_dir(method, self.prompts, output_suffix)
+            Path(args.output_dir) if args.output_dir else MODELS_DIR / run_name(method, self.prompts, output_suffix)
         )
         check_output_dir(self.output_dir, args.overwrite)
         self.folders: dict[str, ImageFolder] = {}
@@ -837,6 +796,7 @@ class TrainingSession:
             desc=desc or self.method,
             precision=self.dtype,
             device=self.device,
+            progress=show_progress(self.args.quiet),
             **kw,
         )
 

@@ -479,8 +479,8 @@ def test_cli_errors_are_one_line(tiny_ckpt, data_dir, tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"FMN.py: error: --output_dir {out} is not empty; refusing to overwrite a run (pass --overwrite or choose another "
-        "--output_dir)"
+        f"FMN.py: error: --output_dir {out} is not empty; refusing to overwrite a run (pass --overwrite or choose "
+        "another --output_dir)"
     ]
     assert (out / "losses.csv").read_text() == "iteration,loss\n"
     proc = run_script("train-scripts/Esd.py", "--prompt", "Van Gogh", "--train_method", "xatn", check=False)

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_script
+from conftest import REPO, _load_script, run_script
 from ldm.checkpoint import read_state_dict
 from PIL import Image
 
-from sepce import records, training
+from sepce import cli, records, training
 from sepce.increments import SeparableIncrements
 from sepce.losses import (
     MomentumStop,
@@ -35,14 +34,7 @@ WIDE_CONFIG = REPO / "configs" / "tiny" / "v1-tiny-wide.yaml"
 FOLDERS = ["Van Gogh", "VanGogh", "Cezanne", "Picasso"]
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "train-scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CIE, SEPCE, COMPOSE = (load_script(n) for n in ("CiE", "SepCE", "compose_erasure"))
+CIE, SEPCE, COMPOSE = (_load_script(f"train-scripts/{n}.py") for n in ("CiE", "SepCE", "compose_erasure"))
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +64,12 @@ def workdir(tmp_path_factory):
 
 def model_args(ckpt):
     return ["--ckpt_path", str(ckpt), "--config_path", str(ckpt.parent / "config.yaml"), "--devices", "cpu"]
+
+
+def placed(workdir, run):
+    """One iteration, images from ``workdir/data``, the run in ``run`` (the default run folder, under the
+    repository's models/, is tested in test_training_harness.py)."""
+    return ["--iterations", "1", "--data_dir", str(workdir / "data"), "--output_dir", str(run)]
 
 
 def small(workdir, out, ckpt, *extra):
@@ -178,8 +176,8 @@ def test_momentum_statistic_and_stopping_rule_on_scripted_losses():
 # ------------------------------------------------------------------------------------------------ seed commands
 def test_cie_seed_command_runs_as_written(wide_ckpt, workdir):
     seed = ["--threshold", "0", "--lr", "1e-6", "--reg_beta", "3e-5", "--prompt", "Van Gogh", "--devices", "0,1"]
-    proc = run_script("train-scripts/CiE.py", *seed, *model_args(wide_ckpt), "--iterations", "1", cwd=workdir)
     run = workdir / "models" / "CiE-VanGogh"
+    proc = run_script("train-scripts/CiE.py", *seed, *model_args(wide_ckpt), *placed(workdir, run), cwd=workdir)
     assert "1 iterations" in proc.stdout
     assert {p.name for p in run.iterdir()} >= {
         "args.json",
@@ -204,8 +202,8 @@ def test_cie_seed_command_runs_as_written(wide_ckpt, workdir):
 
 def test_sepce_seed_command_runs_as_written(wide_ckpt, workdir):
     seed = ["--lr", "1e-2", "--scale_factor", "1e-4", "--reg_beta", "3e-5", "--devices", "0,1"]
-    run_script("train-scripts/SepCE.py", *seed, *model_args(wide_ckpt), "--iterations", "1", cwd=workdir)
     run = workdir / "models" / "SepCE-VanGogh+Cezanne+Picasso"
+    run_script("train-scripts/SepCE.py", *seed, *model_args(wide_ckpt), *placed(workdir, run), cwd=workdir)
     rec = records.load_record(run)
     assert rec.method == "SepCE" and rec.concepts == ["VanGogh", "Cezanne", "Picasso"] and rec.beta == 1e-4
     assert all(rec.bases[c].shape == (256 - (3 * 77 - 2), 256) for c in rec.concepts)
@@ -220,13 +218,11 @@ def test_sepce_seed_command_runs_as_written(wide_ckpt, workdir):
 
 # ------------------------------------------------------------------------------------------------ CiE modes
 def test_nan_loss_stops_keeps_the_last_good_state_and_says_so(tiny_ckpt, workdir, capsys):
-    args = CIE.parse_args(
-        ["--prompt", "Van Gogh", "--lr", "1e30", "--iterations", "5", *small(workdir, "nan-run", tiny_ckpt)]
-    )
+    argv = ["--prompt", "Van Gogh", "--lr", "1e30", "--iterations", "5", *small(workdir, "nan-run", tiny_ckpt)]
     with pytest.raises(SystemExit) as info:
-        training.run_cli(CIE.main, args)  # what `python train-scripts/CiE.py ...` runs
+        cli.run(CIE.parse_args, CIE.main, argv)  # what `python train-scripts/CiE.py ...` runs
     err = capsys.readouterr().err
-    assert info.value.code == training.EXIT_STOPPED_EARLY and "non-finite loss" in err and "warning" in err
+    assert info.value.code == cli.EXIT_STOPPED_EARLY and "non-finite loss" in err and "warning" in err
     summary = json.loads((workdir / "nan-run" / "summary.json").read_text())
     assert not summary["ok"] and "non-finite loss" in summary["stop_reason"] and summary["iterations"] == 0
     base = read_state_dict(tiny_ckpt)
@@ -457,10 +453,11 @@ def test_sepce_bad_input_fails_before_the_model_loads(wide_ckpt, workdir, monkey
     assert not (workdir / "bad").exists()
 
 
-def test_bad_input_is_one_line_and_nonzero_from_the_command_line(tiny_ckpt, workdir):
-    args = CIE.parse_args(["--prompt", "Monet", *small(workdir, "bad-cli", tiny_ckpt)])
+def test_bad_input_is_one_line_and_nonzero_from_the_command_line(tiny_ckpt, workdir, capsys):
+    argv = ["--prompt", "Monet", *small(workdir, "bad-cli", tiny_ckpt)]
     with pytest.raises(SystemExit) as info:
-        training.run_cli(CIE.main, args)  # SystemExit(str) → the message on stderr, exit status 1
-    message = str(info.value.code)
-    assert message.startswith("error: image folder") and "Monet" in message and "\n" not in message
+        cli.run(CIE.parse_args, CIE.main, argv, prog="CiE.py")
+    assert info.value.code == cli.EXIT_USER_ERROR
+    message = capsys.readouterr().err
+    assert message.startswith("CiE.py: error: image folder") and "Monet" in message and message.count("\n") == 1
     assert not (workdir / "bad-cli").exists()

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from sepce import training
+from sepce.paths import DATA_DIR, DEFAULT_CKPT, DEFAULT_CONFIG
 from sepce.training import (
     FrozenReference,
     ImageFolder,
@@ -54,8 +55,8 @@ def test_common_flags_defaults_and_both_iteration_spellings():
         False,
         False,
     )
-    assert str(a.data_dir) == "data" and str(a.ckpt_path) == "models/ldm/sd-v1-4-full-ema.ckpt"
-    assert str(a.config_path) == "configs/stable-diffusion/v1-inference.yaml"
+    assert (a.data_dir, a.ckpt_path, a.config_path) == (DATA_DIR, DEFAULT_CKPT, DEFAULT_CONFIG)  # not cwd-relative
+    assert a.data_dir.is_absolute() and a.quiet is False
     assert (a.gradient_checkpointing, a.precision, a.iterations, a.lr) == ("config", "fp32", 1000, 1e-5)
     assert p.parse_args(["--prompt", "x", "--iter_break", "7"]).iterations == 7
     assert p.parse_args(["--prompt", "x", "--iterations", "9"]).iterations == 9
@@ -343,3 +344,50 @@ def test_session_refuses_a_used_output_dir_and_runs_the_common_step(tiny_ckpt, t
     summary = s.finish(0, "test")
     assert summary["data"]["Van Gogh"]["images"] == 2 and summary["data"]["Van Gogh"]["skipped_unreadable"] == 1
     assert summary["devices"] == ["cpu"] and json.loads((run.dir / "summary.json").read_text()) == summary
+
+
+# ------------------------------------------------------------------------------------------------ default run folder
+@pytest.fixture()
+def unique_run():
+    """A concept name no other run uses, and its default run name; the ``models/<run>`` folder the test creates
+    under the repository is removed afterwards."""
+    import shutil
+    import uuid
+
+    from sepce.paths import MODELS_DIR, run_name
+
+    concept = f"cwdcheck{uuid.uuid4().hex[:10]}"
+    name = run_name("CiE", [concept])
+    yield concept, name
+    shutil.rmtree(MODELS_DIR / name, ignore_errors=True)
+
+
+def test_default_run_folder_does_not_depend_on_the_working_directory(tiny_ckpt, tmp_path, unique_run):
+    """Train with the default --output_dir from another working directory, then generate from the run by its name
+    with generate-images.py's default --models_dir: both resolve to <repository>/models/<run name>."""
+    from conftest import run_script
+
+    from sepce.paths import MODELS_DIR
+
+    concept, name = unique_run
+    write_images(tmp_path / "data" / concept, 2, size=(64, 64))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    model = ["--ckpt_path", tiny_ckpt, "--config_path", tiny_ckpt.parent / "config.yaml"]
+    run_script(
+        "train-scripts/CiE.py",
+        *("--prompt", concept, "--data_dir", tmp_path / "data", "--image_size", "64", "--iterations", "1"),
+        *(*model, "--devices", "cpu"),
+        cwd=elsewhere,
+    )
+    assert (MODELS_DIR / name / "erasure.safetensors").is_file()
+    assert not (elsewhere / "models").exists()
+    (tmp_path / "prompts.csv").write_text(f"case_number,prompt,evaluation_seed\n0,{concept},3\n")
+    proc = run_script(
+        "eval-scripts/generate-images.py",
+        *("--model_name", name, "--prompts_path", tmp_path / "prompts.csv", "--save_path", tmp_path / "images"),
+        *("--num_samples", "1", "--sampler", "ddim", "--ddim_steps", "2", "--image_size", "64", "--device", "cpu"),
+        *model,
+        cwd=elsewhere,
+    )
+    assert (tmp_path / "images" / name / "0_0.png").is_file(), proc.stdout + proc.stderr

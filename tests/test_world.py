@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sepce.classes import class_by_name, load_class_map
+from sepce.cli import run
 from sepce.world import (
     OBJECT_CLASS_MAP,
     OBJECTS,
@@ -379,9 +380,11 @@ def test_cli_refuses_a_file_as_out_and_changed_settings(tmp_path, capsys):
         script.parse_args(["--out", str(a_file)])
     assert "is not a folder" in capsys.readouterr().err
     out = tmp_path / "d"
-    assert script.main(script.parse_args(["--out", str(out), "--num_images", "2", "--size", "16"])) == 0
+    assert script.main(script.parse_args(["--out", str(out), "--num_images", "2", "--size", "16"])).is_file()
     capsys.readouterr()
-    assert script.main(script.parse_args(["--out", str(out), "--num_images", "3", "--size", "16"])) == 2
+    with pytest.raises(SystemExit) as exc:  # through the runner, as `python make-world-data.py ...`
+        run(script.parse_args, script.main, ["--out", str(out), "--num_images", "3", "--size", "16"])
+    assert exc.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "other settings" in err
     assert len(read_metadata(out)) == 2

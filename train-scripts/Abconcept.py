@@ -19,23 +19,23 @@ from typing import Optional, Sequence
 import torch
 
 from sepce.baseline_losses import ABLATING_ANCHOR_WEIGHT, ablating_loss, ablating_prompts, check_concept_names
+from sepce.cli import EXIT_HELP, parser, run
 from sepce.losses import l1_drift
 from sepce.modeling import prompts_embeddings
-from sepce.training import Step, TrainingSession, add_common_args, run_cli, select_parameters, slug
+from sepce.paths import run_name
+from sepce.training import Step, TrainingSession, add_common_args, select_parameters
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_common_args(parser, lr=1e-5, iterations=50)
-    parser.add_argument(
+    p = parser(__doc__, epilog=EXIT_HELP)
+    add_common_args(p, lr=1e-5, iterations=50)
+    p.add_argument(
         "--anchor_weight",
         type=float,
         default=ABLATING_ANCHOR_WEIGHT,
         help="weight of the term MSE(e_p0, e_n) that keeps the anchor prompt's prediction",
     )
-    return parser.parse_args(argv)
+    return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> dict:
     }
     session.save_tensors([args.prompt], params, meta)
     if args.save_full:
-        session.save_full(f"Abconcept-{slug(args.prompt)}", {k: p.detach() for k, p in params.items()})
+        session.save_full(run_name("Abconcept", [args.prompt]), {k: p.detach() for k, p in params.items()})
     summary = run.finish(
         result.iterations,
         result.stop_reason,
@@ -90,4 +90,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main, parse_args())
+    run(parse_args, main)

@@ -16,23 +16,23 @@ import argparse
 import math
 from typing import Optional, Sequence
 
+from sepce.cli import EXIT_HELP, parser, run
 from sepce.losses import MomentumStop, cie_objective
-from sepce.training import EXIT_HELP, Step, TrainingSession, add_common_args, run_cli, select_parameters, slug
+from sepce.paths import run_name
+from sepce.training import Step, TrainingSession, add_common_args, select_parameters
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=EXIT_HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_common_args(parser, lr=1e-6, iterations=1000)
-    parser.add_argument(
+    p = parser(__doc__, epilog=EXIT_HELP)
+    add_common_args(p, lr=1e-6, iterations=1000)
+    p.add_argument(
         "--threshold",
         type=float,
         default=0.0,
         help="stop once the momentum of the direction term is below this (after iteration 10)",
     )
-    parser.add_argument("--reg_beta", type=float, default=3e-5, help="weight of the L1 drift regulariser")
-    return parser.parse_args(argv)
+    p.add_argument("--reg_beta", type=float, default=3e-5, help="weight of the L1 drift regulariser")
+    return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> dict:
     }
     session.save_tensors([args.prompt], params, meta)
     if args.save_full:
-        session.save_full(f"CiE-{slug(args.prompt)}", {k: p.detach() for k, p in params.items()})
+        session.save_full(run_name("CiE", [args.prompt]), {k: p.detach() for k, p in params.items()})
     summary = session.finish(
         result.iterations,
         result.stop_reason,
@@ -88,4 +88,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main, parse_args())
+    run(parse_args, main)

@@ -21,33 +21,23 @@ from typing import Optional, Sequence
 import torch
 
 from sepce.baseline_losses import check_concept_names, esd_loss, esd_sample_until, split_concepts
+from sepce.cli import EXIT_HELP, parser, run
 from sepce.esd_params import ESD_TRAIN_METHODS, SMALL_TRAIN_METHODS
 from sepce.modeling import prompts_embeddings
-from sepce.training import Step, TrainingSession, add_common_args, run_cli, select_parameters, slug
+from sepce.paths import run_name
+from sepce.training import Step, TrainingSession, add_common_args, select_parameters
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    # conflict_handler="resolve": ESD re-declares --prompt and --image_size with its own meaning (no training images)
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        conflict_handler="resolve",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_common_args(parser, lr=1e-5, iterations=1000, images=False, zero_grad_flag=False)
-    parser.add_argument(
+    p = parser(__doc__, epilog=EXIT_HELP)
+    add_common_args(p, lr=1e-5, iterations=1000, prompt=False, images=False, zero_grad_flag=False)
+    p.add_argument(
         "--prompt",
         type=str,
         required=True,
         help="concept to erase (several with --seperator); ESD needs no training images",
     )
-    parser.add_argument(
-        "--image_size",
-        type=int,
-        default=512,
-        help="size of the images ESD samples z_t of: latents of image_size/8 (512 for SD v1.4, "
-        "64 for the tiny test model)",
-    )
-    parser.add_argument(
+    p.add_argument(
         "--train_method",
         type=str,
         default="xattn",
@@ -57,26 +47,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "but time embedding and output head), xlayer (cross-attention of output blocks 6 and "
         "8), selflayer (self-attention of input blocks 4 and 7)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--start_guidance",
         type=float,
         default=3.0,
         help="classifier-free guidance of the DDIM sampling that produces z_t",
     )
-    parser.add_argument(
+    p.add_argument(
         "--negative_guidance",
         type=float,
         default=1.0,
         help="eta of the target eps(z,t,'') - eta * (eps(z,t,c) - eps(z,t,''))",
     )
-    parser.add_argument(
+    p.add_argument(
         "--seperator",
         type=str,
         default=None,
         help="split --prompt at this string into several concepts (spelling as in ESD), one "
         "drawn at random per iteration, e.g. --prompt 'Van Gogh, Picasso' --seperator ','",
     )
-    return parser.parse_args(argv)
+    return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -128,7 +118,7 @@ def main(args: argparse.Namespace) -> dict:
     }
     session.save_tensors(concepts, params, meta)
     if args.save_full:
-        name = f"ESD-{'+'.join(slug(c) for c in concepts)}-{args.train_method}"
+        name = run_name("ESD", concepts, args.train_method)
         session.save_full(name, {k: p.detach() for k, p in params.items()})
     summary = run.finish(
         result.iterations,
@@ -144,4 +134,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main, parse_args())
+    run(parse_args, main)

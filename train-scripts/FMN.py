@@ -19,17 +19,17 @@ from typing import Optional, Sequence
 import torch
 
 from sepce.baseline_losses import check_concept_names, fmn_loss, fmn_prompts
+from sepce.cli import EXIT_HELP, parser, run
 from sepce.losses import l1_drift
 from sepce.modeling import attn2_modules, prompts_embeddings
-from sepce.training import Step, TrainingSession, add_common_args, run_cli, select_parameters, slug
+from sepce.paths import run_name
+from sepce.training import Step, TrainingSession, add_common_args, select_parameters
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_common_args(parser, lr=1e-5, iterations=10)
-    return parser.parse_args(argv)
+    p = parser(__doc__, epilog=EXIT_HELP)
+    add_common_args(p, lr=1e-5, iterations=10)
+    return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> dict:
     }
     session.save_tensors([args.prompt], params, meta)
     if args.save_full:
-        session.save_full(f"FMN-{slug(args.prompt)}", {k: p.detach() for k, p in params.items()})
+        session.save_full(run_name("FMN", [args.prompt]), {k: p.detach() for k, p in params.items()})
     summary = run.finish(
         result.iterations,
         result.stop_reason,
@@ -78,4 +78,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main, parse_args())
+    run(parse_args, main)

@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import torch
 
 from sepce import records
+from sepce.cli import EXIT_HELP, parser, run
 from sepce.increments import SeparableIncrements, basic_solution_sets
 from sepce.losses import (
     MomentumStop,
@@ -36,7 +37,8 @@ from sepce.losses import (
     direction_product,
     sepce_loss,
 )
-from sepce.training import EXIT_HELP, FrozenReference, Step, TrainingSession, add_common_args, run_cli, slug
+from sepce.paths import run_name
+from sepce.training import FrozenReference, Step, TrainingSession, add_common_args
 
 RELEASED_PROMPTS = ["VanGogh", "Cezanne", "Picasso"]
 RELEASED_THRESHOLDS = [0.0, 1.5e-4, 0.0]
@@ -44,17 +46,15 @@ MAX_FULL_CONCEPTS = 4
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=EXIT_HELP, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_common_args(parser, lr=1e-2, iterations=1000, prompt=False)
-    parser.add_argument(
+    p = parser(__doc__, epilog=EXIT_HELP)
+    add_common_args(p, lr=1e-2, iterations=1000, prompt=False)
+    p.add_argument(
         "--prompts",
         nargs="+",
         default=RELEASED_PROMPTS,
         help="concepts to erase (images in <data_dir>/<prompt>/); names may not contain '.'",
     )
-    parser.add_argument(
+    p.add_argument(
         "--thresholds",
         nargs="+",
         type=float,
@@ -62,35 +62,33 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="momentum threshold per concept (one value = all); default: the released "
         f"{RELEASED_THRESHOLDS} for the released concepts, else 0",
     )
-    parser.add_argument(
-        "--scale_factor", type=float, default=1e-4, help="beta, the scale of the basis in dW = A(beta S)"
-    )
-    parser.add_argument("--reg_beta", type=float, default=3e-5, help="weight of the coefficient L1 regulariser")
-    parser.add_argument(
+    p.add_argument("--scale_factor", type=float, default=1e-4, help="beta, the scale of the basis in dW = A(beta S)")
+    p.add_argument("--reg_beta", type=float, default=3e-5, help="weight of the coefficient L1 regulariser")
+    p.add_argument(
         "--preserve",
         nargs="*",
         default=[],
         help="prompts whose outputs must stay exact under every increment (e.g. a watermark prompt)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--rank_rtol",
         type=float,
         default=None,
         help="relative singular-value tolerance of the null space (default: sigma_max*max(M,D)*eps64)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--sequential",
         action="store_true",
         help="train the concepts one at a time (fresh Adam each, only its increment active)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--add_to",
         type=Path,
         default=None,
         help="existing SepCE run (or record) to extend with --prompts, trained one at a time into a "
         "new run folder; earlier concepts are copied unchanged",
     )
-    return parser.parse_args(argv)
+    return p.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> tuple[list[str], Optional[records.ErasureRecord]]:
@@ -291,7 +289,7 @@ def main(args: argparse.Namespace) -> dict:
         for k in range(1, len(kept) + 1):
             for subset in itertools.combinations(kept, k):
                 changed = records.changed_tensors(record, base, list(subset))
-                session.save_full("SepCE-" + "+".join(slug(c) for c in subset), changed)
+                session.save_full(run_name("SepCE", subset), changed)
     ok = all(r.ok for r in results)
     reason = "; ".join(f"{c}: {info[c]['stop_reason']}" for c in prompts)
     summary = session.finish(
@@ -308,4 +306,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main, parse_args())
+    run(parse_args, main)

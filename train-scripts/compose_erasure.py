@@ -19,32 +19,31 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sepce import records
+from sepce.cli import parser, run
 from sepce.io import write_json
-from sepce.training import DEFAULT_CKPT, run_cli, slug
+from sepce.paths import DEFAULT_CKPT, run_name
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    parser.add_argument("--record", type=Path, required=True, help="run folder or erasure.safetensors file")
-    parser.add_argument("--erase", nargs="*", default=None, help="concepts to erase (default: all in the record)")
-    parser.add_argument(
+    p = parser(__doc__)
+    p.add_argument("--record", type=Path, required=True, help="run folder or erasure.safetensors file")
+    p.add_argument("--erase", nargs="*", default=None, help="concepts to erase (default: all in the record)")
+    p.add_argument(
         "--restore",
         nargs="*",
         default=[],
         help="concepts to keep (not erase) — removed from --erase, i.e. their increment is dropped",
     )
-    parser.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="base CompVis checkpoint of the record")
-    parser.add_argument(
+    p.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="base CompVis checkpoint of the record")
+    p.add_argument(
         "--output",
         type=Path,
         default=None,
         help="checkpoint to write (default: <record folder>/composed-<concepts>.ckpt)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("--list", action="store_true", help="print the record's concepts and exit")
-    return parser.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--list", action="store_true", help="print the record's concepts and exit")
+    return p.parse_args(argv)
 
 
 def resolve_subset(record: records.ErasureRecord, erase: Optional[Sequence[str]], restore: Sequence[str]) -> list[str]:
@@ -70,7 +69,7 @@ def main(args: argparse.Namespace) -> Path:
         print("\n".join(record.concepts))
         return record.path
     subset = resolve_subset(record, args.erase, args.restore)
-    output = args.output or record.path.parent / f"composed-{'+'.join(slug(c) for c in subset)}.ckpt"
+    output = args.output or record.path.parent / f"{run_name('composed', subset)}.ckpt"
     if output.suffix not in (".ckpt", ".safetensors"):
         raise ValueError(f"--output {output}: expected a .ckpt or .safetensors file name")
     sidecar = output.with_name(output.name + ".json")
@@ -107,4 +106,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    run_cli(main, parse_args())
+    run(parse_args, main)

@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from sepce.cli import add_quiet, parser, run, show_progress
 from sepce.io import write_json
-from sepce.training import run_cli
 from sepce.world.classifier import SHIPPED_CLASSIFIER, ClassifierSettings, save_classifier, train_classifier
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 
@@ -26,9 +26,7 @@ DEFAULTS = ClassifierSettings()
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--out", type=Path, default=SHIPPED_CLASSIFIER, help="classifier file to write (.safetensors)")
     p.add_argument("--report", type=Path, default=None, help="also write accuracies and loss history here (JSON)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -46,7 +44,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--weight_decay", type=float, default=DEFAULTS.weight_decay, help="AdamW weight decay")
     p.add_argument("--width", type=int, default=DEFAULTS.width, help="channels of the first stage")
     p.add_argument("--input_size", type=int, default=DEFAULTS.input_size, help="images are resized to this")
-    p.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    add_quiet(p)
+    p.add_argument("--no_progress", dest="quiet", action="store_true", help="same as --quiet")
     return p.parse_args(argv)
 
 
@@ -66,7 +65,7 @@ def main(args: argparse.Namespace) -> dict:
         vae = load_model(args.config_path, args.ckpt_path).first_stage_model
     torch.set_num_threads(args.threads)
     start = time.monotonic()
-    model, report = train_classifier(settings, vae, progress=not args.no_progress)
+    model, report = train_classifier(settings, vae, progress=show_progress(args.quiet))
     report["wall_time_s"] = round(time.monotonic() - start, 1)
     report["autoencoder"] = None if vae is None else str(args.ckpt_path)
     info = {k: v for k, v in report.items() if k != "history"}
@@ -84,4 +83,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main, parse_args())
+    run(parse_args, main)

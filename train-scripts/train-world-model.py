@@ -22,8 +22,9 @@ from typing import Optional, Sequence
 
 import torch
 
+from sepce.cli import add_quiet, parser, run, show_progress
 from sepce.io import write_json
-from sepce.training import run_cli
+from sepce.paths import MODELS_DIR
 from sepce.world.model import (
     STATE_FILE,
     WORLD_CONFIG,
@@ -39,11 +40,9 @@ DEFAULTS = WorldTrainSettings()
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--config_path", type=Path, default=WORLD_CONFIG, help="CompVis config of the world model")
-    p.add_argument("--output_dir", type=Path, default=Path("models/world-train"), help="run folder (resumable)")
+    p.add_argument("--output_dir", type=Path, default=MODELS_DIR / "world-train", help="run folder (resumable)")
     p.add_argument("--export", type=Path, default=None, help="also copy model.ckpt and config.yaml into this folder")
     p.add_argument("--overwrite", action="store_true", help="restart a run folder made with other settings")
     p.add_argument(
@@ -79,7 +78,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     p.add_argument("--grid_steps", type=int, default=50, help="DDIM steps of samples.png")
     p.add_argument("--grid_guidance", type=float, default=5.0, help="guidance scale of samples.png")
-    p.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    add_quiet(p)
+    p.add_argument("--no_progress", dest="quiet", action="store_true", help="same as --quiet")
     return p.parse_args(argv)
 
 
@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> dict:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        trainer = Trainer(out, settings, args.config_path, not args.no_progress, lambda: stop["asked"])
+        trainer = Trainer(out, settings, args.config_path, show_progress(args.quiet), lambda: stop["asked"])
         finished = trainer.run()
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -149,4 +149,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main, parse_args())
+    run(parse_args, main)
