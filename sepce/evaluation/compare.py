@@ -3,6 +3,11 @@
 :func:`compare_folders` is what ``eval-scripts/lpips_eval.py`` runs; other pipelines (e.g. the tiny-world
 reproduction) call it with their own FID feature extractor. Networks are built through factories only when a
 result has to be (re)computed; unchanged inputs reuse the stored ``lpips.csv`` / ``fid.csv``.
+
+Each FID result records which feature network made it under the ``network`` key of ``fid.json``
+(:data:`~sepce.evaluation.fid.FID_INCEPTION_NETWORK` = ``"FID (pytorch-fid Inception)"`` for the paper-comparable
+FID, :data:`~sepce.evaluation.fid.FID_WORLD_CLASSIFIER_NETWORK` = ``"FID (world classifier features)"`` for the
+tiny-world benchmark), so tables can label the two apart.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from sepce.classes import ConceptClass
 
 from .common import fingerprint
-from .fid import INCEPTION_IMAGE_SIZE, FeatureExtractor, fid_per_class
+from .fid import FeatureExtractor, fid_per_class
 from .images import PairReport, pair_images
 from .lpips_metric import LPIPS_IMAGE_SIZE, lpips_per_class, summarize
 from .results import stored_rows, write_metric
@@ -26,6 +31,17 @@ log = logging.getLogger(__name__)
 
 LPIPS_COLUMNS = ["class", "name", "pairs", "lpips", "lpips_std"]
 FID_COLUMNS = ["class", "name", "original", "edited", "fid"]
+METRICS = ("lpips", "fid")
+
+
+def metric_settings(settings: Mapping[str, object], metric: str) -> dict:
+    """The part of ``settings`` that describes ``metric``: keys prefixed with another metric's name are dropped.
+
+    E.g. ``fid_size`` or ``fid_weights`` belong to FID only, so adding FID to a run does not invalidate stored
+    LPIPS results.
+    """
+    others = tuple(f"{name}_" for name in METRICS if name != metric)
+    return {key: value for key, value in settings.items() if not key.startswith(others)}
 
 
 def lpips_rows(classes: Sequence[ConceptClass], distances: Mapping[int, List[float]]) -> List[dict]:
@@ -67,23 +83,33 @@ def compare_folders(
     metrics: Sequence[str] = ("lpips", "fid"),
     lpips_factory: Optional[Callable[[], torch.nn.Module]] = None,
     fid_factory: Optional[Callable[[], FeatureExtractor]] = None,
+    fid_network: Optional[str] = None,
     settings: Optional[dict] = None,
     batch_size: int = 50,
     lpips_image_size: int = LPIPS_IMAGE_SIZE,
-    fid_image_size: int = INCEPTION_IMAGE_SIZE,
+    fid_image_size: Optional[int] = None,
     overwrite: bool = False,
     pairs: Optional[PairReport] = None,
 ) -> Dict[str, List[dict]]:
     """Compute (or reuse) LPIPS and/or FID of ``edited`` against ``original``; returns ``{metric: rows}``.
 
-    ``settings`` describes the networks (weights files, pretrained or not) and goes into the results'
-    fingerprint together with the image files and sizes. Unpaired files are logged as counted warnings.
+    ``fid_network`` labels the FID feature network (recorded as ``network`` in ``fid.json``; e.g.
+    :data:`~sepce.evaluation.fid.FID_INCEPTION_NETWORK`). ``fid_image_size`` None reads images at their stored
+    size as pytorch-fid does (its Inception resizes by itself); an int resizes them first. ``settings`` describes
+    the networks (weights files, pretrained or not) and goes into the results' meta and fingerprint together with
+    the image files and sizes; keys starting with ``lpips_`` or ``fid_`` go to that metric only
+    (:func:`metric_settings`). Unpaired files are logged as counted warnings.
     """
+    settings = dict(settings or {})
+    if "network" in settings:
+        raise ValueError("settings may not set 'network'; the FID network label is fid_network")
     for metric in metrics:
-        if metric not in ("lpips", "fid"):
+        if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; expected 'lpips' or 'fid'")
         if (lpips_factory if metric == "lpips" else fid_factory) is None:
             raise ValueError(f"metric {metric!r} needs a network factory")
+    if "fid" in metrics and not fid_network:
+        raise ValueError("metric 'fid' needs fid_network, the label of its feature network")
     report = pairs if pairs is not None else pair_images(original, edited, case_to_class)
     if pairs is None:
         for line in report.warnings():
@@ -93,19 +119,14 @@ def compare_folders(
         for class_pairs in report.pairs.values()
         for a, b in class_pairs
     ]  # by file name: sorting the folders into class folders later does not invalidate results
-    base = {
-        "original": str(original),
-        "edited": str(edited),
-        "images": signature,
-        "classes": [c.name for c in classes],
-        **(settings or {}),
+    base = {"original": str(original), "edited": str(edited), "images": signature, "classes": [c.name for c in classes]}
+    described = {
+        "lpips": {**metric_settings(settings, "lpips"), "image_size": lpips_image_size},
+        "fid": {**metric_settings(settings, "fid"), "image_size": fid_image_size, "network": fid_network},
     }
-    keys = {
-        "lpips": fingerprint({**base, "metric": "lpips", "image_size": lpips_image_size}),
-        "fid": fingerprint({**base, "metric": "fid", "image_size": fid_image_size}),
-    }
+    keys = {metric: fingerprint({**base, **described[metric], "metric": metric}) for metric in METRICS}
     stored = {metric: stored_rows(edited, metric, keys[metric], overwrite) for metric in metrics}
-    meta = {"original": str(original), "edited": str(edited), "pairs": report.num_pairs, **(settings or {})}
+    meta = {"original": str(original), "edited": str(edited), "pairs": report.num_pairs}
     results = {}
     for metric in metrics:
         if stored[metric] is not None:
@@ -120,7 +141,7 @@ def compare_folders(
                 "lpips",
                 rows,
                 LPIPS_COLUMNS,
-                {**meta, "image_size": lpips_image_size, "fingerprint": keys["lpips"]},
+                {**meta, **described["lpips"], "fingerprint": keys["lpips"]},
             )
         else:
             left = {c: [a for a, _ in p] for c, p in report.pairs.items()}
@@ -132,7 +153,7 @@ def compare_folders(
                 "fid",
                 rows,
                 FID_COLUMNS,
-                {**meta, "image_size": fid_image_size, "fingerprint": keys["fid"]},
+                {**meta, **described["fid"], "fingerprint": keys["fid"]},
             )
         results[metric] = rows
     return results
