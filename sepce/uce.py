@@ -21,6 +21,7 @@ concepts' keys/values move less the larger s_p.
 * :func:`last_word_positions`, :func:`last_word_embedding` — where and what c_p is.
 * :func:`closed_form_edit` — the edit of given weights for given embeddings (pure linear algebra).
 * :func:`uce_edit` — the edit of a model's ``attn2`` ``to_k``/``to_v`` weights, with residual diagnostics.
+* :func:`objective` — the value of the objective above for one weight.
 """
 
 from __future__ import annotations
@@ -206,18 +207,24 @@ class UCEResult:
 
     ``erase_residual`` per erased concept: ‖W_new c_e − W_old c_g‖ / ‖W_old c_g‖ (root of the sums over layers);
     ``preserve_drift`` per preserved concept: ‖W_new c_p − W_old c_p‖ / ‖W_old c_p‖; ``weight_change``:
-    ‖W_new − W_old‖_F / ‖W_old‖_F over all edited weights; ``positions``: the last-word position of every prompt."""
+    ‖W_new − W_old‖_F / ‖W_old‖_F over all edited weights; ``objective_before``/``objective_after``: the objective
+    (module docstring) summed over the edited weights at W_old and at W_new; ``positions``: the last-word position
+    of every prompt."""
 
     tensors: dict[str, torch.Tensor]
     positions: dict[str, int]
     erase_residual: dict[str, float] = field(default_factory=dict)
     preserve_drift: dict[str, float] = field(default_factory=dict)
     weight_change: float = 0.0
+    objective_before: float = 0.0
+    objective_after: float = 0.0
 
     def summary(self) -> dict:
         return {
             "layers": len(self.tensors),
             "positions": dict(self.positions),
+            "objective_before": self.objective_before,
+            "objective_after": self.objective_after,
             "erase_residual": dict(self.erase_residual),
             "preserve_drift": dict(self.preserve_drift),
             "weight_change": self.weight_change,
@@ -249,7 +256,30 @@ def uce_edit(model: torch.nn.Module, settings: UCESettings) -> UCEResult:
     drift = _relative_errors(weights, tensors, cp, cp, preserve) if preserve else {}
     num = sum(float((tensors[k].double() - w.double()).square().sum()) for k, w in weights.items())
     den = sum(float(w.double().square().sum()) for w in weights.values())
-    return UCEResult(tensors, positions, residual, drift, math.sqrt(num / den) if den else 0.0)
+    scales = (settings.erase_scale, settings.preserve_scale, settings.lamb)
+    before = sum(objective(w, w, ce, cg, cp, *scales) for w in weights.values())
+    after = sum(objective(tensors[k], w, ce, cg, cp, *scales) for k, w in weights.items())
+    return UCEResult(tensors, positions, residual, drift, math.sqrt(num / den) if den else 0.0, before, after)
+
+
+def objective(
+    w: torch.Tensor,
+    w_old: torch.Tensor,
+    erase: torch.Tensor,
+    guide: torch.Tensor,
+    preserve: Optional[torch.Tensor],
+    erase_scale: float,
+    preserve_scale: float,
+    lamb: float,
+) -> float:
+    """λ‖W − W_old‖²_F + s_e Σ_i ‖W c_{e_i} − W_old c_{g_i}‖² + s_p Σ_j ‖W c_{p_j} − W_old c_{p_j}‖² (in float64)."""
+    device = _compute_device(w_old.device)
+    w, w_old, ce, cg = (x.detach().to(device, torch.float64) for x in (w, w_old, erase, guide))
+    value = lamb * (w - w_old).square().sum() + erase_scale * (ce @ w.T - cg @ w_old.T).square().sum()
+    if preserve is not None:
+        cp = preserve.detach().to(device, torch.float64)
+        value = value + preserve_scale * (cp @ (w - w_old).T).square().sum()
+    return float(value)
 
 
 def _relative_errors(

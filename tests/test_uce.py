@@ -4,6 +4,9 @@ concepts move less the larger their scale, last-word token positions, validation
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -189,6 +192,14 @@ def test_result_reports_positions_and_residuals(tiny_model):
     assert summary["positions"] == {"Van Gogh": 2, "": 0, "a photo of a cat": 5}
     assert summary["layers"] == 14 and 0 < summary["weight_change"] < 1
     assert set(summary["erase_residual"]) == {"Van Gogh"} and set(summary["preserve_drift"]) == {"a photo of a cat"}
+    ce, cg, cp = (last_word_embedding(tiny_model, [p]).double() for p in ("Van Gogh", "", "a photo of a cat"))
+    weights = kv_weights(tiny_model)
+    before = sum(float(objective(w.double(), w.double(), ce, cg, cp, 1.0, 1.0, 0.5)) for w in weights.values())
+    after = sum(
+        float(objective(result.tensors[k].double(), w.double(), ce, cg, cp, 1.0, 1.0, 0.5)) for k, w in weights.items()
+    )
+    assert summary["objective_before"] == pytest.approx(before, rel=1e-9)
+    assert summary["objective_after"] == pytest.approx(after, rel=1e-6) and after < 0.1 * before
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -234,3 +245,150 @@ def test_closed_form_edit_checks_its_inputs(tiny_model, embeddings):
         closed_form_edit(weights, ce, cg, cp[:, :5])
     with pytest.raises(ValueError, match="expected d_out x 32"):
         closed_form_edit({"w": torch.zeros(4, 7)}, ce, cg)
+
+
+# ------------------------------------------------------------------------------------------------ the script
+def script_args(ckpt, *extra) -> list[str]:
+    return ["--ckpt_path", str(ckpt), "--config_path", str(ckpt.parent / "config.yaml"), "--devices", "cpu", *extra]
+
+
+def test_script_writes_the_common_record_and_generate_images_takes_it(tiny_ckpt, tiny_model, tmp_path, load_script):
+    from conftest import run_script
+    from ldm.checkpoint import read_state_dict
+    from PIL import Image
+
+    from sepce import cli, records
+
+    models = tmp_path / "models"
+    run = models / "UCE-VanGogh+Cezanne"
+    flags = [
+        "--edit_concepts",
+        "Van Gogh;Cezanne",
+        "--guide_concepts",
+        "art",
+        "--preserve_concepts",
+        "Picasso; a photo of a cat",
+        "--lamb",
+        "0.3",
+        "--erase_scale",
+        "2",
+        "--preserve_scale",
+        "5",
+    ]
+    proc = run_script("train-scripts/UCE.py", *flags, *script_args(tiny_ckpt, "--output_dir", run, "--save_full"))
+    assert "14 to_k/to_v weights edited in closed form" in proc.stdout
+    assert {p.name for p in run.iterdir()} == {
+        "args.json",
+        "losses.csv",
+        "loss.png",
+        "summary.json",
+        "erasure.safetensors",
+        "UCE-VanGogh+Cezanne.ckpt",
+    }
+    rec = records.load_record(run)
+    assert rec.method == "UCE" and rec.concepts == ["Van Gogh", "Cezanne"] and not rec.separable
+    assert rec.base["sha256"] == records.file_digest(tiny_ckpt)
+    settings = UCESettings(("Van Gogh", "Cezanne"), ("art",), ("Picasso", "a photo of a cat"), 2.0, 5.0, 0.3)
+    expected = uce_edit(tiny_model, settings).tensors
+    assert sorted(rec.tensors) == sorted(expected)  # only the changed tensors
+    for key, value in expected.items():
+        torch.testing.assert_close(rec.tensors[key], value, rtol=1e-5, atol=1e-7)
+    assert rec.meta["guides"] == ["art", "art"] and rec.meta["preserve"] == ["Picasso", "a photo of a cat"]
+    assert rec.meta["lamb"] == 0.3 and rec.meta["positions"]["a photo of a cat"] == 5
+    full = read_state_dict(run / "UCE-VanGogh+Cezanne.ckpt")
+    base = read_state_dict(tiny_ckpt)
+    assert full.keys() == base.keys()
+    assert all(torch.equal(full[k], rec.tensors[k]) for k in rec.tensors)
+    assert all(torch.equal(full[k], v) for k, v in base.items() if k not in rec.tensors)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["method"] == "UCE" and summary["iterations"] == 1 and summary["stop_reason"] == "closed form"
+    assert summary["ok"] and summary["wall_time_s"] > 0 and summary["cpu_peak_rss_bytes"] > 0
+    assert summary["uce"]["objective_after"] < summary["uce"]["objective_before"]
+    args = json.loads((run / "args.json").read_text())
+    assert args["method"] == "UCE" and args["edit_concepts"] == "Van Gogh;Cezanne" and args["lamb"] == 0.3
+    assert args["resolved"] == {
+        "edit": ["Van Gogh", "Cezanne"],
+        "guides": ["art", "art"],
+        "preserve": rec.meta["preserve"],
+    }
+    rows = (run / "losses.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[0].startswith("iteration,loss,loss_before")
+
+    # generate-images takes the run by --model_name, like any other method's
+    generate = load_script("eval-scripts/generate-images.py")
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("case_number,prompt,evaluation_seed,class\n0,Van Gogh,7,0\n")
+    common = ["--prompts_path", prompts, "--save_path", tmp_path / "eval", "--num_samples", 1, "--models_dir", models]
+    common += script_args(tiny_ckpt)[:4] + ["--image_size", 64, "--ddim_steps", 3, "--device", "cpu", "--quiet"]
+    for name in ("UCE-VanGogh+Cezanne", "SD-v1-4"):
+        cli.run(generate.parse_args, generate.main, [str(a) for a in ["--model_name", name, *common]])
+    erased, original = (
+        np.asarray(Image.open(tmp_path / "eval" / n / "0_0.png"), dtype=np.int16)
+        for n in ("UCE-VanGogh+Cezanne", "SD-v1-4")
+    )
+    assert erased.shape == (64, 64, 3) and (erased != original).any()  # the edit was applied
+    made = json.loads((tmp_path / "eval" / "UCE-VanGogh+Cezanne" / "generation.json").read_text())["settings"]["model"]
+    assert made["kind"] == "record" and made["method"] == "UCE" and made["erase"] == ["Van Gogh", "Cezanne"]
+
+
+def test_script_default_run_folder_and_parsing(load_script):
+    from sepce.paths import MODELS_DIR
+
+    script = load_script("train-scripts/UCE.py")
+    args = script.parse_args(["--edit_concepts", "Van Gogh; Cezanne"])
+    settings = script.settings_from_args(args)
+    assert settings == UCESettings(("Van Gogh", "Cezanne"), ("",), (), 1.0, 1.0, 0.5)  # the documented defaults
+    assert script.output_dir(args, settings) == MODELS_DIR / "UCE-VanGogh+Cezanne"
+    args = script.parse_args(["--edit_concepts", "A;B", "--guide_concepts", "x;", "--preserve_concepts", ""])
+    assert (
+        script.settings_from_args(args).guides == ("x", "") and script.settings_from_args(args).preserve_concepts == ()
+    )
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch, load_script):
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(load_script("train-scripts/UCE.py"), "load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lamb", "0"], "lamb 0.0: expected a finite number > 0"),
+        (["--erase_scale", "-1"], "erase_scale -1.0: expected a finite number >= 0"),
+        (["--preserve_scale", "nan"], "preserve_scale nan"),
+        (
+            ["--guide_concepts", "a;b;c"],
+            "guide_concepts ['a', 'b', 'c']: expected 1 guide or one per erased concept (2)",
+        ),
+        (["--preserve_concepts", "Picasso;Cezanne"], "'Cezanne' is both an edit concept and a preserve concept"),
+        (["--edit_concepts", "Van Gogh;;Cezanne"], "item 1 is blank"),
+        (["--edit_concepts", "St. Ives"], "--edit_concepts: 'St. Ives' contains '.'"),
+        (["--devices", "0,1,2"], "--devices '0,1,2'"),
+        (["--ckpt_path", "missing.ckpt"], "checkpoint missing.ckpt does not exist"),
+    ],
+)
+def test_bad_flags_are_refused_before_loading(argv, message, tiny_ckpt, tmp_path, no_model_load, load_script, capsys):
+    from sepce import cli
+
+    script = load_script("train-scripts/UCE.py")
+    out = tmp_path / "run"
+    full = ["--edit_concepts", "Van Gogh;Cezanne", *script_args(tiny_ckpt, "--output_dir", str(out)), *argv]
+    with pytest.raises(SystemExit) as info:
+        cli.run(script.parse_args, script.main, full, prog="UCE.py")
+    assert info.value.code == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("UCE.py: error: ") and message in err[-1], err
+    assert not out.exists()
+
+
+def test_script_refuses_a_used_run_folder_without_overwrite(tiny_ckpt, tmp_path, no_model_load, load_script):
+    script = load_script("train-scripts/UCE.py")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    args = script.parse_args(["--edit_concepts", "Van Gogh", *script_args(tiny_ckpt, "--output_dir", str(out))])
+    with pytest.raises(FileExistsError, match="is not empty; refusing to overwrite"):
+        script.main(args)
