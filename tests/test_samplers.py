@@ -79,6 +79,17 @@ def test_ddim_timesteps_compvis_quirks():
     for bad in (0, 501, 2.5):
         with pytest.raises(ValueError, match="num_steps"):
             S.ddim_timesteps(bad)
+    # T // S dividing T - 1 puts the last step at T (CompVis: IndexError); every other S <= T // 2 is in range
+    refused = [s for s in range(1, 501) if (999 % (1000 // s)) == 0]
+    assert refused == [3, 9, 27, 36, 37, *range(101, 112), *range(251, 334)]
+    for s in refused:
+        with pytest.raises(
+            ValueError, match=rf"num_steps={s}: .* end at 1000, outside the T=1000 DDPM steps; use e.g."
+        ):
+            S.ddim_timesteps(s)
+    with pytest.raises(ValueError, match="use e.g. 2 or 4"):
+        S.ddim_timesteps(3)
+    assert all(S.ddim_timesteps(s)[-1] < 1000 for s in range(1, 501) if s not in refused)
 
 
 def test_ddim_schedule_against_diffusers_variance(alphas):
@@ -126,9 +137,7 @@ def test_ddim_eta_positive_matches_diffusers_with_same_noise(inputs):
     gen = torch.Generator().manual_seed(7)
     ref = x.clone()
     for t in oracle.timesteps:
-        ref = oracle.step(
-            toy_eps(ref, t.expand(x.shape[0]), cond), t, ref, eta=0.7, generator=gen
-        ).prev_sample
+        ref = oracle.step(toy_eps(ref, t.expand(x.shape[0]), cond), t, ref, eta=0.7, generator=gen).prev_sample
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(out, S.ddim_sample(toy_eps, x, cond, oracle.alphas_cumprod, 20))
 
@@ -226,9 +235,7 @@ def exact_eps_model(x0, alphas, calls=None):
         if t.dtype == torch.long:
             a_t = alphas.double()[t]
         else:
-            sigma = torch.from_numpy(
-                np.interp(t.double().numpy(), np.arange(len(train_sigmas)), train_sigmas)
-            )
+            sigma = torch.from_numpy(np.interp(t.double().numpy(), np.arange(len(train_sigmas)), train_sigmas))
             a_t = 1.0 / (1.0 + sigma**2)
         a_t = a_t.view(-1, 1, 1, 1)
         return ((x.double() - a_t.sqrt() * x0.double()) / (1 - a_t).sqrt()).to(x.dtype)
@@ -313,9 +320,7 @@ def test_ddim_split_runs_equal_full_run(inputs, alphas):
     full_eta = S.ddim_sample(model, x, cond, alphas, 20, eta=1.0, generator=gen)
     gen = torch.Generator().manual_seed(11)
     part = S.ddim_sample(model, x, cond, alphas, 20, eta=1.0, generator=gen, stop_after=12)
-    assert torch.equal(
-        S.ddim_sample(model, part, cond, alphas, 20, eta=1.0, generator=gen, start_step=12), full_eta
-    )
+    assert torch.equal(S.ddim_sample(model, part, cond, alphas, 20, eta=1.0, generator=gen, start_step=12), full_eta)
 
     for bad in (dict(start_step=5, stop_after=4), dict(stop_after=21), dict(start_step=-1)):
         with pytest.raises(ValueError, match="start_step"):
@@ -424,18 +429,14 @@ def test_ddim_sampler_stop_after_and_img2img(inputs):
     sampler = DDIMSampler(model)
     part, _ = sampler.sample(20, 2, SHAPE[1:], conditioning=cond, x_T=x, verbose=False, stop_after=6)
     with torch.no_grad():
-        assert torch.equal(
-            part, S.ddim_sample(model.apply_model, x, cond, model.alphas_cumprod, 20, stop_after=6)
-        )
+        assert torch.equal(part, S.ddim_sample(model.apply_model, x, cond, model.alphas_cumprod, 20, stop_after=6))
         sampler.make_schedule(20, ddim_eta=0.0, verbose=False)
         noise = torch.randn(SHAPE)
         z = sampler.stochastic_encode(x, torch.tensor([8, 8]), noise=noise)
         a8 = model.alphas_cumprod[S.ddim_timesteps(20)[8]]
         torch.testing.assert_close(z, a8.sqrt() * x + (1 - a8).sqrt() * noise)
         decoded = sampler.decode(z, cond, 8)
-        assert torch.equal(
-            decoded, S.ddim_sample(model.apply_model, z, cond, model.alphas_cumprod, 20, start_step=12)
-        )
+        assert torch.equal(decoded, S.ddim_sample(model.apply_model, z, cond, model.alphas_cumprod, 20, start_step=12))
     with pytest.raises(ValueError, match="t_start"):
         sampler.decode(z, cond, 21)
 

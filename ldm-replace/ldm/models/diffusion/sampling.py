@@ -86,13 +86,22 @@ def ddim_timesteps(num_steps: int, num_ddpm: int = 1000) -> np.ndarray:
     """CompVis "uniform" DDIM discretisation: ``range(0, T, T // S) + 1`` (ascending int64 DDPM timesteps).
 
     As in CompVis, when S does not divide T the result can hold more than S steps (S=30 gives 31 steps,
-    T // S = 33); every sampler here uses ``len(ddim_timesteps(...))`` as its step count. S must be at
-    most T // 2, otherwise the last timestep would be T (out of range; CompVis fails there too).
+    T // S = 33); every sampler here uses ``len(ddim_timesteps(...))`` as its step count. When T // S divides
+    T - 1 the last timestep is T, out of range (T = 1000: S = 3, 9, 27, 36, 37, 101-111, 251-333 and every
+    S > 500; CompVis fails there with an IndexError): those S are refused, naming the nearest usable ones.
     """
-    if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_ddpm // 2:
+    if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_ddpm:
         raise ValueError(f"num_steps={num_steps!r}: expected an integer in [1, {num_ddpm // 2}] for T={num_ddpm}")
     stride = num_ddpm // num_steps
-    return np.arange(0, num_ddpm, stride, dtype=np.int64) + 1
+    timesteps = np.arange(0, num_ddpm, stride, dtype=np.int64) + 1
+    if timesteps[-1] >= num_ddpm:
+        usable = [s for s in range(1, num_ddpm // 2 + 1) if (num_ddpm - 1) % (num_ddpm // s)]
+        nearest = [max(s for s in usable if s < num_steps)] + [s for s in usable if s > num_steps][:1]
+        raise ValueError(
+            f"num_steps={num_steps}: the uniform DDIM timesteps range(0, {num_ddpm}, {stride}) + 1 end at "
+            f"{timesteps[-1]}, outside the T={num_ddpm} DDPM steps; use e.g. {' or '.join(map(str, nearest))}"
+        )
+    return timesteps
 
 
 @dataclass(frozen=True)
