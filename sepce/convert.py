@@ -658,28 +658,34 @@ class KeyTable:
             out[d] = v[:, :, 0, 0] if d in self.squeeze and v.ndim == 4 else v
         return out
 
+    def check_diffusers(self, shapes: Mapping[str, Sequence[int]], source: str = "file") -> None:
+        """Raise (one line naming ``source`` and the first differences) unless a diffusers state dict with these
+        key → shape pairs is this table's."""
+        shapes = {k: tuple(v) for k, v in shapes.items()}
+        missing = [k for k in self.target if k not in shapes]
+        unexpected = [k for k in shapes if k not in self.target]
+        wrong = [k for k in self.target if k in shapes and shapes[k] != tuple(self.target[k])]
+        if not (missing or unexpected or wrong):
+            return
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(
+                f"{len(wrong)} shape mismatch(es), first {k}: file {list(shapes[k])} vs expected {list(self.target[k])}"
+            )
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:2])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:2])}")
+        kind = _guess_unet(shapes, self.target)
+        raise ConversionError(
+            f"{source} is not a diffusers {self.what} of the base model's architecture"
+            f"{' — it looks like ' + kind if kind else ''}: " + "; ".join(parts)
+        )
+
     def from_diffusers(self, state_dict: Mapping[str, torch.Tensor], source: str = "file") -> dict:
         """CompVis tensors (full keys) of a diffusers state dict; its key set and shapes must be this table's."""
-        missing = [k for k in self.target if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in self.target]
-        wrong = [k for k in self.target if k in state_dict and tuple(state_dict[k].shape) != tuple(self.target[k])]
-        if missing or unexpected or wrong:
-            parts = []
-            if wrong:
-                k = wrong[0]
-                parts.append(
-                    f"{len(wrong)} shape mismatch(es), first {k}: file {list(state_dict[k].shape)} vs expected "
-                    f"{list(self.target[k])}"
-                )
-            if missing:
-                parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:2])}")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:2])}")
-            kind = _guess_unet(state_dict, self)
-            raise ConversionError(
-                f"{source} is not a diffusers {self.what} of the base model's architecture"
-                f"{' — it looks like ' + kind if kind else ''}: " + "; ".join(parts)
-            )
+        self.check_diffusers({k: v.shape for k, v in state_dict.items()}, source)
         out = {}
         for d, v in state_dict.items():
             c = self.backward[d]
@@ -687,12 +693,12 @@ class KeyTable:
         return out
 
 
-def _guess_unet(state_dict: Mapping[str, torch.Tensor], table: KeyTable) -> Optional[str]:
+def _guess_unet(shapes: Mapping[str, tuple[int, ...]], target: Shapes) -> Optional[str]:
     """What a mismatching diffusers UNet probably is (for the error message)."""
-    key = next((k for k in table.target if k.endswith("attn2.to_k.weight")), None)
-    if key is None or key not in state_dict:
+    key = next((k for k in target if k.endswith("attn2.to_k.weight")), None)
+    if key is None or key not in shapes:
         return None
-    width, ours = int(state_dict[key].shape[-1]), table.target[key][-1]
+    width, ours = int(shapes[key][-1]), target[key][-1]
     known = {1024: "an SD 2.x UNet", 2048: "an SDXL UNet", 768: "an SD 1.x UNet"}
     if width != ours:
         return f"{known.get(width, 'a UNet')} (cross-attention width {width}, the base model's is {ours})"
@@ -790,20 +796,31 @@ def looks_like_diffusers_unet(keys: Iterable[str]) -> bool:
     return any(k.startswith("down_blocks.") for k in keys) and any(k.startswith("conv_in.") for k in keys)
 
 
-def file_keys(path: PathLike) -> list[str]:
-    """State-dict keys of a weights file (safetensors: header only)."""
+def file_shapes(path: PathLike) -> dict[str, tuple[int, ...]]:
+    """Key → shape of a weights file without reading its tensors (safetensors header; torch files memory-mapped)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                return list(f.keys())
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as e:  # noqa: BLE001 - unreadable file → one line
             raise ConversionError(f"cannot read {path}: {str(e)[:200]}") from None
     from ldm.checkpoint import read_state_dict
 
-    return list(read_state_dict(path))
+    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+
+
+def is_diffusers_unet_file(path: PathLike) -> bool:
+    """Whether ``path`` holds a diffusers-format UNet state dict (reads keys only)."""
+    return looks_like_diffusers_unet(file_shapes(path))
+
+
+def check_diffusers_unet_file(path: PathLike, config: Any) -> None:
+    """Fail with one line, before any weights are read, unless ``path`` is a diffusers UNet of the architecture
+    ``config`` describes (same key set and shapes)."""
+    unet_table(config).check_diffusers(_strip_unet_prefix(file_shapes(path)), str(path))
 
 
 def read_diffusers_unet(path: PathLike, config: Any) -> dict[str, torch.Tensor]:
@@ -819,6 +836,14 @@ def read_diffusers_unet(path: PathLike, config: Any) -> dict[str, torch.Tensor]:
             "is used as a full checkpoint instead"
         )
     return unet_table(config).from_diffusers(sd, str(path))
+
+
+@torch.no_grad()
+def load_diffusers_unet_into(model: torch.nn.Module, path: PathLike, config: Any) -> None:
+    """Replace the UNet of a loaded CompVis ``model`` (the base) by the diffusers-format UNet in ``path``."""
+    tensors = read_diffusers_unet(path, config)
+    unet = model.model.diffusion_model
+    unet.load_state_dict({k[len(UNET_PREFIX) :]: v for k, v in tensors.items()}, strict=True)
 
 
 # ------------------------------------------------------------------------------------------------ writing

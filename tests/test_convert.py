@@ -216,6 +216,9 @@ def test_diffusers_unet_file_of_another_model_is_refused(tmp_path):
     text = str(info.value)
     assert text.startswith(str(path)) and "SD 2.x UNet (cross-attention width 1024" in text and "\n" not in text
     assert "attn2.to_k.weight: file [32, 1024] vs expected [32, 32]" in text
+    with pytest.raises(convert.ConversionError) as header_only:  # the same verdict from the file header alone
+        convert.check_diffusers_unet_file(path, TINY_CONFIG)
+    assert str(header_only.value) == text
     compvis = tmp_path / "compvis.pt"
     torch.save(make_tiny_state_dict(), compvis)
     with pytest.raises(convert.ConversionError, match="is not a diffusers UNet state dict"):
