@@ -212,10 +212,13 @@ def simulated_cuda():
         if hasattr(torch._C, "_ensureCUDADeviceGuardSet"):
             torch._C._ensureCUDADeviceGuardSet()
         torch.__future__.set_swap_module_params_on_conversion(True)
+        lift_cpu = torch._C._only_lift_cpu_tensors()
+        torch._C._set_only_lift_cpu_tensors(True)  # torch.tensor(data, device=...) copies through the mode
         try:
             with GeneratorDevices(), SimulatedCuda():
                 yield
         finally:
+            torch._C._set_only_lift_cpu_tensors(lift_cpu)
             torch.__future__.set_swap_module_params_on_conversion(swap)
 
 
@@ -439,3 +442,259 @@ def test_autocast_forward_and_sampling(gpu_model, golden, sim, dtype):
             assert out.dtype == torch.float32 and torch.isfinite(host(out)).all()
     # the 16-bit result is the float32 one up to 16-bit round-off
     assert_same(eps.float(), golden["eps"][2:], atol=0.03)
+
+
+# --------------------------------------------------------------------------------------- erasure on the device
+WIDE_CONCEPTS = ["VanGogh", "Picasso"]
+
+
+@pytest.fixture(scope="module")
+def wide_ckpt(tmp_path_factory):
+    """The tiny model with a 256-wide text context (SepCE's null-space bases are empty at 32)."""
+    from sepce.paths import REPO_ROOT
+    from sepce.tiny import write_tiny_checkpoint
+
+    config = REPO_ROOT / "configs" / "tiny" / "v1-tiny-wide.yaml"
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-wide"), config_path=config)
+
+
+@pytest.fixture(scope="module")
+def wide_cpu(wide_ckpt):
+    from sepce.modeling import load_model
+
+    return load_model(wide_ckpt.parent / "config.yaml", wide_ckpt)
+
+
+@pytest.fixture(scope="module")
+def wide_gpu(wide_cpu):
+    return on_device(wide_cpu)
+
+
+@pytest.fixture(scope="module")
+def wide_gpu1(wide_cpu):
+    """A second copy on ``cuda:1`` (the frozen original of the released two-device layout)."""
+    return on_device(wide_cpu, CUDA1)
+
+
+@pytest.fixture
+def inputs(wide_gpu):
+    """Embeddings of "" and the concepts, and a noisy latent with its timestep, on ``cuda:0``."""
+    with simulated_cuda(), torch.no_grad():
+        prompts = ["", *WIDE_CONCEPTS]
+        emb = wide_gpu.get_learned_conditioning(prompts)
+        x = torch.randn(1, 4, 8, 8, generator=gen(emb, 0), device="cuda")
+        t = torch.tensor([500], device="cuda")
+    return {p: emb[i : i + 1] for i, p in enumerate(prompts)}, x, t
+
+
+def increments_for(model, emb, seed: int = 0):
+    """SepCE increments of both concepts on ``model`` with random (not zero) coefficients."""
+    from sepce.increments import SeparableIncrements, basic_solution_sets
+
+    sets = basic_solution_sets({c: emb[c] for c in WIDE_CONCEPTS}, {"": emb[""]})
+    inc = SeparableIncrements(model, beta=1.0)
+    g = torch.Generator().manual_seed(seed)
+    for c in WIDE_CONCEPTS:
+        for a in inc.add(c, sets[c].basis).values():
+            with torch.no_grad():
+                a.copy_(torch.randn(a.shape, generator=g) * 0.5)  # CPU values into device tensors
+    return inc
+
+
+def test_separable_increments_and_records(wide_gpu, wide_cpu, inputs, sim):
+    """SepCE's hooks on attn2 k/v, merged deltas, leakage and records: on the device, equal to the CPU."""
+    from sepce import records
+    from sepce.increments import SeparableIncrements
+
+    emb, x, t = inputs
+    inc = increments_for(wide_gpu, emb)
+    assert_on(CUDA, *inc.bases.values(), *inc.parameters(), *inc.deltas().values())
+    ctx = torch.cat([emb["VanGogh"], emb["Picasso"], emb[""]])
+    xs, ts = x.expand(3, -1, -1, -1), t.expand(3)
+    with inc.using(["VanGogh"]):
+        erased = wide_gpu.apply_model(xs, ts, ctx)
+        leak = inc.leakage("VanGogh", {"": emb[""], "Picasso": emb["Picasso"]})
+    base = wide_gpu.apply_model(xs, ts, ctx)
+    assert_on(CUDA, erased, base)
+    assert leak < 1e-4
+    assert_same(erased[1:], host(base[1:]))  # separability: Picasso and "" unchanged
+    assert not torch.allclose(host(erased[0]), host(base[0]))
+
+    record = inc.to_record({"sha256": "test"})
+    assert all(type(a) is torch.Tensor for c in record.coefs.values() for a in c.values())  # saved from the CPU
+    cpu_inc = SeparableIncrements.from_record(wide_cpu, record)
+    try:
+        with cpu_inc.using(["VanGogh"]):
+            assert_same(erased, wide_cpu.apply_model(host(xs), host(ts), host(ctx)), atol=1e-4)
+    finally:
+        cpu_inc.close()
+    inc.close()
+    originals = records.apply_record(wide_gpu, record, erase=["VanGogh"])  # merged weights written on the device
+    try:
+        assert_on(CUDA, *originals.values())
+        assert_same(wide_gpu.apply_model(xs, ts, ctx), host(erased), atol=1e-4)
+        plain = records.ErasureRecord("CiE", ["VanGogh"], {}, tensors={k: v.cpu() * 0 for k, v in originals.items()})
+        records.apply_record(wide_gpu, plain, base=originals)  # a replaced-tensor record: CPU values copied in
+        assert_on(CUDA, *(p for n, p in wide_gpu.named_parameters() if n in originals))
+    finally:
+        records.restore(wide_gpu, originals)
+    assert_same(wide_gpu.apply_model(xs, ts, ctx), host(base))
+
+
+def test_fmn_attention_capture(wide_gpu, wide_cpu, inputs, sim):
+    from sepce.baseline_losses import fmn_loss
+    from sepce.modeling import attn2_modules
+
+    emb, x, t = inputs
+    loss = fmn_loss(wide_gpu, x, t, emb["VanGogh"], emb[""], attn2_modules(wide_gpu))
+    assert_on(CUDA, loss)
+    cpu = fmn_loss(wide_cpu, host(x), host(t), host(emb["VanGogh"]), host(emb[""]), attn2_modules(wide_cpu))
+    assert_same(loss, cpu, atol=1e-6)
+    inc = increments_for(wide_gpu, emb)  # keys as the forward forms them: with the active increments
+    try:
+        with inc.using(WIDE_CONCEPTS):
+            assert_on(CUDA, fmn_loss(wide_gpu, x, t, emb["VanGogh"], emb[""], attn2_modules(wide_gpu)))
+            for dtype in HALF_DTYPES:
+                with torch.autocast("cuda", dtype=dtype):
+                    loss = fmn_loss(wide_gpu, x, t, emb["VanGogh"], emb[""], attn2_modules(wide_gpu))
+                assert_on(CUDA, loss)
+                assert torch.isfinite(host(loss))
+    finally:
+        inc.close()
+
+
+def test_losses_with_the_frozen_original_on_a_second_device(wide_gpu, wide_gpu1, inputs, sim):
+    """The released two-device layout: trained model on cuda:0, frozen original on cuda:1; every loss ends on
+    cuda:0 (the reference's outputs come back to the trained model's device)."""
+    from sepce.baseline_losses import ablating_loss, esd_loss, esd_sample_till_t
+    from sepce.losses import cie_objective
+    from sepce.training import FrozenReference
+
+    emb, x, t = inputs
+    trained = {n: p for n, p in wide_gpu.named_parameters() if "attn2" in n}
+    for reference in (FrozenReference.copy(wide_gpu1, trained), FrozenReference.substituted(wide_gpu, trained)):
+        assert_on(CUDA, *reference.originals.values())
+        cond = torch.cat([emb["VanGogh"], emb[""]])
+        assert_on(CUDA, reference(x.expand(2, -1, -1, -1), t.expand(2), cond))
+        loss, d, reg = cie_objective(wide_gpu, reference, x, t, cond, trained, reference.originals, 3e-5)
+        assert_on(CUDA, loss, d, reg)
+        z = esd_sample_till_t(wide_gpu, x, emb["VanGogh"], emb[""], t_enc=2, ddim_steps=4, start_guidance=3.0)
+        e_0, e_p = reference(z, t, emb[""]), reference(z, t, emb["VanGogh"])
+        e_n = wide_gpu.apply_model(z, t, emb["VanGogh"])
+        e_pn, e_p0 = e_n, wide_gpu.apply_model(x, t, emb[""])
+        assert_on(CUDA, z, esd_loss(e_n, e_0, e_p, 1.0), *ablating_loss(e_pn, e_p0, reference(x, t, emb[""])))
+
+
+# ------------------------------------------------------------------------------------ training and generation
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for c in WIDE_CONCEPTS:
+        (root / c).mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (72, 80, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def training_session(ckpt, data_dir, output_dir, precision: str, devices=(CUDA, CUDA1)):
+    """A real :class:`~sepce.training.TrainingSession` of the tiny wide model on the simulated devices."""
+    from sepce.training import TrainingSession, TrainingSettings
+
+    settings = TrainingSettings(
+        lr=1e-5,
+        iterations=3,
+        devices=tuple(devices),
+        ckpt_path=ckpt,
+        config_path=ckpt.parent / "config.yaml",
+        data_dir=data_dir,
+        output_dir=output_dir,
+        ddim_steps=4,
+        image_size=16,  # small: the autoencoder's 16-bit convolutions run on the CPU here
+        gradient_checkpointing=False,
+        precision=precision,
+        progress=False,
+    )
+    return TrainingSession(settings, "SepCE", WIDE_CONCEPTS)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_training_steps_on_two_devices(wide_ckpt, image_folders, tmp_path, precision):
+    """A training session on ``--devices 0,1`` up to the loss (backward needs a real GPU): the common step
+    (image, posterior sample, timestep, forward noise), CiE's objective with the original copied to cuda:1, and
+    SepCE's joint and one-at-a-time steps (original = increments switched off), each under the trainer's
+    autocast; every loss on cuda:0 and finite."""
+    from sepce.increments import SeparableIncrements, basic_solution_sets
+    from sepce.losses import cie_objective
+    from sepce.sepce_training import ConceptDirections, JointTraining, SequentialTraining
+    from sepce.training import FrozenReference, select_parameters
+
+    session = training_session(wide_ckpt, image_folders, tmp_path / "run", precision)  # checks files: host only
+    with simulated_cuda():
+        model = session.load_model()
+        assert_on(CUDA, *model.parameters())
+        _, t = session.timesteps()
+        z = session.latent("VanGogh")
+        x = session.noisy(z, t)
+        assert_on(CUDA, t, z, x)
+        with torch.no_grad():
+            emb = {
+                p: e[None] for p, e in zip(["", *WIDE_CONCEPTS], model.get_learned_conditioning(["", *WIDE_CONCEPTS]))
+            }
+        cond = torch.cat([emb["VanGogh"], emb[""]])
+
+        trained = select_parameters(model, "attn2")
+        reference = session.frozen_reference(model, trained)
+        assert reference.kind == f"copy on {CUDA1}"
+        trainer = session.trainer(trained)
+        with trainer.autocast():
+            loss, d, reg = cie_objective(model, reference, x, t, cond, trained, reference.originals, 3e-5)
+        assert_on(CUDA, loss, d, reg)
+        assert torch.isfinite(host(loss)) and loss.requires_grad
+        for p in trained.values():
+            p.requires_grad_(False)
+
+        sets = basic_solution_sets({c: emb[c] for c in WIDE_CONCEPTS}, {"": emb[""]})
+        inc = SeparableIncrements(model, 1e-4)
+        for c in WIDE_CONCEPTS:
+            inc.add(c, sets[c].basis)
+        frozen = FrozenReference.switched_off(model, inc.disabled)  # SepCE's one-copy original
+        directions = ConceptDirections(session, model, frozen, emb)
+        joint = JointTraining(inc, WIDE_CONCEPTS, [0.0, 0.0], 3, 3e-5, directions)
+        one_at_a_time = SequentialTraining(inc, WIDE_CONCEPTS, [0.0, 0.0], 3, 3e-5, directions)
+        trainer = session.trainer(inc.parameters())
+        try:
+            inc.activate(WIDE_CONCEPTS)
+            with trainer.autocast():
+                steps = [joint.step(0)]
+            inc.activate(["Picasso"])
+            with trainer.autocast():
+                steps.append(one_at_a_time._step("Picasso")(1))
+        finally:
+            inc.close()
+        for step in steps:
+            assert_on(CUDA, step.loss)
+            assert torch.isfinite(host(step.loss)) and step.loss.requires_grad
+            assert all(isinstance(v, (int, float, str)) for v in step.values.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES], ids=["fp32", "bf16", "fp16"])
+def test_image_sampler(gpu_model, compvis_tiny_model, sim, dtype):
+    """generate-images' sampler: CPU start noise (the seed scheme), text encoder/UNet/decoder under autocast,
+    float32 latents, uint8 images back on the host; fp32 gives the CPU's images."""
+    from sepce.generation import ImageSampler, SamplingSettings, case_noise
+
+    size = 64 if dtype == torch.float32 else 16  # 16-bit convolutions are slow on the CPU that runs them here
+    settings = SamplingSettings(sampler="klms", steps=2, guidance_scale=7.5, image_size=size)
+    noise = case_noise(0, 2, (4, size // 8, size // 8))
+    sampler = ImageSampler(gpu_model, settings, CUDA, dtype)
+    latents = sampler.sample_latents(["Picasso", "Picasso"], noise)
+    assert_on(CUDA, latents)
+    assert latents.dtype == torch.float32
+    images = sampler.decode(latents)
+    assert isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape == (2, size, size, 3)
+    if dtype == torch.float32:
+        cpu = ImageSampler(compvis_tiny_model, settings, torch.device("cpu"))(["Picasso", "Picasso"], noise)
+        assert np.abs(images.astype(int) - cpu.astype(int)).max() <= 1

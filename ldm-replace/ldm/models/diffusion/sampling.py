@@ -424,7 +424,7 @@ def klms_sample(
     sched = klms_schedule(alphas_cumprod, num_steps)
     derivatives: List[torch.Tensor] = []
     for i in tqdm(_step_range(start_step, stop_after, len(sched)), desc="K-LMS", disable=not progress, leave=False):
-        sigma = torch.tensor(sched.sigmas[i], dtype=torch.float32)  # 0-dim, scalar-like as in diffusers
+        sigma = torch.tensor(sched.sigmas[i], dtype=torch.float32, device=x.device)  # 0-dim, as in diffusers
         t = _timestep(x, float(sched.timesteps[i]), torch.float32)
         eps = model_fn(x / ((sigma**2 + 1) ** 0.5), t, cond)
         denoised = x - sigma * eps
