@@ -11,6 +11,13 @@ Keys that may differ from the model's without error (the whole list):
 
 Anything else missing, unexpected or of the wrong shape raises :class:`CheckpointMismatchError` with one line
 naming the first offending keys and, where recognisable, what the file is (SD 2.x, SDXL, a LoRA, diffusers).
+:func:`load_model_from_config` builds a model and loads a file; :func:`load_weights` loads into a built one (a
+config's ``ckpt_path:``) through the same check.
+
+``.ckpt`` files are read with ``torch.load(weights_only=True)``: nothing in them is imported or run. Classes that
+old Lightning runs pickled beside the weights (the released SD v1 files hold some) become inert stubs; that needs
+torch >= 2.4 (``add_safe_globals``; 2.6 adds the helpers used when present). Older torch reads plain state dicts
+and ``.safetensors`` and refuses such files with one line.
 """
 
 from __future__ import annotations
