@@ -16,7 +16,7 @@ from sepce.world.model import (
     SHIPPED_CKPT,
     SHIPPED_CONFIG,
     WORLD_CONFIG,
-    Trainer,
+    WorldTrainer,
     WorldTrainSettings,
     config_with_scale,
     export_model,
@@ -126,12 +126,12 @@ def test_latent_scale_gives_unit_variance():
 def test_training_resumes_exactly_and_exports_a_loadable_checkpoint(tmp_path):
     config = tiny_config(tmp_path)
     settings = WorldTrainSettings(**TINY_SETTINGS)
-    straight = Trainer(tmp_path / "straight", settings, config, progress=False)
+    straight = WorldTrainer(tmp_path / "straight", settings, config, progress=False)
     assert straight.run()
-    first = Trainer(tmp_path / "resumed", settings, config, progress=False)
+    first = WorldTrainer(tmp_path / "resumed", settings, config, progress=False)
     first.should_stop = lambda: first.state.phase == "unet" and first.state.step == 2  # "Ctrl-C" after step 2
     assert not first.run()
-    second = Trainer(tmp_path / "resumed", settings, config, progress=False)
+    second = WorldTrainer(tmp_path / "resumed", settings, config, progress=False)
     assert (second.state.phase, second.state.step) == ("unet", 2)
     assert second.run()
     for a, b in ((straight.state.vae, second.state.vae), (straight.state.unet, second.state.unet)):
@@ -152,10 +152,10 @@ def test_training_resumes_exactly_and_exports_a_loadable_checkpoint(tmp_path):
 
 def test_continuing_a_finished_run_keeps_its_autoencoder_and_counts_its_time(tmp_path):
     config = tiny_config(tmp_path)
-    first = Trainer(tmp_path / "first", WorldTrainSettings(**TINY_SETTINGS), config, progress=False)
+    first = WorldTrainer(tmp_path / "first", WorldTrainSettings(**TINY_SETTINGS), config, progress=False)
     assert first.run()
     more = WorldTrainSettings(**{**TINY_SETTINGS, "steps": 2, "seed": 1, "init_from": str(tmp_path / "first")})
-    second = Trainer(tmp_path / "second", more, config, progress=False)
+    second = WorldTrainer(tmp_path / "second", more, config, progress=False)
     assert second.state.phase == "unet" and second.state.init["path"] == str(tmp_path / "first")
     start = {k: v.clone() for k, v in second.state.unet.items()}
     assert second.run()

@@ -28,7 +28,7 @@ from sepce.paths import MODELS_DIR
 from sepce.world.model import (
     STATE_FILE,
     WORLD_CONFIG,
-    Trainer,
+    WorldTrainer,
     WorldTrainSettings,
     export_model,
     load_state,
@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> dict:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        trainer = Trainer(out, settings, args.config_path, show_progress(args.quiet), lambda: stop["asked"])
+        trainer = WorldTrainer(out, settings, args.config_path, show_progress(args.quiet), lambda: stop["asked"])
         finished = trainer.run()
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -137,7 +137,7 @@ def build_world_model(config_path: Path | str = WORLD_CONFIG, seed: int = 0) -> 
 
 @torch.no_grad()
 def null_space_sizes(model: torch.nn.Module, prompts: Sequence[str], rtol: float = 1e-6) -> dict[str, int]:
-    """n_c = D − rank([emb(""); emb(other prompts)]) for each prompt (the size of SepCE's basis, METHOD.md)."""
+    """n_c = D − rank([emb(""); emb(other prompts)]) for each prompt (the size of SepCE's basis, docs/method.md)."""
     emb = {p: model.get_learned_conditioning([p])[0].double() for p in ["", *prompts]}
     sizes = {}
     for p in prompts:
@@ -254,7 +254,7 @@ def load_state(path: Path) -> TrainState:
     return TrainState(**raw)
 
 
-class Trainer:
+class WorldTrainer:
     """The two-phase training of :func:`train`, resumable from ``<run_dir>/state.pt``."""
 
     def __init__(
@@ -560,7 +560,7 @@ def write_sample_grid(model: torch.nn.Module, path: Path, seed: int = 0, **kwarg
     return save_image(path, image_grid(images, len(OBJECTS)))
 
 
-def summary(trainer: Trainer) -> dict:
+def summary(trainer: WorldTrainer) -> dict:
     """What ``summary.json`` records about a finished run."""
     hist = trainer.state.history
     by_phase = {p: [r for r in hist if r["phase"] == p] for p in ("vae", "unet")}
@@ -584,5 +584,5 @@ def summary(trainer: Trainer) -> dict:
     }
 
 
-def write_summary(trainer: Trainer, extra: Optional[dict] = None) -> Path:
+def write_summary(trainer: WorldTrainer, extra: Optional[dict] = None) -> Path:
     return write_json(trainer.run_dir / "summary.json", {**summary(trainer), **(extra or {})})
