@@ -10,7 +10,7 @@ image, measured in one run; each variant runs in its own subprocess so that peak
   gradient checkpointing as the config says, Adam without ``zero_grad``.
 * ``ours`` — ``train-scripts/CiE.py``'s path: one model copy, the original's outputs with the original attn2
   tensors substituted (``FrozenReference.substituted``), gradients only for attn2, one batched forward for prompt
-  and blank (``sepce.losses.cie_objective``), SDPA attention, the shared ``Trainer``; checkpointing as the config.
+  and blank (``sepce.losses.cie_objective``), SDPA attention, the shared ``ParameterTrainer``; checkpointing per config.
 * ``ours-nockpt`` — the same with ``--gradient_checkpointing off`` (faster, more activation memory).
 
 Each iteration includes the VAE encoding of the image, the timestep draw and q_sample. Times are the mean over
@@ -108,7 +108,7 @@ def run_ours(
     config_path: Path, iterations: int, image_size: int, lr: float, reg_beta: float, checkpointing: str
 ) -> list[float]:
     from sepce.losses import cie_objective
-    from sepce.training import FrozenReference, Step, Trainer, select_parameters
+    from sepce.training import FrozenReference, ParameterTrainer, TrainStep, select_parameters
 
     model = build(config_path, checkpointing)
     params = select_parameters(model, "attn2")
@@ -120,16 +120,16 @@ def run_ours(
     starts: list[float] = []
     times: list[float] = []
 
-    def step(i: int) -> Step:
+    def step(i: int) -> TrainStep:
         starts.append(time.perf_counter())
         x, t = draw(model, image_size, gen)
         loss, d, _ = cie_objective(model, ref, x, t, cond, params, ref.originals, reg_beta)
-        return Step(loss, {"direction": d.item()})
+        return TrainStep(loss, {"direction": d.item()})
 
-    def after(i: int, _: Step) -> None:
+    def after(i: int, _: TrainStep) -> None:
         times.append(time.perf_counter() - starts[-1])
 
-    Trainer(params, lr=lr, iterations=iterations, progress=False).fit(step, after)
+    ParameterTrainer(params, lr=lr, iterations=iterations, progress=False).fit(step, after)
     return times
 
 

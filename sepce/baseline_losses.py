@@ -3,7 +3,7 @@
 * **ESD** (Gandikota et al. 2023, "Erasing Concepts from Diffusion Models", Eq. 2/3): the trained model's
   concept-conditioned noise prediction is steered to the negatively guided prediction of the frozen original,
   ε*(z_t, c) = ε(z_t) − η (ε(z_t, c) − ε(z_t)), at latents z_t the trained model itself samples with DDIM
-  "until t" (:func:`esd_sample_until`).
+  "till t" (:func:`esd_sample_till_t`, :func:`esd_sampling_steps`).
 * **Forget-Me-Not attention re-steering** (Zhang et al. 2023, Sec. 3.1), in the form of the released SepCE
   scripts: in every cross-attention layer (``attn2``) the scaled attention logits q·kᵀ/√d with the concept
   context minus those with the concept-free context (same queries) are driven to zero (:func:`fmn_loss`). The
@@ -13,7 +13,7 @@
   model-based variant): the concept prompt's prediction is pulled to the frozen original's prediction for the
   anchor prompt, plus a term that keeps the anchor prompt's own prediction in place (:func:`ablating_loss`).
 
-The exact computations the project reproduces are in ``METHOD.md`` (sections ESD, FMN, Ablating concepts).
+The exact computations the project reproduces are in ``docs/method.md`` (sections ESD, FMN, Ablating concepts).
 """
 
 from __future__ import annotations
@@ -23,13 +23,20 @@ from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
-from ldm.models.diffusion.sampling import cfg, ddim_sample
+from ldm.models.diffusion.sampling import cfg, ddim_sample, ddim_timesteps
 
-FMN_TEMPLATE = "a painting of {}"
-FMN_CONCEPT_FREE = "a painting of"
-ABLATING_TEMPLATE = "{} painting"
-ABLATING_ANCHOR = "painting"
+#: The released (authors' variant) prompts: FMN compares ``a painting of <prompt>`` with ``a painting of``,
+#: Ablating Concepts maps ``<prompt> painting`` onto the anchor ``painting``.
+FMN_CONCEPT_TEMPLATE = "a painting of {}"
+FMN_NEUTRAL_PROMPT = "a painting of"
+ABLATING_CONCEPT_TEMPLATE = "{} painting"
+ABLATING_ANCHOR_PROMPT = "painting"
 ABLATING_ANCHOR_WEIGHT = 10.0
+#: Variants of FMN and Ablating Concepts: "authors" is the released scripts' form, which the paper's table measured
+#: (the original methods, docs/method.md, are not implemented yet).
+VARIANTS = ("authors",)
+#: How ESD samples its latent z before scoring it at t (:func:`esd_sampling_steps`).
+ESD_SAMPLING = ("till_t", "authors_all_steps")
 
 
 # ------------------------------------------------------------------------------------------------------- ESD
@@ -56,7 +63,28 @@ def check_concept_names(concepts: list[str]) -> list[str]:
     return concepts
 
 
-def esd_sample_until(
+def esd_sampling_steps(t_enc: int, ddim_steps: int, sampling: str = "till_t", num_timesteps: int = 1000) -> int:
+    """How many DDIM steps ESD runs from x_T for the drawn ``t_enc`` (docs/method.md, "ESD").
+
+    ``till_t`` (default) is ESD's own sampler: the CompVis step index counts down from n−1 (n = number of DDIM
+    timesteps, S = ``ddim_steps`` when S divides T) and the loop stops right after the step with index t_enc−1
+    (``if index + 1 == till_T: break``) — n+1−t_enc steps for t_enc ≥ 1, all n steps for t_enc = 0 — so the
+    latent's noise level follows the DDPM t ∈ [t_enc·T/S, (t_enc+1)·T/S) it is scored at (it ends at DDIM timestep
+    ``ddim_timesteps[t_enc−2]``, two grid points below t's bucket, for t_enc ≥ 2).
+
+    ``authors_all_steps`` reproduces the paper's ESD row: the authors' Esd.py passed ``till_T`` to a sampler that
+    ignored it, so every iteration sampled all n steps and scored the clean latent at a random t."""
+    if sampling not in ESD_SAMPLING:
+        raise ValueError(f"--sampling {sampling!r}: expected one of {', '.join(ESD_SAMPLING)}")
+    n = len(ddim_timesteps(ddim_steps, num_timesteps))
+    if not 0 <= t_enc < n:
+        raise ValueError(f"t_enc {t_enc!r}: expected an integer in 0..{n - 1}")
+    if sampling == "authors_all_steps" or t_enc == 0:
+        return n
+    return n + 1 - t_enc
+
+
+def esd_sample_till_t(
     model: torch.nn.Module,
     start_code: torch.Tensor,
     cond: torch.Tensor,
@@ -64,13 +92,15 @@ def esd_sample_until(
     t_enc: int,
     ddim_steps: int,
     start_guidance: float,
+    sampling: str = "till_t",
 ) -> torch.Tensor:
-    """ESD's z_t: DDIM (eta 0) from ``start_code`` = x_T with the model being trained, classifier-free guidance
-    ``start_guidance`` between ``cond`` (the concept) and ``uncond`` (``""``), stopping after ``t_enc`` of the
-    ``ddim_steps`` steps. No gradients."""
+    """ESD's z_t: DDIM (eta 0, Song et al. 2021 Eq. 12) from ``start_code`` = x_T with the model being trained,
+    classifier-free guidance ``start_guidance`` between ``cond`` (the concept) and ``uncond`` (``""``), for the
+    :func:`esd_sampling_steps` of ``t_enc`` under ``sampling``. No gradients."""
+    steps = esd_sampling_steps(int(t_enc), ddim_steps, sampling, int(model.alphas_cumprod.shape[0]))
     with torch.no_grad():
         model_fn = cfg(model.apply_model, uncond, start_guidance)
-        return ddim_sample(model_fn, start_code, cond, model.alphas_cumprod, ddim_steps, eta=0.0, stop_after=int(t_enc))
+        return ddim_sample(model_fn, start_code, cond, model.alphas_cumprod, ddim_steps, eta=0.0, stop_after=steps)
 
 
 def esd_target(e_0: torch.Tensor, e_p: torch.Tensor, negative_guidance: float) -> torch.Tensor:
@@ -160,15 +190,37 @@ def fmn_loss(
     return sum(logit_difference(r, context2).pow(2).mean() for r in capture.records)
 
 
-def fmn_prompts(prompt: str) -> tuple[str, str]:
-    """(``a painting of <prompt>``, ``a painting of``)."""
-    return FMN_TEMPLATE.format(prompt), FMN_CONCEPT_FREE
+def check_template(template: str, flag: str = "--concept_template") -> str:
+    """A concept-prompt template holds exactly one ``{}`` (where the concept goes) and no other format field."""
+    import string
+
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"{flag} {template!r}: {e}; expected text with exactly one {{}}") from None
+    if fields != [("", "", None)]:
+        raise ValueError(
+            f"{flag} {template!r}: expected exactly one {{}} (where the concept goes), e.g. 'a painting of {{}}'"
+        )
+    return template
+
+
+def fmn_prompts(
+    prompt: str, concept_template: str = FMN_CONCEPT_TEMPLATE, neutral_prompt: str = FMN_NEUTRAL_PROMPT
+) -> tuple[str, str]:
+    """(concept context ``concept_template.format(prompt)``, concept-free context ``neutral_prompt``) of FMN's
+    attention re-steering; the defaults are the released scripts' (authors' variant): (``a painting of
+    <prompt>``, ``a painting of``)."""
+    return check_template(concept_template).format(prompt), neutral_prompt
 
 
 # ----------------------------------------------------------------------------------------- Ablating Concepts
-def ablating_prompts(prompt: str) -> tuple[str, str]:
-    """(concept ``<prompt> painting``, anchor ``painting``)."""
-    return ABLATING_TEMPLATE.format(prompt), ABLATING_ANCHOR
+def ablating_prompts(
+    prompt: str, concept_template: str = ABLATING_CONCEPT_TEMPLATE, anchor_prompt: str = ABLATING_ANCHOR_PROMPT
+) -> tuple[str, str]:
+    """(concept prompt ``concept_template.format(prompt)``, anchor prompt ``anchor_prompt``); the defaults are the
+    released scripts' (authors' variant): (``<prompt> painting``, ``painting``)."""
+    return check_template(concept_template).format(prompt), anchor_prompt
 
 
 def ablating_loss(

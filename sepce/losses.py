@@ -1,4 +1,4 @@
-"""Losses and stopping rules of CiE and SepCE (METHOD.md; Zhao et al., "Separable Multi-Concept Erasure from
+"""Losses and stopping rules of CiE and SepCE (docs/method.md; Zhao et al., "Separable Multi-Concept Erasure from
 Diffusion Models", Sec. 3). ESD/FMN/Ablating-Concepts losses live in :mod:`sepce.baseline_losses`.
 
 Notation: ε(m, x_t, t, c) = ``m.apply_model``; the concept representation ("direction") of a model is
@@ -33,7 +33,7 @@ def direction_product(r_model: torch.Tensor, r_orig: torch.Tensor) -> torch.Tens
 
 
 def direction_term(r_model: torch.Tensor, r_orig: torch.Tensor) -> torch.Tensor:
-    """d = mean(r(θ) ⊙ r(θ_orig)) — signed, not a norm (METHOD.md, CiE)."""
+    """d = mean(r(θ) ⊙ r(θ_orig)) — signed, not a norm (docs/method.md, CiE)."""
     return direction_product(r_model, r_orig).mean()
 
 
@@ -98,7 +98,7 @@ def sepce_loss(
     flags: Sequence[bool],
     reg_beta: float,
 ) -> torch.Tensor:
-    """Σ_c flag_c (w_c d_c + reg_beta reg_c) / Σ_c flag_c (METHOD.md, SepCE)."""
+    """Σ_c flag_c (w_c d_c + reg_beta reg_c) / Σ_c flag_c (docs/method.md, SepCE)."""
     active = sum(bool(f) for f in flags)
     if active == 0:
         raise ValueError("sepce_loss: every concept has stopped")

@@ -1,24 +1,26 @@
 """Shared training harness of the erasure methods (CiE, SepCE, ESD, Forget-Me-Not, Ablating Concepts).
 
-Everything the five training scripts have in common lives here, so each script only holds its loss:
+Everything the five training scripts have in common lives here, so each script only holds its flags and its loss:
 
 * :func:`add_common_args` — the flags every script takes (``--prompt``, ``--lr``, ``--iterations``/``--iter_break``,
   ``--ddim_steps``, ``--image_size``, ``--data_dir``, ``--devices``, ``--ckpt_path``, ``--config_path``,
   ``--output_dir``, ``--overwrite``, ``--seed``, ``--zero_grad``, ``--save_full``, ``--gradient_checkpointing``,
-  ``--precision``).
-* :class:`TrainingSession` — validates the arguments, the model files, the image folders and the output folder
-  BEFORE any model is loaded (bad input → one-line ``ValueError``/``FileNotFoundError``/``FileExistsError``), then
-  loads the model, draws the common training step of METHOD.md (one image per iteration, Resize+CenterCrop,
-  [-1, 1]; ``z`` = posterior sample × scale_factor; ``t_enc ~ U{0..S-1}``, DDPM ``t ~ U[round(t_enc/S·T),
-  round((t_enc+1)/S·T))``; ``x_t = q_sample(z, t)``), and builds the frozen original (:class:`FrozenReference`).
+  ``--precision``, ``--quiet``); :func:`settings_from_args` turns them, once, into a validated
+  :class:`TrainingSettings` — the only place that reads those flags off an ``argparse.Namespace``.
+* :class:`TrainingSession` — checks the image folders and the output folder BEFORE any model is loaded (bad input →
+  one-line ``ValueError``/``FileNotFoundError``/``FileExistsError``), then loads the model, draws the common
+  training step of docs/method.md (one image per iteration, Resize+CenterCrop, [-1, 1]; ``z`` = posterior sample ×
+  scale_factor; ``t_enc ~ U{0..S-1}``, DDPM ``t ~ U[round(t_enc/S·T), round((t_enc+1)/S·T))``;
+  ``x_t = q_sample(z, t)``, Ho et al. 2020 Eq. 4), builds the frozen original (:class:`FrozenReference`) and ends
+  every run the same way (:meth:`TrainingSession.finish`: record, optional full checkpoints, one summary schema).
 * :func:`select_parameters` — trained parameters by UNet name rule (``attn2`` by default, ``attn2_kv`` for SepCE,
   or any callable such as ESD's train methods in :mod:`sepce.esd_params`).
-* :class:`Trainer` — the optimisation loop (Adam; gradient ACCUMULATION as in the released CiE/SepCE/FMN/AC
-  scripts unless ``zero_grad``; a non-finite loss or gradient stops the run and keeps the last good state; Ctrl-C
-  stops cleanly) with a tqdm bar, recording into a :class:`Run`.
+* :class:`ParameterTrainer` — the optimisation loop over a set of tensors (Adam; gradient ACCUMULATION as in the
+  released CiE/SepCE/FMN/AC scripts unless ``zero_grad``; a non-finite loss or gradient stops the run and keeps
+  the last good state; Ctrl-C stops cleanly) with a tqdm bar, recording into a :class:`Run`.
 * :class:`Run` — the run folder: ``args.json``, ``losses.csv`` (one row per iteration, flushed as it goes),
-  ``summary.json`` (iterations, stop reason, wall time, peak memory), ``loss.png``, ``erasure.safetensors``
-  (:mod:`sepce.records`) and optional full CompVis checkpoints.
+  ``summary.json`` (:data:`SUMMARY_KEYS`), ``loss.png``, ``erasure.safetensors`` (:mod:`sepce.records`) and
+  optional full CompVis checkpoints.
 
 All randomness (image choice, timesteps, posterior and forward-process noise) comes from ``--seed``.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import itertools
 import json
 import logging
 import math
@@ -50,6 +53,25 @@ log = logging.getLogger(__name__)
 UNET_PREFIX = "model.diffusion_model."
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 RUN_FILES = ("args.json", "losses.csv", "summary.json", "loss.png", records.RECORD_NAME)
+FULL_FORMATS = ("ckpt", "safetensors")
+GRADIENT_CHECKPOINTING = {"config": None, "on": True, "off": False}
+#: The keys of every run's ``summary.json``, whatever the method (:meth:`TrainingSession.finish`).
+SUMMARY_KEYS = (
+    "method",
+    "concepts",
+    "iterations",
+    "stop_reason",
+    "ok",
+    "reference",
+    "devices",
+    "data",
+    "settings",
+    "output_dir",
+    "wall_time_s",
+    "cpu_peak_rss_bytes",
+    "cuda_max_allocated_bytes",
+    "files",
+)
 
 #: Parameter rules over UNet-relative names (``input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight``).
 PARAMETER_RULES: dict[str, Callable[[str], bool]] = {
@@ -149,12 +171,16 @@ def add_common_args(
         )
     parser.add_argument(
         "--save_full",
-        action="store_true",
-        help="also write full CompVis checkpoints (several GB each) beside erasure.safetensors",
+        nargs="?",
+        const="ckpt",
+        default=None,
+        choices=FULL_FORMATS,
+        help="also write full CompVis checkpoints (several GB each) beside erasure.safetensors, as .ckpt (the "
+        "flag alone) or .safetensors (--save_full safetensors)",
     )
     parser.add_argument(
         "--gradient_checkpointing",
-        choices=("config", "on", "off"),
+        choices=tuple(GRADIENT_CHECKPOINTING),
         default="config",
         help="recompute activations in backward (less memory, slower); 'config' keeps the "
         "model config's use_checkpoint (on for v1-inference.yaml)",
@@ -162,6 +188,87 @@ def add_common_args(
     add_precision(parser, help="autocast dtype of forward passes; weights and optimizer state stay fp32")
     add_quiet(parser)
     return parser
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The settings every training method shares, validated on construction (one-line ``ValueError`` /
+    ``FileNotFoundError`` naming the flag). Method-specific settings travel separately (plain arguments or the
+    method's own dataclass, e.g. :class:`sepce.sepce_training.SepCESettings`).
+
+    ``output_dir`` None means the default run folder ``MODELS_DIR / run_name(method, concepts[, suffix])``;
+    ``data_dir`` None means the method reads no training images; ``gradient_checkpointing`` None keeps the
+    config's ``use_checkpoint``; ``save_full`` is None or the full checkpoints' format (:data:`FULL_FORMATS`);
+    ``command_line`` is what ``args.json`` records (the flags as parsed)."""
+
+    lr: float
+    iterations: int
+    devices: tuple[torch.device, ...]
+    ckpt_path: Path = DEFAULT_CKPT
+    config_path: Path = DEFAULT_CONFIG
+    data_dir: Optional[Path] = DATA_DIR
+    output_dir: Optional[Path] = None
+    ddim_steps: int = 50
+    image_size: int = 512
+    seed: int = 0
+    zero_grad: bool = False
+    save_full: Optional[str] = None
+    gradient_checkpointing: Optional[bool] = None
+    precision: str = "fp32"
+    overwrite: bool = False
+    progress: bool = True
+    command_line: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_positive("--lr", self.lr)
+        check_positive("--iterations", self.iterations, integer=True)
+        check_positive("--image_size", self.image_size, integer=True)
+        if (
+            isinstance(self.ddim_steps, bool)
+            or not isinstance(self.ddim_steps, int)
+            or not 1 <= self.ddim_steps <= 1000
+        ):
+            raise ValueError(f"--ddim_steps {self.ddim_steps!r}: expected an integer in 1..1000")
+        if self.image_size % 8:
+            raise ValueError(f"--image_size {self.image_size}: expected a multiple of 8 (latents are 8x smaller)")
+        if not 1 <= len(self.devices) <= 2:
+            raise ValueError(f"devices {list(self.devices)}: expected one or two devices")
+        if self.save_full is not None and self.save_full not in FULL_FORMATS:
+            raise ValueError(f"--save_full {self.save_full!r}: expected one of {', '.join(FULL_FORMATS)}")
+        parse_precision(self.precision)
+        check_model_files(self.config_path, self.ckpt_path)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Autocast dtype of the forward passes (``precision``)."""
+        return parse_precision(self.precision)
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainingSettings:
+    """The :class:`TrainingSettings` of a training script's parsed flags (:func:`add_common_args`), validated —
+    the one place that reads them off the ``Namespace``. Flags a script left out take their neutral value
+    (no ``--data_dir``: no training images; no ``--zero_grad``: accumulate)."""
+    data_dir = getattr(args, "data_dir", None)
+    output_dir = args.output_dir
+    return TrainingSettings(
+        lr=args.lr,
+        iterations=args.iterations,
+        devices=tuple(parse_devices(args.devices)),
+        ckpt_path=Path(args.ckpt_path),
+        config_path=Path(args.config_path),
+        data_dir=None if data_dir is None else Path(data_dir),
+        output_dir=None if output_dir is None else Path(output_dir),
+        ddim_steps=args.ddim_steps,
+        image_size=args.image_size,
+        seed=args.seed,
+        zero_grad=bool(getattr(args, "zero_grad", False)),
+        save_full=args.save_full,
+        gradient_checkpointing=GRADIENT_CHECKPOINTING[args.gradient_checkpointing],
+        precision=args.precision,
+        overwrite=args.overwrite,
+        progress=show_progress(args.quiet),
+        command_line=dict(vars(args)),
+    )
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
@@ -253,7 +360,7 @@ class ImageFolder:
 # ------------------------------------------------------------------------------------------------ diffusion step
 def sample_timesteps(ddim_steps: int, generator: torch.Generator, num_timesteps: int = 1000) -> tuple[int, int]:
     """``(t_enc, t)``: t_enc ~ U{0..S-1}, then the DDPM step t ~ U[round(t_enc/S·T), round((t_enc+1)/S·T)) — the
-    released scripts' draw, uniform over 0..T-1 overall (METHOD.md, common step 3)."""
+    released scripts' draw, uniform over 0..T-1 overall (docs/method.md, common step 3)."""
     t_enc = int(torch.randint(ddim_steps, (1,), generator=generator))
     lo = round(t_enc / ddim_steps * num_timesteps)
     hi = round((t_enc + 1) / ddim_steps * num_timesteps)
@@ -366,7 +473,10 @@ def peak_memory() -> dict:
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out: dict[str, Any] = {"cpu_peak_rss_bytes": int(rss * (1 if sys.platform == "darwin" else 1024))}
+    out: dict[str, Any] = {
+        "cpu_peak_rss_bytes": int(rss * (1 if sys.platform == "darwin" else 1024)),
+        "cuda_max_allocated_bytes": {},
+    }
     if torch.cuda.is_available():
         out["cuda_max_allocated_bytes"] = {
             f"cuda:{i}": int(torch.cuda.max_memory_allocated(i))
@@ -524,7 +634,7 @@ def _fmt(v: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------ optimisation
 @dataclass
-class Step:
+class TrainStep:
     """What a method's step function returns: the loss to minimise (with grad), values for ``losses.csv``, and
     optionally a stop reason decided from this iteration (applied after its optimizer step)."""
 
@@ -540,8 +650,8 @@ class FitResult:
     ok: bool = True  # False after a non-finite loss/gradient or an interruption
 
 
-class Trainer:
-    """Adam over ``params`` for at most ``iterations`` steps of ``step_fn`` (see :meth:`fit`).
+class ParameterTrainer:
+    """Adam over the tensors ``params`` for at most ``iterations`` steps of ``step_fn`` (see :meth:`fit`).
 
     Gradients accumulate across iterations unless ``zero_grad`` (the released scripts never zeroed them). A
     non-finite loss stops the run and restores the parameters of the previous iteration (whose loss was
@@ -606,8 +716,8 @@ class Trainer:
 
     def fit(
         self,
-        step_fn: Callable[[int], Step],
-        after_step: Optional[Callable[[int, Step], Optional[str]]] = None,
+        step_fn: Callable[[int], TrainStep],
+        after_step: Optional[Callable[[int, TrainStep], Optional[str]]] = None,
         start: int = 0,
     ) -> FitResult:
         """Run ``step_fn(i)`` → backward → optimizer step for i = start, start+1, …; log one row per iteration
@@ -695,67 +805,65 @@ class Trainer:
 
 # ------------------------------------------------------------------------------------------------ session
 class TrainingSession:
-    """Validated arguments of one training run, then model loading, the common step and saving.
+    """One training run of ``method`` erasing ``concepts``: its validated settings, model loading, the common
+    training step, and the one way every run ends (:meth:`finish`).
 
-    ``TrainingSession(args, method, prompts)`` checks (before any model is loaded): numbers, ``--devices``,
-    ``--precision``, ``--config_path``/``--ckpt_path`` existence, every ``<data_dir>/<prompt>/`` image folder
-    (when ``images``), and that the output folder is empty or ``--overwrite`` was given."""
+    Construction checks (before any model is loaded) that every ``<data_dir>/<concept>/`` image folder holds
+    readable images (when ``images``) and that the output folder is empty or ``overwrite`` was given. The output
+    folder is ``settings.output_dir`` or ``MODELS_DIR / run_name(method, concepts, folder_suffix or suffix)``;
+    full checkpoints are named ``run_name(method, <concepts>, suffix)`` (``ESD-VanGogh-xattn.ckpt``)."""
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        settings: TrainingSettings,
         method: str,
-        prompts: Sequence[str],
+        concepts: Sequence[str],
         images: bool = True,
-        output_suffix: Optional[str] = None,
+        suffix: Optional[str] = None,
+        folder_suffix: Optional[str] = None,
     ):
-        self.args = args
+        self.settings = settings
         self.method = method
-        self.prompts = list(prompts)
-        check_positive("--lr", args.lr)
-        check_positive("--iterations", args.iterations, integer=True)
-        check_positive("--image_size", args.image_size, integer=True)
-        if args.ddim_steps is None or not 1 <= args.ddim_steps <= 1000:
-            raise ValueError(f"--ddim_steps {args.ddim_steps!r}: expected an integer in 1..1000")
-        if args.image_size % 8:
-            raise ValueError(f"--image_size {args.image_size}: expected a multiple of 8 (latents are 8x smaller)")
-        self.devices = parse_devices(args.devices)
-        self.dtype = parse_precision(args.precision)
-        check_model_files(args.config_path, args.ckpt_path)
-        self.output_dir = (
-            Path(args.output_dir) if args.output_dir else MODELS_DIR / run_name(method, self.prompts, output_suffix)
-        )
-        check_output_dir(self.output_dir, args.overwrite)
+        self.concepts = list(concepts)
+        self.suffix = suffix
+        self.output_dir = settings.output_dir or MODELS_DIR / run_name(method, self.concepts, folder_suffix or suffix)
+        check_output_dir(self.output_dir, settings.overwrite)
         self.folders: dict[str, ImageFolder] = {}
         if images:
-            for p in self.prompts:
-                self.folders[p] = ImageFolder(Path(args.data_dir) / p, args.image_size)
-        self.generator = torch.Generator().manual_seed(args.seed)
+            if settings.data_dir is None:
+                raise ValueError(f"{method} trains on images, but no --data_dir was given")
+            for c in self.concepts:
+                self.folders[c] = ImageFolder(Path(settings.data_dir) / c, settings.image_size)
+        self.generator = torch.Generator().manual_seed(settings.seed)
         self.device_generator: Optional[torch.Generator] = None
         self.model: Optional[torch.nn.Module] = None
         self.run: Optional[Run] = None
 
     @property
+    def devices(self) -> list[torch.device]:
+        return list(self.settings.devices)
+
+    @property
     def device(self) -> torch.device:
-        return self.devices[0]
+        return self.settings.devices[0]
 
     @property
     def two_devices(self) -> bool:
         return len(self.devices) == 2 and self.devices[0] != self.devices[1]
 
     def load_model(self, device: Optional[torch.device] = None) -> torch.nn.Module:
-        """The base model on the first device (fp32), gradient checkpointing as ``--gradient_checkpointing``."""
+        """The base model on the first device (fp32), gradient checkpointing as the settings say."""
         device = device or self.device
-        model = load_model(self.args.config_path, self.args.ckpt_path, device)
-        if self.args.gradient_checkpointing != "config":
-            unet_of(model).set_gradient_checkpointing(self.args.gradient_checkpointing == "on")
+        model = load_model(self.settings.config_path, self.settings.ckpt_path, device)
+        if self.settings.gradient_checkpointing is not None:
+            unet_of(model).set_gradient_checkpointing(self.settings.gradient_checkpointing)
         if self.model is None:
             self.model = model
-            self.device_generator = torch.Generator(device).manual_seed(self.args.seed + 1)
+            self.device_generator = torch.Generator(device).manual_seed(self.settings.seed + 1)
         return model
 
     def frozen_reference(self, model: torch.nn.Module, trained: Mapping[str, torch.Tensor]) -> FrozenReference:
-        """The frozen original: a copy on the second device with two distinct ``--devices``, otherwise the same
+        """The frozen original: a copy on the second device with two distinct devices, otherwise the same
         weights with the original trained tensors substituted (one model copy in memory)."""
         if self.two_devices:
             frozen = self.load_model(self.devices[1])
@@ -763,19 +871,15 @@ class TrainingSession:
         return FrozenReference.substituted(model, trained)
 
     def start_run(self, extra_args: Optional[Mapping[str, Any]] = None) -> Run:
-        """Create the run folder (after the model loaded, so a failed load leaves nothing behind)."""
-        payload = {**vars(self.args), **(extra_args or {}), "devices_resolved": [str(d) for d in self.devices]}
-        self.run = Run(self.output_dir, payload, self.method, overwrite=self.args.overwrite)
-        return self.run
-
-    def finish(self, iterations: int, stop_reason: str, **extra: Any) -> dict:
-        """``Run.finish`` with the session's facts added: the devices, and per image folder the number of images
-        used and of unreadable files skipped."""
-        data = {
-            p: {"folder": str(f.folder), "images": len(f), "skipped_unreadable": len(f.skipped)}
-            for p, f in self.folders.items()
+        """Create the run folder (after the model loaded, so a failed load leaves nothing behind); ``args.json``
+        holds the command line, ``extra_args`` and the resolved devices."""
+        payload = {
+            **self.settings.command_line,
+            **(extra_args or {}),
+            "devices_resolved": [str(d) for d in self.devices],
         }
-        return self.run.finish(iterations, stop_reason, devices=[str(d) for d in self.devices], data=data, **extra)
+        self.run = Run(self.output_dir, payload, self.method, overwrite=self.settings.overwrite)
+        return self.run
 
     def trainer(
         self,
@@ -784,35 +888,35 @@ class TrainingSession:
         zero_grad: Optional[bool] = None,
         iterations: Optional[int] = None,
         **kw: Any,
-    ) -> Trainer:
-        """A :class:`Trainer` wired to this run's ``--lr``, ``--iterations``, ``--zero_grad`` and ``--precision``."""
-        zg = getattr(self.args, "zero_grad", False) if zero_grad is None else zero_grad
-        return Trainer(
+    ) -> ParameterTrainer:
+        """A :class:`ParameterTrainer` wired to this run's learning rate, iterations, ``zero_grad``, precision,
+        progress display and ``losses.csv``."""
+        return ParameterTrainer(
             params,
-            lr=self.args.lr,
-            iterations=iterations or self.args.iterations,
+            lr=self.settings.lr,
+            iterations=iterations or self.settings.iterations,
             run=self.run,
-            zero_grad=zg,
+            zero_grad=self.settings.zero_grad if zero_grad is None else zero_grad,
             desc=desc or self.method,
-            precision=self.dtype,
+            precision=self.settings.dtype,
             device=self.device,
-            progress=show_progress(self.args.quiet),
+            progress=self.settings.progress,
             **kw,
         )
 
     # -- the common training step ----------------------------------------------------------------------
     def timesteps(self) -> tuple[int, torch.Tensor]:
         """``(t_enc, t)`` with ``t`` a 1-element long tensor on the training device."""
-        t_enc, t = sample_timesteps(self.args.ddim_steps, self.generator, self._model().num_timesteps)
+        t_enc, t = sample_timesteps(self.settings.ddim_steps, self.generator, self._model().num_timesteps)
         return t_enc, torch.tensor([t], device=self.device, dtype=torch.long)
 
-    def image(self, prompt: str) -> torch.Tensor:
-        """One training image of ``prompt`` (1×3×S×S in [-1, 1], on the training device)."""
-        return self.folders[prompt].sample(self.generator).to(self.device)
+    def image(self, concept: str) -> torch.Tensor:
+        """One training image of ``concept`` (1×3×S×S in [-1, 1], on the training device)."""
+        return self.folders[concept].sample(self.generator).to(self.device)
 
-    def latent(self, prompt: str) -> torch.Tensor:
-        """z of one training image of ``prompt`` (posterior sample × scale_factor, no grad)."""
-        return encode_latents(self._model(), self.image(prompt), self.device_generator)
+    def latent(self, concept: str) -> torch.Tensor:
+        """z of one training image of ``concept`` (posterior sample × scale_factor, no grad)."""
+        return encode_latents(self._model(), self.image(concept), self.device_generator)
 
     def noisy(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t = q_sample(z, t) with fresh noise."""
@@ -823,31 +927,93 @@ class TrainingSession:
             raise RuntimeError("load_model() first")
         return self.model
 
-    # -- saving -----------------------------------------------------------------------------------------
+    # -- the end of every run ----------------------------------------------------------------------------
     def base_info(self) -> dict:
-        return records.base_info(self.args.ckpt_path, self.args.config_path)
+        return records.base_info(self.settings.ckpt_path, self.settings.config_path)
 
-    def save_record(self, record: records.ErasureRecord) -> Path:
-        path = records.save_record(self.run.path(records.RECORD_NAME), record, overwrite=True)
-        self.run._note(records.RECORD_NAME)
-        return path
-
-    def save_tensors(
-        self, concepts: Sequence[str], tensors: Mapping[str, torch.Tensor], meta: Optional[Mapping[str, Any]] = None
-    ) -> Path:
-        """``erasure.safetensors`` holding the trained tensors' new values (replaced-tensor record)."""
-        record = records.ErasureRecord(
+    def tensor_record(self, tensors: Mapping[str, torch.Tensor]) -> records.ErasureRecord:
+        """A replaced-tensor record of the trained tensors' new values (CiE, ESD, FMN, Ablating Concepts)."""
+        return records.ErasureRecord(
             method=self.method,
-            concepts=list(concepts),
+            concepts=list(self.concepts),
             base=self.base_info(),
             tensors={k: v.detach().float().cpu() for k, v in tensors.items()},
-            meta=dict(meta or {}),
         )
-        return self.save_record(record)
 
-    def save_full(self, name: str, changed: Mapping[str, torch.Tensor]) -> Path:
-        """A full CompVis checkpoint ``<run>/<name>.ckpt``: the base checkpoint with ``changed`` replaced."""
-        fname = f"{name}.ckpt"
-        path = records.write_full_checkpoint(self.args.ckpt_path, self.run.path(fname), changed, overwrite=True)
-        self.run._note(fname)
-        return path
+    def finish(
+        self,
+        results: Union[FitResult, Sequence[FitResult]],
+        record: records.ErasureRecord,
+        *,
+        reference: str,
+        concepts: Mapping[str, Mapping[str, Any]],
+        settings: Mapping[str, Any],
+        stop_reason: Optional[str] = None,
+    ) -> dict:
+        """End the run: save ``record`` (``erasure.safetensors``), the full checkpoints ``--save_full`` asks for,
+        ``loss.png`` and ``summary.json``; return the summary.
+
+        ``concepts`` is per concept at least ``iterations`` and ``stop_reason``; ``settings`` the method's own
+        settings and derived values (prompts built, sampling mode, ...). Both go into the record's metadata (keys
+        the record already holds win, e.g. SepCE's per-concept bases) and into the summary, whose keys are
+        :data:`SUMMARY_KEYS` for every method. ``results`` is one :class:`FitResult` or several (SepCE trained
+        one concept at a time); ``stop_reason`` overrides the joined stop reasons. Full checkpoints: one of the
+        record's tensors, or for a separable record one per non-empty subset of its concepts."""
+        if self.run is None:
+            raise RuntimeError("start_run() first")
+        results = [results] if isinstance(results, FitResult) else list(results)
+        iterations = sum(r.iterations for r in results)
+        reason = stop_reason or "; ".join(r.stop_reason for r in results)
+        ok = all(r.ok for r in results)
+        common = {
+            "iterations": iterations,
+            "stop_reason": reason,
+            "ok": ok,
+            "lr": self.settings.lr,
+            "reference": reference,
+            "concepts": {c: dict(v) for c, v in concepts.items()},
+        }
+        record.meta = {**dict(settings), **common, **record.meta}
+        records.save_record(self.run.path(records.RECORD_NAME), record, overwrite=True)
+        self.run._note(records.RECORD_NAME)
+        if self.settings.save_full:
+            self._save_full(record)
+        data = {
+            c: {"folder": str(f.folder), "images": len(f), "skipped_unreadable": len(f.skipped)}
+            for c, f in self.folders.items()
+        }
+        return self.run.finish(
+            iterations,
+            reason,
+            ok=ok,
+            reference=reference,
+            concepts=common["concepts"],
+            devices=[str(d) for d in self.devices],
+            data=data,
+            settings=dict(settings),
+            output_dir=str(self.output_dir),
+        )
+
+    def _save_full(self, record: records.ErasureRecord) -> None:
+        if record.separable:
+            base = dict(self._model().named_parameters())
+            subsets = [
+                s for k in range(1, len(record.concepts) + 1) for s in itertools.combinations(record.concepts, k)
+            ]
+        else:
+            base, subsets = {}, [tuple(record.concepts)]
+        for subset in subsets:
+            name = f"{run_name(self.method, subset, self.suffix)}.{self.settings.save_full}"
+            changed = records.changed_tensors(record, base, list(subset))
+            records.write_full_checkpoint(self.settings.ckpt_path, self.run.path(name), changed, overwrite=True)
+            self.run._note(name)
+
+
+def finished_message(summary: Mapping[str, Any]) -> str:
+    """What a training script prints at the end: one line per concept (iterations, stop reason), then the run
+    folder."""
+    lines = [
+        f"{summary['method']} {c!r}: {info['iterations']} iterations, {info['stop_reason']}"
+        for c, info in summary["concepts"].items()
+    ]
+    return "\n".join([*lines, f"saved {summary['output_dir']}"])

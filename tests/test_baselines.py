@@ -15,14 +15,17 @@ import torch
 import torch.nn.functional as F
 from conftest import run_script
 from ldm.checkpoint import read_state_dict
+from ldm.models.diffusion.sampling import ddim_timesteps
 from PIL import Image
 
 from sepce.baseline_losses import (
     AttentionCapture,
     ablating_loss,
     ablating_prompts,
+    check_template,
     esd_loss,
-    esd_sample_until,
+    esd_sample_till_t,
+    esd_sampling_steps,
     esd_target,
     fmn_loss,
     fmn_prompts,
@@ -57,13 +60,67 @@ def test_esd_loss_does_not_backprop_into_targets():
     assert e_n.grad is not None and e_0.grad is None and e_p.grad is None
 
 
-def test_esd_sample_until_is_guided_ddim_for_t_enc_steps(tiny_model):
-    """Explicit DDIM (Song et al. Eq. 12, eta 0) over the CompVis uniform 50-step grid, with separate
-    conditional and unconditional forwards, against the batched sampler."""
+@pytest.mark.parametrize(
+    "t_enc, expected", [(0, 50), (1, 50), (2, 49), (25, 26), (49, 2)]
+)  # S+1-t_enc steps, all S for t_enc = 0
+def test_esd_sampling_steps_run_till_t(t_enc, expected):
+    assert esd_sampling_steps(t_enc, 50) == expected
+    assert esd_sampling_steps(t_enc, 50, "authors_all_steps") == 50  # the authors' sampler ignored the stop
+    with pytest.raises(ValueError, match="--sampling 'till_T'"):
+        esd_sampling_steps(t_enc, 50, "till_T")
+
+
+class RecordingModel:
+    """A stand-in model for the sampler: ε = 0 (so each DDIM step rescales x by √(ᾱ_prev/ᾱ_t)), records the DDPM
+    timestep of every call (one call per step: guidance batches both branches)."""
+
+    def __init__(self, alphas_cumprod):
+        self.alphas_cumprod = alphas_cumprod
+        self.timesteps = []
+
+    def apply_model(self, x, t, cond):
+        self.timesteps.append(int(t[0]))
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("steps", [50, 10])
+@pytest.mark.parametrize("position", ["zero", "one", "middle", "last"])
+def test_esd_sample_till_t_ends_at_the_noise_level_of_the_scored_t(tiny_model, steps, position):
+    """ESD's sampler (``if index + 1 == till_T: break``): step indices n-1 down to t_enc-1, so the returned latent
+    sits at DDIM timestep ts[t_enc-2] (ᾱ of DDPM step 0 for t_enc <= 1), within three grid strides below every DDPM
+    t of t_enc's bucket [t_enc·T/S, (t_enc+1)·T/S) — where the latent is scored. (Stopping after t_enc steps, as
+    before, left it at noise level ~T - t_enc·T/S instead.)"""
+    t_enc = {"zero": 0, "one": 1, "middle": steps // 2, "last": steps - 1}[position]
+    ts = [int(v) for v in ddim_timesteps(steps)]
+    stride = 1000 // steps
+    ac = tiny_model.alphas_cumprod
+    model = RecordingModel(ac)
+    x_T = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = uncond = torch.zeros(1, 77, 8)
+    z = esd_sample_till_t(model, x_T, cond, uncond, t_enc, steps, 3.0)
+    n_run = esd_sampling_steps(t_enc, steps)
+    assert len(model.timesteps) == n_run == (steps if t_enc == 0 else steps + 1 - t_enc)
+    assert model.timesteps == ts[::-1][:n_run]  # from the noisiest down; the last step is index t_enc-1
+    if t_enc >= 1:
+        assert model.timesteps[-1] == ts[t_enc - 1]
+    reached = ts[t_enc - 2] if t_enc >= 2 else 0  # the last step's "previous" timestep
+    torch.testing.assert_close(z, x_T * (ac[reached] / ac[ts[-1]]).sqrt(), rtol=1e-5, atol=1e-6)  # noise level
+    bucket = range(round(t_enc / steps * 1000), round((t_enc + 1) / steps * 1000))
+    if t_enc >= 2:
+        assert all(0 < t - reached < 3 * stride for t in bucket)
+    else:  # t_enc 0 and 1: the clean end of the schedule
+        assert reached == 0 and max(bucket) < 2 * stride
+    authors = RecordingModel(ac)
+    esd_sample_till_t(authors, x_T, cond, uncond, t_enc, steps, 3.0, sampling="authors_all_steps")
+    assert authors.timesteps == ts[::-1]  # all steps, whatever t_enc
+
+
+def test_esd_sample_till_t_is_guided_ddim(tiny_model):
+    """Explicit DDIM (Song et al. Eq. 12, eta 0) over the CompVis uniform 50-step grid, with separate conditional
+    and unconditional forwards, against the batched sampler: t_enc = 47 runs the 4 noisiest steps."""
     m = tiny_model
     cond, uncond = emb(m, "Van Gogh"), emb(m, "")
     x_T = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(esd_sample_until(m, x_T, cond, uncond, 0, 50, 3.0), x_T)
     ac = m.alphas_cumprod.double()
     ts = list(range(1, 1000, 20))  # CompVis 'uniform' DDIM timesteps for 50 steps
     x = x_T.double()
@@ -76,7 +133,7 @@ def test_esd_sample_until_is_guided_ddim_for_t_enc_steps(tiny_model):
             eps = e_u + 3.0 * (e_c - e_u)
             x0 = (x - (1 - ac[t]).sqrt() * eps) / ac[t].sqrt()
             x = ac[t_prev].sqrt() * x0 + (1 - ac[t_prev]).sqrt() * eps
-    z = esd_sample_until(m, x_T, cond, uncond, 4, 50, 3.0)
+    z = esd_sample_till_t(m, x_T, cond, uncond, 47, 50, 3.0)
     assert not z.requires_grad
     torch.testing.assert_close(z.double(), x, atol=1e-4, rtol=1e-4)
 
@@ -189,6 +246,19 @@ def explicit_fmn_loss(model, x_t, t, c, c2):
         logits_c2 = torch.einsum("bhnd,bhmd->bhnm", q, k2) / math.sqrt(d)
         total += ((logits_c - logits_c2) ** 2).mean().item()
     return total
+
+
+def test_prompt_templates_of_the_authors_variants():
+    """The released prompts by default; a world-style setting (the concept is the whole prompt) by flags."""
+    assert fmn_prompts("Van Gogh") == ("a painting of Van Gogh", "a painting of")
+    assert fmn_prompts("in the style of waves", "{}", "in the style of") == ("in the style of waves", "in the style of")
+    assert ablating_prompts("Van Gogh") == ("Van Gogh painting", "painting")
+    assert ablating_prompts("in the style of waves", "{}", "") == ("in the style of waves", "")
+    for bad in ("a painting", "{} and {}", "{0} painting", "{x}", "{"):
+        with pytest.raises(ValueError, match="--concept_template"):
+            check_template(bad)
+    with pytest.raises(ValueError, match="exactly one"):
+        fmn_prompts("Van Gogh", "a painting of")
 
 
 def test_fmn_loss_equals_explicit_attention_logits(tiny_model):
@@ -358,8 +428,10 @@ def test_fmn_seed_command_end_to_end(tiny_ckpt, tiny_model, data_dir, tmp_path):
     assert "FMN 'Van Gogh': 3 iterations" in proc.stdout
     rows, record = check_run(out, "FMN", 3, tiny_ckpt, attn2_keys(tiny_model))
     assert float(rows[0]["l1_drift"]) == 0.0 and float(rows[-1]["l1_drift"]) > 0
-    assert record.meta["concept_prompt"] == "a painting of Van Gogh"
-    assert record.concepts == ["Van Gogh"]
+    assert (
+        record.meta["concept_prompt"] == "a painting of Van Gogh" and record.meta["neutral_prompt"] == "a painting of"
+    )
+    assert record.meta["variant"] == "authors" and record.concepts == ["Van Gogh"]
 
 
 def test_abconcept_seed_command_end_to_end_with_full_checkpoint(tiny_ckpt, tiny_model, data_dir, tmp_path):
@@ -386,11 +458,62 @@ def test_abconcept_seed_command_end_to_end_with_full_checkpoint(tiny_ckpt, tiny_
 def test_esd_seed_command_end_to_end(tiny_ckpt, tiny_model, tmp_path):
     out = tmp_path / "esd"
     proc = run_script(*SEED_COMMANDS["ESD"], *tiny_overrides(tiny_ckpt, 3), "--output_dir", out)
-    assert "ESD-xattn" in proc.stdout
+    assert "ESD 'Van Gogh': 3 iterations" in proc.stdout
     names = [k for k, _ in tiny_model.named_parameters()]
     rows, record = check_run(out, "ESD", 3, tiny_ckpt, esd_parameter_keys(names, "xattn"))
     assert all(0 <= int(r["t_enc"]) < 50 and r["concept"] == "Van Gogh" for r in rows)
+    assert all(int(r["ddim_steps_run"]) == esd_sampling_steps(int(r["t_enc"]), 50) for r in rows)
     assert record.meta["train_method"] == "xattn" and record.meta["negative_guidance"] == 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert record.meta["sampling"] == summary["settings"]["sampling"] == "till_t"
+
+
+def test_esd_authors_sampling_is_recorded(tiny_ckpt, tmp_path, load_script, capsys):
+    esd = load_script("train-scripts/Esd.py")
+    argv = ["--prompt", "Van Gogh", "--sampling", "authors_all_steps", "--ddim_steps", "4"]
+    summary = esd.main(esd.parse_args([*argv, *map(str, tiny_overrides(tiny_ckpt, 2)), "--output_dir", str(tmp_path)]))
+    rows = list(csv.DictReader((tmp_path / "losses.csv").open()))
+    assert [int(r["ddim_steps_run"]) for r in rows] == [4, 4]
+    assert summary["settings"]["sampling"] == "authors_all_steps"
+    with pytest.raises(SystemExit):
+        esd.parse_args(["--help"])
+    assert (
+        "authors_all_steps: always all steps, the clean latent scored at t — for reproducing the paper's ESD row"
+        in (" ".join(capsys.readouterr().out.split()))
+    )
+
+
+def test_fmn_and_ablating_concepts_take_world_style_prompts(tiny_ckpt, tmp_path, load_script):
+    """The concept read from --prompt (images in <data_dir>/<prompt>/), the prompts built from the templates and
+    recorded in the summary and the record."""
+    from sepce.records import load_record
+
+    concept = "in the style of waves"
+    (tmp_path / "data" / concept).mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+            tmp_path / "data" / concept / f"{k}.png"
+        )
+    common = ["--prompt", concept, "--data_dir", str(tmp_path / "data"), *map(str, tiny_overrides(tiny_ckpt, 1))]
+    fmn = load_script("train-scripts/FMN.py")
+    out = tmp_path / "fmn"
+    argv = [*common, "--concept_template", "{}", "--neutral_prompt", "in the style of", "--output_dir", str(out)]
+    summary = fmn.main(fmn.parse_args(argv))
+    expected = {"concept_prompt": concept, "neutral_prompt": "in the style of", "concept_template": "{}"}
+    assert expected.items() <= summary["settings"].items() and expected.items() <= load_record(out).meta.items()
+    assert summary["data"][concept]["images"] == 2
+    ac = load_script("train-scripts/Abconcept.py")
+    out = tmp_path / "ac"
+    summary = ac.main(
+        ac.parse_args([*common, "--concept_template", "{}", "--anchor_prompt", "", "--output_dir", str(out)])
+    )
+    expected = {"concept_prompt": concept, "anchor_prompt": "", "variant": "authors"}
+    assert expected.items() <= summary["settings"].items() and expected.items() <= load_record(out).meta.items()
+    defaults = ac.parse_args(common)
+    assert (defaults.concept_template, defaults.anchor_prompt) == ("{} painting", "painting")
+    defaults = fmn.parse_args(common)
+    assert (defaults.concept_template, defaults.neutral_prompt) == ("a painting of {}", "a painting of")
 
 
 def test_esd_several_concepts_noxattn(tiny_ckpt, tiny_model, tmp_path, load_script):
@@ -447,6 +570,8 @@ def no_model_load(monkeypatch):
         ("FMN", ["--prompt", "Van Gogh", "--iter_break", "0"], "--iterations 0: expected a positive integer"),
         ("Abconcept", ["--prompt", "Van Gogh", "--anchor_weight", "-1"], "--anchor_weight -1.0"),
         ("Abconcept", ["--prompt", "Van Gogh", "--devices", "0,1,2"], "--devices '0,1,2'"),
+        ("Abconcept", ["--prompt", "Van Gogh", "--concept_template", "{} {}"], "--concept_template '{} {}'"),
+        ("FMN", ["--prompt", "Van Gogh", "--concept_template", "a painting"], "--concept_template 'a painting'"),
     ],
 )
 def test_bad_input_refused_before_loading(

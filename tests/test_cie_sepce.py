@@ -7,11 +7,12 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, _load_script, run_script
+from conftest import REPO, run_script
 from ldm.checkpoint import read_state_dict
 from PIL import Image
 
@@ -28,13 +29,26 @@ from sepce.losses import (
     sepce_loss,
 )
 from sepce.modeling import load_model
-from sepce.training import FrozenReference, select_parameters
+from sepce.sepce_training import JointTraining, SepCESettings, SequentialTraining, run_sepce
+from sepce.training import FrozenReference, ParameterTrainer, select_parameters
 
 WIDE_CONFIG = REPO / "configs" / "tiny" / "v1-tiny-wide.yaml"
 FOLDERS = ["Van Gogh", "VanGogh", "Cezanne", "Picasso"]
 
 
-CIE, SEPCE, COMPOSE = (_load_script(f"train-scripts/{n}.py") for n in ("CiE", "SepCE", "compose_erasure"))
+@pytest.fixture(scope="module")
+def cie_script(load_script):
+    return load_script("train-scripts/CiE.py")
+
+
+@pytest.fixture(scope="module")
+def sepce_script(load_script):
+    return load_script("train-scripts/SepCE.py")
+
+
+@pytest.fixture(scope="module")
+def compose_script(load_script):
+    return load_script("train-scripts/compose_erasure.py")
 
 
 @pytest.fixture(scope="module")
@@ -217,10 +231,10 @@ def test_sepce_seed_command_runs_as_written(wide_ckpt, workdir):
 
 
 # ------------------------------------------------------------------------------------------------ CiE modes
-def test_nan_loss_stops_keeps_the_last_good_state_and_says_so(tiny_ckpt, workdir, capsys):
+def test_nan_loss_stops_keeps_the_last_good_state_and_says_so(tiny_ckpt, workdir, capsys, cie_script):
     argv = ["--prompt", "Van Gogh", "--lr", "1e30", "--iterations", "5", *small(workdir, "nan-run", tiny_ckpt)]
     with pytest.raises(SystemExit) as info:
-        cli.run(CIE.parse_args, CIE.main, argv)  # what `python train-scripts/CiE.py ...` runs
+        cli.run(cie_script.parse_args, cie_script.main, argv)  # what `python train-scripts/CiE.py ...` runs
     err = capsys.readouterr().err
     assert info.value.code == cli.EXIT_STOPPED_EARLY and "non-finite loss" in err and "warning" in err
     summary = json.loads((workdir / "nan-run" / "summary.json").read_text())
@@ -230,11 +244,13 @@ def test_nan_loss_stops_keeps_the_last_good_state_and_says_so(tiny_ckpt, workdir
     assert all(torch.equal(v, base[k]) for k, v in rec.tensors.items())  # rolled back to finite weights
 
 
-def test_one_copy_and_two_copy_frozen_originals_train_the_same(tiny_ckpt, workdir, monkeypatch):
+def test_one_copy_and_two_copy_frozen_originals_train_the_same(tiny_ckpt, workdir, monkeypatch, cie_script):
     common = ["--prompt", "Van Gogh", "--iterations", "3", "--lr", "1e-4", "--seed", "5"]
-    one = CIE.main(CIE.parse_args([*common, *small(workdir, "one-copy", tiny_ckpt), "--save_full"]))
+    one = cie_script.main(cie_script.parse_args([*common, *small(workdir, "one-copy", tiny_ckpt), "--save_full"]))
     monkeypatch.setattr(training.TrainingSession, "two_devices", property(lambda self: True))
-    two = CIE.main(CIE.parse_args([*common, *small(workdir, "two-copy", tiny_ckpt), "--devices", "cpu,cpu"]))
+    two = cie_script.main(
+        cie_script.parse_args([*common, *small(workdir, "two-copy", tiny_ckpt), "--devices", "cpu,cpu"])
+    )
     assert one["reference"] == "substituted" and two["reference"] == "copy on cpu"
     rows = [list(csv.DictReader((workdir / d / "losses.csv").open())) for d in ("one-copy", "two-copy")]
     for a, b in zip(*rows):
@@ -249,7 +265,7 @@ def test_one_copy_and_two_copy_frozen_originals_train_the_same(tiny_ckpt, workdi
 
 # ------------------------------------------------------------------------------------------------ SepCE
 @pytest.fixture(scope="module")
-def joint_run(wide_ckpt, workdir):
+def joint_run(wide_ckpt, workdir, sepce_script):
     """Van Gogh + Cezanne trained jointly, a preserved watermark prompt, β = 1 so the increments are visible."""
     argv = [
         "--prompts",
@@ -266,7 +282,7 @@ def joint_run(wide_ckpt, workdir):
         "--save_full",
         *small(workdir, "joint", wide_ckpt),
     ]
-    summary = SEPCE.main(SEPCE.parse_args(argv))
+    summary = sepce_script.main(sepce_script.parse_args(argv))
     return workdir / "joint", summary
 
 
@@ -302,7 +318,7 @@ def _only(model, inc, concept, prompts):
         return unet_out(model, prompts)
 
 
-def test_compose_command_erases_a_subset_and_restores_one(joint_run, wide_ckpt, tiny_ckpt, workdir):
+def test_compose_command_erases_a_subset_and_restores_one(joint_run, wide_ckpt, tiny_ckpt, workdir, compose_script):
     run, _ = joint_run
     out = workdir / "composed"
     run_script(
@@ -317,8 +333,8 @@ def test_compose_command_erases_a_subset_and_restores_one(joint_run, wide_ckpt, 
         "--output",
         out / "both.ckpt",
     )
-    COMPOSE.main(
-        COMPOSE.parse_args(
+    compose_script.main(
+        compose_script.parse_args(
             [
                 "--record",
                 str(run),
@@ -348,25 +364,27 @@ def test_compose_command_erases_a_subset_and_restores_one(joint_run, wide_ckpt, 
     assert json.loads((out / "cezanne.ckpt.json").read_text())["erased"] == ["Cezanne"]
     assert {p.name for p in run.iterdir()} >= {f"SepCE-{s}.ckpt" for s in ("VanGogh", "Cezanne", "VanGogh+Cezanne")}
     with pytest.raises(ValueError, match="was made for base checkpoint"):
-        COMPOSE.main(
-            COMPOSE.parse_args(
+        compose_script.main(
+            compose_script.parse_args(
                 ["--record", str(run), "--ckpt_path", str(tiny_ckpt), "--output", str(out / "wrong.ckpt")]
             )
         )
     assert not (out / "wrong.ckpt").exists()
     with pytest.raises(ValueError, match="'Monet' is not a concept"):
-        COMPOSE.main(COMPOSE.parse_args(["--record", str(run), "--erase", "Monet", "--ckpt_path", str(wide_ckpt)]))
+        compose_script.main(
+            compose_script.parse_args(["--record", str(run), "--erase", "Monet", "--ckpt_path", str(wide_ckpt)])
+        )
     with pytest.raises(FileExistsError):
-        COMPOSE.main(
-            COMPOSE.parse_args(
+        compose_script.main(
+            compose_script.parse_args(
                 ["--record", str(run), "--ckpt_path", str(wide_ckpt), "--output", str(out / "both.ckpt")]
             )
         )
 
 
-def test_sequential_run_and_adding_a_concept_later(wide_ckpt, workdir):
-    first = SEPCE.main(
-        SEPCE.parse_args(
+def test_sequential_run_and_adding_a_concept_later(wide_ckpt, workdir, sepce_script):
+    first = sepce_script.main(
+        sepce_script.parse_args(
             [
                 "--prompts",
                 "VanGogh",
@@ -383,8 +401,8 @@ def test_sequential_run_and_adding_a_concept_later(wide_ckpt, workdir):
     rows = list(csv.DictReader((workdir / "seq" / "losses.csv").open()))
     assert [r["concept"] for r in rows] == ["VanGogh"] * 3
     with pytest.raises(ValueError, match="already erases"):
-        SEPCE.main(
-            SEPCE.parse_args(
+        sepce_script.main(
+            sepce_script.parse_args(
                 [
                     "--prompts",
                     "VanGogh",
@@ -397,13 +415,13 @@ def test_sequential_run_and_adding_a_concept_later(wide_ckpt, workdir):
             )
         )
     with pytest.raises(ValueError, match="differs from beta"):
-        SEPCE.main(
-            SEPCE.parse_args(
+        sepce_script.main(
+            sepce_script.parse_args(
                 ["--prompts", "Cezanne", "--add_to", str(workdir / "seq"), *small(workdir, "x2", wide_ckpt)]
             )
         )
-    SEPCE.main(
-        SEPCE.parse_args(
+    sepce_script.main(
+        sepce_script.parse_args(
             [
                 "--prompts",
                 "Cezanne",
@@ -432,6 +450,163 @@ def test_sequential_run_and_adding_a_concept_later(wide_ckpt, workdir):
     assert change[2] > 1e-4 and change[:2].max() < 2e-6  # the new increment leaves "" and VanGogh exact
 
 
+# ------------------------------------------------------------------------------------------------ SepCE library
+class ScriptedDirections:
+    """A stand-in for ConceptDirections: d_c = v_c(i) + 1e-2 · ΣA_c (so the coefficients get gradients), v_c read
+    from a script per call; records the coefficients and active increments each call saw."""
+
+    def __init__(self, inc, script):
+        self.inc, self.script, self.calls = inc, script, []
+
+    def __call__(self, batch):
+        i = len(self.calls)
+        self.calls.append({"batch": list(batch), "active": self.inc.active, "coefs": self.inc.snapshot("a")})
+        ds = [self.script[c](i) + 1e-2 * sum(x.sum() for x in self.inc.coefs[c].values()) for c in batch]
+        return [d * torch.ones(2, 2) for d in ds], ds
+
+
+def scripted_increments(tiny_model, concepts):
+    model = copy.deepcopy(tiny_model)
+    inc = SeparableIncrements(model, beta=1.0)
+    g = torch.Generator().manual_seed(0)
+    for c in concepts:
+        inc.add(c, torch.linalg.qr(torch.randn(inc.context_dim, 4, generator=g))[0].T)  # 4 orthonormal rows
+    return inc
+
+
+def plain_trainer(iterations):
+    return lambda params, desc: ParameterTrainer(params, lr=0.05, iterations=iterations, desc=desc, progress=False)
+
+
+def test_joint_training_stops_concepts_one_by_one_and_saves_their_snapshots(tiny_model):
+    """'a' stops by its momentum after iteration 11 (first index > 10 with m < 0), 'b' (threshold -inf) at the
+    iteration cap of 15; training ends when every flag is 0. 'a' stays in the batch (it sets the weights) but out
+    of the loss, and its saved coefficients are the snapshot taken when it stopped — Adam's accumulated gradients
+    keep moving the live ones."""
+    inc = scripted_increments(tiny_model, ["a", "b"])
+    inc.activate(["a", "b"])
+    directions = ScriptedDirections(inc, {"a": lambda i: -1.0, "b": lambda i: 1.0})
+    joint = JointTraining(inc, ["a", "b"], [0.0, -math.inf], 15, 0.0, directions)
+    (result,) = joint.fit(plain_trainer(100))
+    assert result.ok and result.stop_reason == "every concept stopped" and result.iterations == 15
+    assert joint.info["a"]["iterations"] == 12 and "threshold" in joint.info["a"]["stop_reason"]
+    assert joint.info["b"]["iterations"] == 15 and "cap" in joint.info["b"]["stop_reason"]
+    assert not any(joint.flags.values())
+    assert [c["batch"] for c in directions.calls] == [["a", "b"]] * 15  # the first concept stays for the weights
+    assert all(c["active"] == ("a", "b") for c in directions.calls)
+    after_stop = directions.calls[12]["coefs"]  # what iteration 12 saw: the coefficients after iteration 11's step
+    assert all(torch.equal(joint.snapshots["a"][k], v) for k, v in after_stop.items())
+    assert any(not torch.equal(joint.snapshots["a"][k], v) for k, v in inc.coefs["a"].items())  # live ones moved on
+    record = inc.to_record({}, ["a", "b"], coefs=joint.snapshots)
+    assert all(torch.equal(record.coefs["a"][k], v) for k, v in joint.snapshots["a"].items())
+    assert all(torch.equal(record.coefs["b"][k], v.detach()) for k, v in inc.coefs["b"].items())
+
+
+def test_joint_training_with_every_concept_stopping_at_once_ends_after_that_step(tiny_model):
+    inc = scripted_increments(tiny_model, ["a", "b"])
+    inc.activate(["a", "b"])
+    joint = JointTraining(
+        inc, ["a", "b"], [0.0, 0.0], 100, 3e-5, ScriptedDirections(inc, {c: lambda i: -1.0 for c in "ab"})
+    )
+    (result,) = joint.fit(plain_trainer(100))
+    assert result.iterations == 12 and result.stop_reason == "every concept stopped"
+    assert joint.info == {c: {"iterations": 12, "stop_reason": joint.info[c]["stop_reason"]} for c in "ab"}
+
+
+def test_sequential_training_one_concept_at_a_time(tiny_model):
+    inc = scripted_increments(tiny_model, ["a", "b"])
+    directions = ScriptedDirections(inc, {"a": lambda i: 1.0, "b": lambda i: -1.0})
+    seq = SequentialTraining(inc, ["a", "b"], [0.0, 0.0], 5, 0.0, directions)
+    trainers = []
+
+    def make(params, desc):
+        trainers.append((desc, len(params)))
+        return plain_trainer(100)(params, desc)
+
+    results = seq.fit(make)
+    n_layers = len(inc.layer_keys())
+    assert trainers == [("SepCE a", n_layers), ("SepCE b", n_layers)]  # a fresh optimizer over one concept each
+    assert [r.iterations for r in results] == [5, 5] and all("cap" in r.stop_reason for r in results)
+    assert [c["batch"] for c in directions.calls] == [["a"]] * 5 + [["b"]] * 5
+    assert [c["active"] for c in directions.calls] == [("a",)] * 5 + [("b",)] * 5  # only its own increment
+    for c in "ab":
+        assert all(torch.equal(seq.snapshots[c][k], v.detach()) for k, v in inc.coefs[c].items())
+        assert seq.info[c]["iterations"] == 5
+
+
+def test_sepce_settings_resolve_and_validate():
+    assert SepCESettings().resolved_thresholds() == [0.0, 1.5e-4, 0.0]  # the released concepts and thresholds
+    assert SepCESettings(concepts=("x", "y")).resolved_thresholds() == [0.0, 0.0]
+    assert SepCESettings(concepts=("x", "y"), thresholds=(0.5,)).resolved_thresholds() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="--rank_rtol 2"):
+        SepCESettings(concepts=("x",), rank_rtol=2)
+    with pytest.raises(ValueError, match="--reg_beta -1"):
+        SepCESettings(concepts=("x",), reg_beta=-1)
+
+
+def test_train_sepce_on_a_session_joint_then_added(wide_ckpt, workdir):
+    """The library entry point without the script: a joint run of two concepts, then one added to it (trained
+    alone, the earlier concepts copied)."""
+    from sepce.training import TrainingSettings
+
+    def common(out, iterations):
+        return TrainingSettings(
+            lr=1e-2,
+            iterations=iterations,
+            devices=(torch.device("cpu"),),
+            ckpt_path=wide_ckpt,
+            config_path=wide_ckpt.parent / "config.yaml",
+            data_dir=workdir / "data",
+            output_dir=workdir / out,
+            image_size=64,
+            progress=False,
+        )
+
+    first = run_sepce(common("lib-joint", 2), SepCESettings(concepts=("VanGogh", "Picasso"), scale_factor=1.0))
+    assert first["settings"]["mode"] == "joint" and first["iterations"] == 2
+    assert {c: v["iterations"] for c, v in first["concepts"].items()} == {"VanGogh": 2, "Picasso": 2}
+    added = run_sepce(
+        common("lib-added", 2), SepCESettings(concepts=("Cezanne",), scale_factor=1.0, add_to=workdir / "lib-joint")
+    )
+    assert added["settings"]["mode"] == "sequential" and added["settings"]["added_to"].endswith("erasure.safetensors")
+    old, new = records.load_record(workdir / "lib-joint"), records.load_record(workdir / "lib-added")
+    assert new.concepts == ["VanGogh", "Picasso", "Cezanne"]
+    assert all(torch.equal(new.coefs["Picasso"][k], v) for k, v in old.coefs["Picasso"].items())
+    assert new.meta["concepts"]["Cezanne"]["basis"]["excluded"] == ["", "VanGogh", "Picasso"]
+
+
+# ------------------------------------------------------------------------------------------------ one ending
+def test_every_method_ends_with_the_same_summary_schema(wide_ckpt, workdir, load_script):
+    """CiE, SepCE, ESD, FMN and Ablating Concepts, 2 iterations each: summary.json has the same keys
+    (training.SUMMARY_KEYS), the devices and per-folder data included, and the record's metadata holds the common
+    facts too."""
+    runs = {
+        "CiE": ["--prompt", "Van Gogh"],
+        "SepCE": ["--prompts", "VanGogh", "Cezanne"],
+        "Esd": ["--prompt", "Van Gogh", "--ddim_steps", "4"],
+        "FMN": ["--prompt", "Van Gogh"],
+        "Abconcept": ["--prompt", "Van Gogh"],
+    }
+    summaries = {}
+    for script, argv in runs.items():
+        module = load_script(f"train-scripts/{script}.py")
+        out = workdir / f"schema-{script}"
+        common = small(workdir, out.name, wide_ckpt, "--iterations", "2")
+        if script == "Esd":  # no training images
+            at = common.index("--data_dir")
+            del common[at : at + 2]
+        summaries[script] = module.main(module.parse_args([*argv, *common]))
+        assert json.loads((out / "summary.json").read_text()) == summaries[script]
+        meta = records.load_record(out).meta
+        assert {"iterations", "stop_reason", "ok", "lr", "reference", "concepts"} <= set(meta)
+    for script, summary in summaries.items():
+        assert set(summary) == set(training.SUMMARY_KEYS), script
+        assert summary["devices"] == ["cpu"] and summary["iterations"] == 2 and summary["ok"], script
+        assert all({"iterations", "stop_reason"} <= set(v) for v in summary["concepts"].values()), script
+    assert summaries["CiE"]["data"]["Van Gogh"]["images"] == 2 and summaries["Esd"]["data"] == {}
+    assert set(summaries["SepCE"]["data"]) == {"VanGogh", "Cezanne"}
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     "argv, message",
@@ -445,18 +620,18 @@ def test_sequential_run_and_adding_a_concept_later(wide_ckpt, workdir):
         (["--prompts", "A", "B", "C", "D", "E", "--save_full"], "31 full checkpoints"),
     ],
 )
-def test_sepce_bad_input_fails_before_the_model_loads(wide_ckpt, workdir, monkeypatch, argv, message):
+def test_sepce_bad_input_fails_before_the_model_loads(wide_ckpt, workdir, monkeypatch, argv, message, sepce_script):
     monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
     with pytest.raises((ValueError, FileNotFoundError)) as info:
-        SEPCE.main(SEPCE.parse_args([*argv, *small(workdir, "bad", wide_ckpt)]))
+        sepce_script.main(sepce_script.parse_args([*argv, *small(workdir, "bad", wide_ckpt)]))
     assert message in str(info.value) and "\n" not in str(info.value)
     assert not (workdir / "bad").exists()
 
 
-def test_bad_input_is_one_line_and_nonzero_from_the_command_line(tiny_ckpt, workdir, capsys):
+def test_bad_input_is_one_line_and_nonzero_from_the_command_line(tiny_ckpt, workdir, capsys, cie_script):
     argv = ["--prompt", "Monet", *small(workdir, "bad-cli", tiny_ckpt)]
     with pytest.raises(SystemExit) as info:
-        cli.run(CIE.parse_args, CIE.main, argv, prog="CiE.py")
+        cli.run(cie_script.parse_args, cie_script.main, argv, prog="CiE.py")
     assert info.value.code == cli.EXIT_USER_ERROR
     message = capsys.readouterr().err
     assert message.startswith("CiE.py: error: image folder") and "Monet" in message and message.count("\n") == 1

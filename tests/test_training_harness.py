@@ -14,19 +14,21 @@ import pytest
 import torch
 from PIL import Image
 
-from sepce import training
+from sepce import records, training
 from sepce.paths import DATA_DIR, DEFAULT_CKPT, DEFAULT_CONFIG
 from sepce.training import (
+    SUMMARY_KEYS,
     FrozenReference,
     ImageFolder,
+    ParameterTrainer,
     Run,
-    Step,
-    Trainer,
     TrainingSession,
+    TrainStep,
     add_common_args,
     encode_latents,
     sample_timesteps,
     select_parameters,
+    settings_from_args,
 )
 
 
@@ -47,19 +49,16 @@ def write_images(folder, n=3, size=(40, 32), seed=0):
 def test_common_flags_defaults_and_both_iteration_spellings():
     p = parser_with()
     a = p.parse_args(["--prompt", "Van Gogh"])
-    assert (a.ddim_steps, a.image_size, a.devices, a.seed, a.zero_grad, a.save_full) == (
-        50,
-        512,
-        "0,1",
-        0,
-        False,
-        False,
-    )
+    assert (a.ddim_steps, a.image_size, a.devices, a.seed, a.zero_grad, a.save_full) == (50, 512, "0,1", 0, False, None)
     assert (a.data_dir, a.ckpt_path, a.config_path) == (DATA_DIR, DEFAULT_CKPT, DEFAULT_CONFIG)  # not cwd-relative
     assert a.data_dir.is_absolute() and a.quiet is False
     assert (a.gradient_checkpointing, a.precision, a.iterations, a.lr) == ("config", "fp32", 1000, 1e-5)
     assert p.parse_args(["--prompt", "x", "--iter_break", "7"]).iterations == 7
     assert p.parse_args(["--prompt", "x", "--iterations", "9"]).iterations == 9
+    assert p.parse_args(["--prompt", "x", "--save_full"]).save_full == "ckpt"
+    assert p.parse_args(["--prompt", "x", "--save_full", "safetensors"]).save_full == "safetensors"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--prompt", "x", "--save_full", "pt"])
     assert "ACCUMULATE" in p.format_help()
     with pytest.raises(SystemExit):
         p.parse_args([])  # --prompt is required
@@ -191,7 +190,7 @@ def scripted(values):
 
     def make(p):
         def step(i):
-            return Step((values[i] * p).sum(), {"v": float(values[i])})
+            return TrainStep((values[i] * p).sum(), {"v": float(values[i])})
 
         return step
 
@@ -202,7 +201,9 @@ def scripted(values):
 def test_gradients_accumulate_unless_zero_grad(zero_grad):
     p = torch.zeros(3, requires_grad=True)
     lr = 0.1
-    tr = Trainer([p], lr=lr, iterations=3, zero_grad=zero_grad, optimizer=torch.optim.SGD([p], lr=lr), progress=False)
+    tr = ParameterTrainer(
+        [p], lr=lr, iterations=3, zero_grad=zero_grad, optimizer=torch.optim.SGD([p], lr=lr), progress=False
+    )
     res = tr.fit(scripted([1.0, 1.0, 1.0])(p))
     # accumulated gradients: 1, 2, 3 → p = -(1+2+3)·lr; zeroed: 1, 1, 1 → -3·lr
     expected = -3 * lr if zero_grad else -6 * lr
@@ -213,7 +214,7 @@ def test_gradients_accumulate_unless_zero_grad(zero_grad):
 def test_nan_loss_stops_and_restores_the_last_good_parameters(tmp_path):
     p = torch.ones(2, requires_grad=True)
     run = Run(tmp_path / "run", {"x": 1}, "test")
-    tr = Trainer(
+    tr = ParameterTrainer(
         [p], lr=0.5, iterations=10, run=run, optimizer=torch.optim.SGD([p], lr=0.5), zero_grad=True, progress=False
     )
     seen = []
@@ -221,7 +222,7 @@ def test_nan_loss_stops_and_restores_the_last_good_parameters(tmp_path):
     def step(i):
         seen.append(p.detach().clone())
         v = [1.0, 1.0, float("nan"), 1.0][i]
-        return Step((v * p).sum())
+        return TrainStep((v * p).sum())
 
     res = tr.fit(step)
     assert not res.ok and "non-finite loss" in res.stop_reason and "iteration 2" in res.stop_reason
@@ -234,21 +235,37 @@ def test_nan_loss_stops_and_restores_the_last_good_parameters(tmp_path):
 
 def test_non_finite_gradient_stops_before_the_step():
     p = torch.zeros(1, requires_grad=True)
-    tr = Trainer([p], lr=0.1, iterations=5, progress=False)
-    res = tr.fit(lambda i: Step(p.abs().sqrt().sum()))  # d/dp sqrt|p| at 0 is inf/nan
+    tr = ParameterTrainer([p], lr=0.1, iterations=5, progress=False)
+    res = tr.fit(lambda i: TrainStep(p.abs().sqrt().sum()))  # d/dp sqrt|p| at 0 is inf/nan
     assert not res.ok and "non-finite gradient" in res.stop_reason and res.iterations == 0
     assert torch.equal(p.detach(), torch.zeros(1))
 
 
 def test_step_stop_and_after_step_end_the_loop_after_the_update():
     p = torch.zeros(1, requires_grad=True)
-    tr = Trainer([p], lr=1.0, iterations=50, optimizer=torch.optim.SGD([p], lr=1.0), zero_grad=True, progress=False)
-    res = tr.fit(lambda i: Step(p.sum(), stop="done" if i == 4 else None))
+    tr = ParameterTrainer(
+        [p], lr=1.0, iterations=50, optimizer=torch.optim.SGD([p], lr=1.0), zero_grad=True, progress=False
+    )
+    res = tr.fit(lambda i: TrainStep(p.sum(), stop="done" if i == 4 else None))
     assert res.stop_reason == "done" and res.iterations == 5 and float(p.detach()) == -5.0
     q = torch.zeros(1, requires_grad=True)
-    tr2 = Trainer([q], lr=1.0, iterations=50, optimizer=torch.optim.SGD([q], lr=1.0), zero_grad=True, progress=False)
-    res2 = tr2.fit(lambda i: Step(q.sum()), after_step=lambda i, s: "enough" if float(q.detach()) <= -3 else None)
+    tr2 = ParameterTrainer(
+        [q], lr=1.0, iterations=50, optimizer=torch.optim.SGD([q], lr=1.0), zero_grad=True, progress=False
+    )
+    res2 = tr2.fit(lambda i: TrainStep(q.sum()), after_step=lambda i, s: "enough" if float(q.detach()) <= -3 else None)
     assert res2.stop_reason == "enough" and res2.iterations == 3
+
+
+def test_without_progress_bars_a_finished_run_is_one_log_line(caplog):
+    p = torch.zeros(1, requires_grad=True)
+    with caplog.at_level("INFO", logger="sepce.training"):
+        ParameterTrainer([p], lr=0.1, iterations=2, desc="demo", progress=False).fit(lambda i: TrainStep(p.sum()))
+    lines = [r.getMessage() for r in caplog.records if r.name == "sepce.training"]
+    assert len(lines) == 1 and lines[0].startswith("demo: 2 iteration(s), iteration cap reached") and " s" in lines[0]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="sepce.training"):
+        ParameterTrainer([p], lr=0.1, iterations=2, progress=True).fit(lambda i: TrainStep(p.sum()))
+    assert not [r for r in caplog.records if r.name == "sepce.training"]  # the bar says it
 
 
 # ------------------------------------------------------------------------------------------------ run folder
@@ -277,49 +294,45 @@ def test_run_folder_files_and_overwrite(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ session
-def session_args(tiny_ckpt, tmp_path, **over):
-    p = parser_with()
-    args = p.parse_args(
-        [
-            "--prompt",
-            "Van Gogh",
-            "--ckpt_path",
-            str(tiny_ckpt),
-            "--config_path",
-            str(tiny_ckpt.parent / "config.yaml"),
-            "--data_dir",
-            str(tmp_path / "data"),
-            "--devices",
-            "cpu",
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--image_size",
-            "64",
-        ]
-    )
-    for k, v in over.items():
-        setattr(args, k, v)
-    return args
+def session_argv(tiny_ckpt, tmp_path):
+    model = ["--ckpt_path", str(tiny_ckpt), "--config_path", str(tiny_ckpt.parent / "config.yaml")]
+    places = ["--data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")]
+    return ["--prompt", "Van Gogh", *model, *places, "--devices", "cpu", "--image_size", "64"]
+
+
+def session_settings(tiny_ckpt, tmp_path, *extra):
+    return settings_from_args(parser_with().parse_args([*session_argv(tiny_ckpt, tmp_path), *extra]))
+
+
+def test_settings_from_args_are_typed_and_validated(tiny_ckpt, tmp_path):
+    s = session_settings(tiny_ckpt, tmp_path, "--gradient_checkpointing", "off", "--save_full", "--quiet")
+    assert s.devices == (torch.device("cpu"),) and s.dtype == torch.float32 and s.gradient_checkpointing is False
+    assert s.save_full == "ckpt" and s.progress is False and s.output_dir == tmp_path / "out"
+    assert s.data_dir == tmp_path / "data" and s.command_line["prompt"] == "Van Gogh"
+    assert session_settings(tiny_ckpt, tmp_path).gradient_checkpointing is None  # "config": as the config says
+    with pytest.raises(ValueError, match="--save_full 'pt'"):
+        training.TrainingSettings(lr=1.0, iterations=1, devices=(torch.device("cpu"),), save_full="pt")
 
 
 @pytest.mark.parametrize(
-    "over, message",
+    "extra, message",
     [
-        ({"lr": -1.0}, "--lr"),
-        ({"iterations": 0}, "--iterations"),
-        ({"image_size": 60}, "multiple of 8"),
-        ({"ddim_steps": 0}, "--ddim_steps"),
-        ({"devices": "cuda:7"}, "--devices 'cuda:7'"),
-        ({"devices": "0,1,2"}, "one or two devices"),
-        ({"prompt": "Monet"}, "does not exist"),
-        ({"ckpt_path": "missing.ckpt"}, "missing.ckpt"),
+        (["--lr", "-1"], "--lr"),
+        (["--iterations", "0"], "--iterations"),
+        (["--image_size", "60"], "multiple of 8"),
+        (["--ddim_steps", "0"], "--ddim_steps"),
+        (["--devices", "cuda:7"], "--devices 'cuda:7'"),
+        (["--devices", "0,1,2"], "one or two devices"),
+        (["--prompt", "Monet"], "does not exist"),
+        (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
     ],
 )
-def test_session_rejects_bad_input_before_loading(tiny_ckpt, tmp_path, monkeypatch, over, message):
+def test_session_rejects_bad_input_before_loading(tiny_ckpt, tmp_path, monkeypatch, extra, message):
     write_images(tmp_path / "data" / "Van Gogh", 2)
     monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
+    args = parser_with().parse_args([*session_argv(tiny_ckpt, tmp_path), *extra])
     with pytest.raises((ValueError, FileNotFoundError)) as info:
-        TrainingSession(session_args(tiny_ckpt, tmp_path, **over), "CiE", [over.get("prompt", "Van Gogh")])
+        TrainingSession(settings_from_args(args), "CiE", [args.prompt])
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
@@ -329,21 +342,38 @@ def test_session_refuses_a_used_output_dir_and_runs_the_common_step(tiny_ckpt, t
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "args.json").write_text("{}")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        TrainingSession(session_args(tiny_ckpt, tmp_path), "CiE", ["Van Gogh"])
-    s = TrainingSession(session_args(tiny_ckpt, tmp_path, overwrite=True, seed=4), "CiE", ["Van Gogh"])
+        TrainingSession(session_settings(tiny_ckpt, tmp_path), "CiE", ["Van Gogh"])
+    settings = session_settings(tiny_ckpt, tmp_path, "--overwrite", "--seed", "4", "--save_full", "safetensors")
+    s = TrainingSession(settings, "CiE", ["Van Gogh"])
     assert not s.two_devices and s.devices == [torch.device("cpu")]
     model = s.load_model()
     t_enc, t = s.timesteps()
     z = s.latent("Van Gogh")
     x = s.noisy(z, t)
     assert z.shape == x.shape == (1, 4, 8, 8) and t.dtype == torch.long and 0 <= int(t) < 1000
-    ref = s.frozen_reference(model, select_parameters(model, "attn2"))
+    params = select_parameters(model, "attn2")
+    ref = s.frozen_reference(model, params)
     assert ref.kind == "substituted"
     run = s.start_run()
     assert json.loads((run.dir / "args.json").read_text())["devices_resolved"] == ["cpu"]
-    summary = s.finish(0, "test")
+    with torch.no_grad():
+        next(iter(params.values())).add_(1.0)
+    result = training.FitResult(iterations=0, stop_reason="test")
+    concepts = {"Van Gogh": {"iterations": 0, "stop_reason": "test"}}
+    summary = s.finish(result, s.tensor_record(params), reference=ref.kind, concepts=concepts, settings={"k": 1})
+    assert set(summary) == set(SUMMARY_KEYS)
     assert summary["data"]["Van Gogh"]["images"] == 2 and summary["data"]["Van Gogh"]["skipped_unreadable"] == 1
     assert summary["devices"] == ["cpu"] and json.loads((run.dir / "summary.json").read_text()) == summary
+    assert summary["settings"] == {"k": 1} and summary["output_dir"] == str(tmp_path / "out")
+    record = records.load_record(run.dir)
+    assert record.meta["k"] == 1 and record.meta["concepts"] == concepts and record.meta["reference"] == "substituted"
+    from ldm.checkpoint import read_state_dict
+
+    full = read_state_dict(run.dir / "CiE-VanGogh.safetensors")  # --save_full safetensors: the suffix follows
+    base = read_state_dict(tiny_ckpt)
+    assert full.keys() == base.keys()
+    assert all(torch.equal(full[k], record.tensors[k] if k in record.tensors else base[k]) for k in base)
+    assert "CiE-VanGogh.safetensors" in summary["files"]
 
 
 # ------------------------------------------------------------------------------------------------ default run folder

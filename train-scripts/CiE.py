@@ -1,5 +1,5 @@
 """Concept-irrelevant Erasure (CiE): erase one concept by decorrelating the cross-attention's concept
-representation from the original's (METHOD.md, "CiE").
+representation from the original's (docs/method.md, "CiE").
 
     python train-scripts/CiE.py --threshold 0 --lr 1e-6 --reg_beta 3e-5 --prompt 'Van Gogh' --devices '0,1'
 
@@ -7,7 +7,8 @@ Trains every UNet ``attn2`` tensor with Adam on loss = mean(r(θ) ⊙ r(θ_orig)
 r(m) = ε(m, x_t, t, emb(prompt)) − ε(m, x_t, t, emb("")), one image of ``<data_dir>/<prompt>/`` per iteration;
 stops once the momentum of the direction term (m_i = 0.9 m_{i−1} + 0.1 d_i) falls below ``--threshold`` after
 iteration 10, or at ``--iterations``. Writes ``<output_dir>/erasure.safetensors`` (the changed attn2 tensors),
-``args.json``, ``losses.csv``, ``summary.json``, ``loss.png`` and, with ``--save_full``, a full CompVis checkpoint.
+``args.json``, ``losses.csv``, ``summary.json``, ``loss.png`` and, with ``--save_full``, a full CompVis checkpoint
+``CiE-<prompt>.ckpt`` (or ``.safetensors``). The default run folder is ``models/CiE-<prompt>`` in the repository.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from typing import Optional, Sequence
 
 from sepce.cli import EXIT_HELP, parser, run
 from sepce.losses import MomentumStop, cie_objective
-from sepce.paths import run_name
-from sepce.training import Step, TrainingSession, add_common_args, select_parameters
+from sepce.training import (
+    TrainingSession,
+    TrainStep,
+    add_common_args,
+    finished_message,
+    select_parameters,
+    settings_from_args,
+)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -40,50 +47,33 @@ def main(args: argparse.Namespace) -> dict:
         raise ValueError(f"--threshold {args.threshold!r}: expected a finite number")
     if not (math.isfinite(args.reg_beta) and args.reg_beta >= 0):
         raise ValueError(f"--reg_beta {args.reg_beta!r}: expected a finite number >= 0")
-    session = TrainingSession(args, "CiE", [args.prompt])
+    session = TrainingSession(settings_from_args(args), "CiE", [args.prompt])
     model = session.load_model()
     params = select_parameters(model, "attn2")
     reference = session.frozen_reference(model, params)
     cond = model.get_learned_conditioning([args.prompt, ""]).detach()  # 2 77 D: concept, blank
-    run = session.start_run()
+    session.start_run()
     stopper = MomentumStop(args.threshold, args.iterations)
     model.train()
 
-    def step(i: int) -> Step:
+    def step(i: int) -> TrainStep:
         _, t = session.timesteps()
         x = session.noisy(session.latent(args.prompt), t)  # 1 4 h w
         loss, d, reg = cie_objective(model, reference, x, t, cond, params, reference.originals, args.reg_beta)
         stop = stopper.update(d.item())
-        return Step(loss, {"direction": d.item(), "reg": reg.item(), "momentum": stopper.momentum}, stop)
+        return TrainStep(loss, {"direction": d.item(), "reg": reg.item(), "momentum": stopper.momentum}, stop)
 
     result = session.trainer(params, desc=f"CiE {args.prompt}").fit(step)
     model.eval()
-    meta = {
-        "prompt": args.prompt,
-        "iterations": result.iterations,
-        "stop_reason": result.stop_reason,
-        "threshold": args.threshold,
-        "reg_beta": args.reg_beta,
-        "lr": args.lr,
-        "reference": reference.kind,
-    }
-    session.save_tensors([args.prompt], params, meta)
-    if args.save_full:
-        session.save_full(run_name("CiE", [args.prompt]), {k: p.detach() for k, p in params.items()})
+    concept = {"iterations": result.iterations, "stop_reason": result.stop_reason, "final_momentum": stopper.momentum}
     summary = session.finish(
-        result.iterations,
-        result.stop_reason,
-        ok=result.ok,
+        result,
+        session.tensor_record(params),
         reference=reference.kind,
-        concepts={
-            args.prompt: {
-                "iterations": result.iterations,
-                "stop_reason": result.stop_reason,
-                "final_momentum": stopper.momentum,
-            }
-        },
+        concepts={args.prompt: concept},
+        settings={"prompt": args.prompt, "threshold": args.threshold, "reg_beta": args.reg_beta},
     )
-    print(f"CiE {args.prompt!r}: {result.iterations} iterations, {result.stop_reason}; saved {run.dir}")
+    print(finished_message(summary))
     return summary
 
 

@@ -1,15 +1,19 @@
-"""Erased Stable Diffusion (ESD; Gandikota et al. 2023, "Erasing Concepts from Diffusion Models"): fine-tune the
-UNet so that its prediction for the concept follows the original's negatively guided prediction (METHOD.md, "ESD").
+"""Erased Stable Diffusion (ESD; Gandikota et al. 2023, "Erasing Concepts from Diffusion Models", Eq. 3): fine-tune
+the UNet so that its prediction for the concept follows the original's negatively guided prediction
+(docs/method.md, "ESD").
 
     python train-scripts/Esd.py --prompt 'Van Gogh' --train_method 'xattn' --iterations 1000 --devices '0,1'
 
 Each iteration draws one concept (``--prompt`` split by ``--seperator``), t_enc ~ U{0..S-1} and the DDPM t of the
 common step, samples z by DDIM (eta 0) from x_T ~ N(0, I) with the model being trained, guidance
-``--start_guidance`` and emb(concept), stopping after t_enc steps (no grad), and minimises
-MSE(ε_θ(z, t, c), ε(z, t, "") − η (ε(z, t, c) − ε(z, t, ""))) with ε the frozen original's and η
-``--negative_guidance``. Gradients are zeroed every step (as ESD does). No training images are needed. Writes
-``<output_dir>/erasure.safetensors`` (the trained tensors), ``args.json``, ``losses.csv``, ``summary.json``,
-``loss.png`` and, with ``--save_full``, a full CompVis checkpoint.
+``--start_guidance`` and emb(concept), "till t" as ESD's sampler does (S+1−t_enc steps, all S for t_enc = 0, so
+that z's noise level follows t; no grad), and minimises MSE(ε_θ(z, t, c), ε(z, t, "") − η (ε(z, t, c) − ε(z, t, "")))
+with ε the frozen original's and η ``--negative_guidance``. ``--sampling authors_all_steps`` instead samples all S
+steps every time and scores the clean latent at t, as the authors' Esd.py did (its sampler ignored the stop): for
+reproducing the paper's ESD row. Gradients are zeroed every step (as ESD does). No training images are needed.
+Writes ``<output_dir>/erasure.safetensors`` (the trained tensors), ``args.json``, ``losses.csv``,
+``summary.json``, ``loss.png`` and, with ``--save_full``, a full CompVis checkpoint ``ESD-<prompt>-<train
+method>.ckpt`` (or ``.safetensors``). The default run folder is ``models/ESD-<prompt>-<train method>``.
 """
 
 from __future__ import annotations
@@ -20,12 +24,25 @@ from typing import Optional, Sequence
 
 import torch
 
-from sepce.baseline_losses import check_concept_names, esd_loss, esd_sample_until, split_concepts
+from sepce.baseline_losses import (
+    ESD_SAMPLING,
+    check_concept_names,
+    esd_loss,
+    esd_sample_till_t,
+    esd_sampling_steps,
+    split_concepts,
+)
 from sepce.cli import EXIT_HELP, parser, run
 from sepce.esd_params import ESD_TRAIN_METHODS, SMALL_TRAIN_METHODS
 from sepce.modeling import prompts_embeddings
-from sepce.paths import run_name
-from sepce.training import Step, TrainingSession, add_common_args, select_parameters
+from sepce.training import (
+    TrainingSession,
+    TrainStep,
+    add_common_args,
+    finished_message,
+    select_parameters,
+    settings_from_args,
+)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -60,6 +77,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="eta of the target eps(z,t,'') - eta * (eps(z,t,c) - eps(z,t,''))",
     )
     p.add_argument(
+        "--sampling",
+        choices=ESD_SAMPLING,
+        default="till_t",
+        help="till_t: DDIM runs until z's noise level matches the t it is scored at (ESD's sampler); "
+        "authors_all_steps: always all steps, the clean latent scored at t — for reproducing the paper's ESD row",
+    )
+    p.add_argument(
         "--seperator",
         type=str,
         default=None,
@@ -76,25 +100,28 @@ def main(args: argparse.Namespace) -> dict:
     if not 1 <= args.ddim_steps <= 500:
         raise ValueError(f"--ddim_steps {args.ddim_steps!r}: ESD samples with DDIM, expected an integer in 1..500")
     concepts = check_concept_names(split_concepts(args.prompt, args.seperator))
-    session = TrainingSession(args, "ESD", concepts, images=False, output_suffix=args.train_method)
+    session = TrainingSession(settings_from_args(args), "ESD", concepts, images=False, suffix=args.train_method)
     model = session.load_model()
     params = select_parameters(model, ESD_TRAIN_METHODS[args.train_method])
     reference = session.frozen_reference(model, params)
     uncond = prompts_embeddings(model, [""])  # 1 77 D
     conds = {c: prompts_embeddings(model, [c]) for c in concepts}  # each 1 77 D
     latent_shape = (1, model.channels, args.image_size // 8, args.image_size // 8)
-    run = session.start_run({"concepts": concepts, "trained_tensors": len(params)})
+    run_folder = session.start_run({"concepts": concepts, "trained_tensors": len(params)})
     model.train()
 
-    def step(i: int) -> Step:
+    def step(i: int) -> TrainStep:
         concept = concepts[int(torch.randint(len(concepts), (1,), generator=session.generator))]
         t_enc, t = session.timesteps()
         start_code = torch.randn(latent_shape, generator=session.generator).to(session.device)
-        z = esd_sample_until(model, start_code, conds[concept], uncond, t_enc, args.ddim_steps, args.start_guidance)
+        z = esd_sample_till_t(
+            model, start_code, conds[concept], uncond, t_enc, args.ddim_steps, args.start_guidance, args.sampling
+        )
         e_0, e_p = reference(z.expand(2, -1, -1, -1), t.expand(2), torch.cat([uncond, conds[concept]])).chunk(2)
         e_n = model.apply_model(z, t, conds[concept])
         loss = esd_loss(e_n, e_0, e_p, args.negative_guidance)
-        return Step(loss, {"concept": concept, "t_enc": t_enc, "t": int(t)})
+        steps = esd_sampling_steps(t_enc, args.ddim_steps, args.sampling, model.num_timesteps)
+        return TrainStep(loss, {"concept": concept, "t_enc": t_enc, "t": int(t), "ddim_steps_run": steps})
 
     # The rollback copy of the trained tensors is skipped for the methods that train most of the UNet.
     trainer = session.trainer(
@@ -105,31 +132,25 @@ def main(args: argparse.Namespace) -> dict:
     )
     result = trainer.fit(step)
     model.eval()
-    meta = {
-        "prompt": args.prompt,
-        "concepts": concepts,
-        "train_method": args.train_method,
-        "start_guidance": args.start_guidance,
-        "negative_guidance": args.negative_guidance,
-        "iterations": result.iterations,
-        "stop_reason": result.stop_reason,
-        "lr": args.lr,
-        "reference": reference.kind,
-    }
-    session.save_tensors(concepts, params, meta)
-    if args.save_full:
-        name = run_name("ESD", concepts, args.train_method)
-        session.save_full(name, {k: p.detach() for k, p in params.items()})
-    summary = run.finish(
-        result.iterations,
-        result.stop_reason,
-        ok=result.ok,
+    draws = {c: sum(r.get("concept") == c for r in run_folder.rows[: result.iterations]) for c in concepts}
+    summary = session.finish(
+        result,
+        session.tensor_record(params),
         reference=reference.kind,
-        train_method=args.train_method,
-        trained_tensors=len(params),
-        concepts={c: {"draws": sum(r.get("concept") == c for r in run.rows)} for c in concepts},
+        concepts={
+            c: {"iterations": result.iterations, "stop_reason": result.stop_reason, "draws": draws[c]} for c in concepts
+        },
+        settings={
+            "prompt": args.prompt,
+            "train_method": args.train_method,
+            "sampling": args.sampling,
+            "start_guidance": args.start_guidance,
+            "negative_guidance": args.negative_guidance,
+            "trained_tensors": len(params),
+        },
+        stop_reason=result.stop_reason,
     )
-    print(f"ESD-{args.train_method} {concepts}: {result.iterations} iterations, {result.stop_reason}; saved {run.dir}")
+    print(finished_message(summary))
     return summary
 
 
