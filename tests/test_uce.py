@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sepce import uce
+from sepce.training import SUMMARY_KEYS
 from sepce.uce import UCESettings, closed_form_edit, kv_weights, last_word_embedding, uce_edit
 
 ERASE = ["Van Gogh", "Cezanne"]
@@ -276,7 +277,7 @@ def test_script_writes_the_common_record_and_generate_images_takes_it(tiny_ckpt,
         "5",
     ]
     proc = run_script("train-scripts/UCE.py", *flags, *script_args(tiny_ckpt, "--output_dir", run, "--save_full"))
-    assert "14 to_k/to_v weights edited in closed form" in proc.stdout
+    assert "UCE 'Van Gogh': 1 iterations, closed form" in proc.stdout and f"saved {run}" in proc.stdout
     assert {p.name for p in run.iterdir()} == {
         "args.json",
         "losses.csv",
@@ -294,16 +295,26 @@ def test_script_writes_the_common_record_and_generate_images_takes_it(tiny_ckpt,
     for key, value in expected.items():
         torch.testing.assert_close(rec.tensors[key], value, rtol=1e-5, atol=1e-7)
     assert rec.meta["guides"] == ["art", "art"] and rec.meta["preserve"] == ["Picasso", "a photo of a cat"]
-    assert rec.meta["lamb"] == 0.3 and rec.meta["positions"]["a photo of a cat"] == 5
+    assert rec.meta["lamb"] == 0.3 and rec.meta["positions"]["a photo of a cat"] == 5 and rec.meta["lr"] is None
+    assert rec.meta["iterations"] == 1 and rec.meta["stop_reason"] == "closed form"
     full = read_state_dict(run / "UCE-VanGogh+Cezanne.ckpt")
     base = read_state_dict(tiny_ckpt)
     assert full.keys() == base.keys()
     assert all(torch.equal(full[k], rec.tensors[k]) for k in rec.tensors)
     assert all(torch.equal(full[k], v) for k, v in base.items() if k not in rec.tensors)
     summary = json.loads((run / "summary.json").read_text())
+    assert set(summary) == set(SUMMARY_KEYS)  # the schema of every training run
     assert summary["method"] == "UCE" and summary["iterations"] == 1 and summary["stop_reason"] == "closed form"
     assert summary["ok"] and summary["wall_time_s"] > 0 and summary["cpu_peak_rss_bytes"] > 0
-    assert summary["uce"]["objective_after"] < summary["uce"]["objective_before"]
+    assert summary["devices"] == ["cpu"] and summary["data"] == {} and summary["output_dir"] == str(run)
+    assert summary["concepts"]["Cezanne"] == {
+        "iterations": 1,
+        "stop_reason": "closed form",
+        "guide": "art",
+        "erase_residual": pytest.approx(rec.meta["erase_residual"]["Cezanne"]),
+    }
+    assert summary["settings"]["objective_after"] < summary["settings"]["objective_before"]
+    assert summary["settings"]["edit_seconds"] > 0
     args = json.loads((run / "args.json").read_text())
     assert args["method"] == "UCE" and args["edit_concepts"] == "Van Gogh;Cezanne" and args["lamb"] == 0.3
     assert args["resolved"] == {
@@ -331,26 +342,29 @@ def test_script_writes_the_common_record_and_generate_images_takes_it(tiny_ckpt,
     assert made["kind"] == "record" and made["method"] == "UCE" and made["erase"] == ["Van Gogh", "Cezanne"]
 
 
-def test_script_default_run_folder_and_parsing(load_script):
+def test_script_default_run_folder_and_parsing(tiny_ckpt, load_script):
     from sepce.paths import MODELS_DIR
+    from sepce.training import TrainingSession
 
     script = load_script("train-scripts/UCE.py")
-    args = script.parse_args(["--edit_concepts", "Van Gogh; Cezanne"])
-    settings = script.settings_from_args(args)
+    args = script.parse_args(["--edit_concepts", "Van Gogh; Cezanne", *script_args(tiny_ckpt)])
+    settings = script.uce_settings(args)
     assert settings == UCESettings(("Van Gogh", "Cezanne"), ("",), (), 1.0, 1.0, 0.5)  # the documented defaults
-    assert script.output_dir(args, settings) == MODELS_DIR / "UCE-VanGogh+Cezanne"
+    session = TrainingSession(script.run_settings(args), "UCE", settings.edit_concepts, images=False)
+    assert session.output_dir == MODELS_DIR / "UCE-VanGogh+Cezanne"
     args = script.parse_args(["--edit_concepts", "A;B", "--guide_concepts", "x;", "--preserve_concepts", ""])
-    assert (
-        script.settings_from_args(args).guides == ("x", "") and script.settings_from_args(args).preserve_concepts == ()
-    )
+    settings = script.uce_settings(args)
+    assert settings.guides == ("x", "") and settings.preserve_concepts == ()
 
 
 @pytest.fixture()
-def no_model_load(monkeypatch, load_script):
+def no_model_load(monkeypatch):
+    import sepce.training
+
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the bad input was refused")
 
-    monkeypatch.setattr(load_script("train-scripts/UCE.py"), "load_model", refuse)
+    monkeypatch.setattr(sepce.training, "load_model", refuse)
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,9 @@ No training loop: every cross-attention to_k/to_v weight becomes the minimiser o
 lamb*|W - W_old|^2 + erase_scale * sum_i |W c_e_i - W_old c_g_i|^2 + preserve_scale * sum_j |W c_p_j - W_old c_p_j|^2
 with c = a prompt's text embedding at its last word token (erased concepts e_i, guides g_i, preserved p_j), solved
 in float64 in seconds. Writes <output_dir>/erasure.safetensors (the changed to_k/to_v tensors, as every method),
-args.json, losses.csv (one row: the objective before and after), summary.json and, with --save_full, a full
-CompVis checkpoint; eval-scripts/generate-images.py --model_name UCE-<concepts> then uses it.
+args.json, losses.csv (one row: the objective before and after), summary.json (the schema of every training run:
+1 iteration, stop reason 'closed form') and, with --save_full, a full CompVis checkpoint;
+eval-scripts/generate-images.py --model_name UCE-<concepts> then uses it.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from sepce import records
-from sepce.cli import EXIT_HELP, add_quiet, default_device, parse_devices, parser, run
-from sepce.modeling import check_model_files, load_model
-from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR, run_name
-from sepce.training import Run, check_output_dir
+from sepce.cli import EXIT_HELP, add_quiet, default_device, parse_devices, parser, run, show_progress
+from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG
+from sepce.training import FULL_FORMATS, FitResult, TrainingSession, TrainingSettings, finished_message
 from sepce.uce import UCESettings, split_concepts, uce_edit
 
 log = logging.getLogger("UCE")
 METHOD = "UCE"
+STOP_REASON = "closed form"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -68,14 +68,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --output_dir, replacing its run files")
     p.add_argument(
         "--save_full",
-        action="store_true",
-        help="also write a full CompVis checkpoint (several GB) beside erasure.safetensors",
+        nargs="?",
+        const="ckpt",
+        default=None,
+        choices=FULL_FORMATS,
+        help="also write a full CompVis checkpoint (several GB) beside erasure.safetensors, as .ckpt (the flag "
+        "alone) or .safetensors (--save_full safetensors)",
     )
     add_quiet(p)
     return p.parse_args(argv)
 
 
-def settings_from_args(args: argparse.Namespace) -> UCESettings:
+def uce_settings(args: argparse.Namespace) -> UCESettings:
     """The validated concepts and scales (one-line ``ValueError`` on bad input)."""
     edit = split_concepts(args.edit_concepts)
     for c in edit:
@@ -91,31 +95,41 @@ def settings_from_args(args: argparse.Namespace) -> UCESettings:
     )
 
 
-def output_dir(args: argparse.Namespace, settings: UCESettings) -> Path:
-    return Path(args.output_dir) if args.output_dir else MODELS_DIR / run_name(METHOD, settings.edit_concepts)
-
-
-def main(args: argparse.Namespace) -> dict:
-    settings = settings_from_args(args)
+def run_settings(args: argparse.Namespace) -> TrainingSettings:
+    """The run's shared settings (device, model files, run folder, --save_full), validated. UCE has no optimiser:
+    ``lr`` is only there because :class:`TrainingSettings` requires one; it is used nowhere and the record's
+    metadata says ``lr: None``."""
     devices = parse_devices(args.devices)
     if len(devices) > 1:
         log.info("UCE keeps no frozen copy: using %s only", devices[0])
-    check_model_files(args.config_path, args.ckpt_path)
-    out = output_dir(args, settings)
-    check_output_dir(out, args.overwrite)
+    return TrainingSettings(
+        lr=1.0,
+        iterations=1,
+        devices=(devices[0],),
+        ckpt_path=Path(args.ckpt_path),
+        config_path=Path(args.config_path),
+        data_dir=None,
+        output_dir=None if args.output_dir is None else Path(args.output_dir),
+        save_full=args.save_full,
+        overwrite=args.overwrite,
+        progress=show_progress(args.quiet),
+        command_line=dict(vars(args)),
+    )
 
-    model = load_model(args.config_path, args.ckpt_path, devices[0])
+
+def main(args: argparse.Namespace) -> dict:
+    settings = uce_settings(args)
+    session = TrainingSession(run_settings(args), METHOD, settings.edit_concepts, images=False)
+    model = session.load_model()
     resolved = {
         "edit": list(settings.edit_concepts),
         "guides": list(settings.guides),
         "preserve": list(settings.preserve_concepts),
     }
-    payload = {**vars(args), "resolved": resolved, "devices_resolved": [str(devices[0])]}
-    run_folder = Run(out, payload, METHOD, overwrite=args.overwrite)
+    run_folder = session.start_run({"resolved": resolved})
     tic = time.perf_counter()
     result = uce_edit(model, settings)
     seconds = time.perf_counter() - tic
-    report = result.summary()
     run_folder.log(
         {
             "iteration": 0,
@@ -126,34 +140,24 @@ def main(args: argparse.Namespace) -> dict:
             "seconds": round(seconds, 4),
         }
     )
-    stop_reason = "closed form"
-    meta = {
+    record = session.tensor_record(result.tensors)
+    record.meta = {"lr": None}  # no optimiser (the record's own keys win over the session's)
+    concepts = {
+        c: {"iterations": 1, "stop_reason": STOP_REASON, "guide": g, "erase_residual": result.erase_residual[c]}
+        for c, g in zip(settings.edit_concepts, settings.guides)
+    }
+    report = {
         **resolved,
         "erase_scale": settings.erase_scale,
         "preserve_scale": settings.preserve_scale,
         "lamb": settings.lamb,
-        "iterations": 1,
-        "stop_reason": stop_reason,
-        **report,
+        "edit_seconds": seconds,
+        **result.summary(),
     }
-    record = records.ErasureRecord(
-        method=METHOD,
-        concepts=list(settings.edit_concepts),
-        base=records.base_info(args.ckpt_path, args.config_path),
-        tensors={k: v.detach().float().cpu() for k, v in result.tensors.items()},
-        meta=meta,
+    summary = session.finish(
+        FitResult(1, STOP_REASON), record, reference="none (closed form)", concepts=concepts, settings=report
     )
-    records.save_record(run_folder.path(records.RECORD_NAME), record, overwrite=True)
-    run_folder._note(records.RECORD_NAME)
-    if args.save_full:
-        name = f"{run_name(METHOD, settings.edit_concepts)}.ckpt"
-        records.write_full_checkpoint(args.ckpt_path, run_folder.path(name), result.tensors, overwrite=True)
-        run_folder._note(name)
-    summary = run_folder.finish(1, stop_reason, ok=True, devices=[str(devices[0])], edit_seconds=seconds, uce=report)
-    print(
-        f"UCE {list(settings.edit_concepts)}: {len(result.tensors)} to_k/to_v weights edited in closed form "
-        f"({seconds:.2f} s); saved {run_folder.dir}"
-    )
+    print(finished_message(summary))
     return summary
 
 
