@@ -9,6 +9,8 @@ file                   written by                                 value column
 ``accuracy.csv/json``  ``train-scripts/artist-cls-test.py``       ``accuracy_pct`` (classifier top-1, %)
 ``lpips.csv/json``     ``eval-scripts/lpips_eval.py`` (edited)    ``lpips`` (mean over same-named pairs)
 ``fid.csv/json``       ``eval-scripts/lpips_eval.py`` (edited)    ``fid`` (original vs edited image set)
+``attack.csv/json``    ``eval-scripts/attack-inversion.py``       ``accuracy_pct`` (on the images of the
+                                                                  concept-inversion attack's learned word)
 =====================  =========================================  ======================================
 
 Each CSV has one row per class (``class`` = index, ``name`` = class-map name, the value column, a count
@@ -33,7 +35,7 @@ from typing import Dict, List, Optional, Sequence
 from sepce.io import write_json, write_text
 
 RESULTS_DIR = "results"
-VALUE_COLUMNS = {"accuracy": "accuracy_pct", "lpips": "lpips", "fid": "fid"}
+VALUE_COLUMNS = {"accuracy": "accuracy_pct", "lpips": "lpips", "fid": "fid", "attack": "accuracy_pct"}
 OVERALL = "all"
 
 

@@ -12,6 +12,8 @@ restored cells italic in the Markdown. The CSV has the same content with one num
 plus the interval bounds. The chart (:func:`plot_table`) shows per-concept accuracy and the three role averages per
 metric, accuracy with its intervals as error bars, the legend above the panels. :func:`accuracy_drops` gives each
 concept's drop against the original with a bootstrap-over-seeds interval, from the recorded per-image predictions.
+When any model folder holds ``results/attack.csv`` (``eval-scripts/attack-inversion.py``), every cell gains a fourth
+value, ATK: the accuracy (%) on the images of the concept-inversion attack's learned word (docs/method.md).
 
 A spec JSON for ``eval-scripts/make-table.py --spec``::
 
@@ -42,7 +44,9 @@ from .results import metric_paths, read_counts, read_metric, read_predictions
 log = logging.getLogger(__name__)
 
 METRICS = ("fid", "accuracy", "lpips")
-LABELS = {"fid": "FID", "accuracy": "ACC", "lpips": "LPIPS"}
+#: Metrics shown (after METRICS) only when some model has them: the concept-inversion attack's accuracy.
+OPTIONAL_METRICS = ("attack",)
+LABELS = {"fid": "FID", "accuracy": "ACC", "lpips": "LPIPS", "attack": "ATK"}
 ROLES = ("erased", "restored", "regular")
 
 
@@ -74,6 +78,8 @@ class Table:
     averages: Dict[str, Dict[str, Dict[str, float]]]
     #: ``accuracy_intervals[model][concept or role]``: the ACC value with its Wilson interval (%), NaN if unknown
     accuracy_intervals: Dict[str, Dict[str, Estimate]] = field(default_factory=dict)
+    #: the metrics shown: METRICS, plus each of OPTIONAL_METRICS that some model has
+    metrics: List[str] = field(default_factory=lambda: list(METRICS))
 
 
 def _canonical(classes: Sequence[ConceptClass], names: Sequence[str], what: str) -> List[str]:
@@ -150,12 +156,14 @@ def collect(
     values: Dict[str, Dict[str, Dict[str, float]]] = {}
     averages: Dict[str, Dict[str, Dict[str, float]]] = {}
     intervals: Dict[str, Dict[str, Estimate]] = {}
+    found = {(s.name, m): read_metric(s.path, m) for s in models for m in (*METRICS, *OPTIONAL_METRICS)}
+    shown = list(METRICS) + [m for m in OPTIONAL_METRICS if any(found[s.name, m] for s in models)]
     for spec in models:
         per_metric = {}
-        for metric in METRICS:
-            stored = read_metric(spec.path, metric)
+        for metric in shown:
+            stored = found[spec.name, metric]
             if stored is None:
-                if not (spec.original and metric != "accuracy"):
+                if not (spec.original and metric not in ("accuracy", *OPTIONAL_METRICS)):
                     log.warning(
                         "model %r has no %s; its %s cells stay empty",
                         spec.name,
@@ -171,17 +179,16 @@ def collect(
                     _check_reference(spec, metric, original)
             per_metric[metric] = stored
         values[spec.name] = {
-            concept: {metric: per_metric[metric].get(concept, math.nan) for metric in METRICS} for concept in names
+            concept: {metric: per_metric[metric].get(concept, math.nan) for metric in shown} for concept in names
         }
         averages[spec.name] = {
             role: {
-                metric: _mean([values[spec.name][c][metric] for c in names if spec.role(c) == role])
-                for metric in METRICS
+                metric: _mean([values[spec.name][c][metric] for c in names if spec.role(c) == role]) for metric in shown
             }
             for role in ROLES
         }
         intervals[spec.name] = accuracy_intervals(spec, names)
-    return Table(list(models), names, values, averages, intervals)
+    return Table(list(models), names, values, averages, intervals, shown)
 
 
 def accuracy_intervals(spec: ModelSpec, concepts: Sequence[str]) -> Dict[str, Estimate]:
@@ -237,12 +244,12 @@ def _check_reference(spec: ModelSpec, metric: str, original: ModelSpec) -> None:
 def _fmt(metric: str, value: float) -> str:
     if math.isnan(value):
         return "–"
-    return {"fid": "{:.2f}", "accuracy": "{:.1f}", "lpips": "{:.3f}"}[metric].format(value)
+    return {"fid": "{:.2f}", "accuracy": "{:.1f}", "lpips": "{:.3f}", "attack": "{:.1f}"}[metric].format(value)
 
 
-def _cell(metrics: Dict[str, float], accuracy: Estimate = NAN) -> str:
+def _cell(metrics: Dict[str, float], accuracy: Estimate = NAN, shown: Sequence[str] = METRICS) -> str:
     parts = []
-    for m in METRICS:
+    for m in shown:
         text = _fmt(m, metrics[m])
         if m == "accuracy" and not math.isnan(metrics[m]) and not math.isnan(accuracy.low):
             text += f" [{accuracy.low:.0f}, {accuracy.high:.0f}]"
@@ -254,8 +261,11 @@ def to_markdown(table: Table) -> str:
     """The Markdown table (cells ``FID / ACC / LPIPS``; erased bold, restored italic)."""
     header = ["Model"] + table.concepts + [f"{role.capitalize()} avg." for role in ROLES]
     lines = [
-        "Each cell: " + " / ".join(LABELS[m] for m in METRICS) + " (ACC in % with its 95 % Wilson interval). Erased "
-        "concepts in **bold**, restored in _italics_; averages skip empty cells; – = not available.",
+        "Each cell: "
+        + " / ".join(LABELS[m] for m in table.metrics)
+        + " (ACC in % with its 95 % Wilson interval"
+        + ("; ATK: accuracy in % on the concept-inversion attack's images" if "attack" in table.metrics else "")
+        + "). Erased concepts in **bold**, restored in _italics_; averages skip empty cells; – = not available.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + [":---:"] * (len(header) - 1)) + "|",
@@ -264,10 +274,10 @@ def to_markdown(table: Table) -> str:
         cells = [spec.name]
         ci = table.accuracy_intervals.get(spec.name, {})
         for concept in table.concepts:
-            text = _cell(table.values[spec.name][concept], ci.get(concept, NAN))
+            text = _cell(table.values[spec.name][concept], ci.get(concept, NAN), table.metrics)
             role = spec.role(concept)
             cells.append(f"**{text}**" if role == "erased" else f"_{text}_" if role == "restored" else text)
-        cells += [_cell(table.averages[spec.name][role], ci.get(role, NAN)) for role in ROLES]
+        cells += [_cell(table.averages[spec.name][role], ci.get(role, NAN), table.metrics) for role in ROLES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -275,8 +285,8 @@ def to_markdown(table: Table) -> str:
 def to_csv(table: Table) -> str:
     """The table as CSV: model, erased/restored concepts, one column per (concept or average, metric)."""
     columns = ["model", "erased", "restored"]
-    columns += [f"{c} {LABELS[m]}" for c in table.concepts for m in METRICS]
-    columns += [f"{role} avg {LABELS[m]}" for role in ROLES for m in METRICS]
+    columns += [f"{c} {LABELS[m]}" for c in table.concepts for m in table.metrics]
+    columns += [f"{role} avg {LABELS[m]}" for role in ROLES for m in table.metrics]
     groups = list(table.concepts) + list(ROLES)
     columns += [f"{g}{' avg' if g in ROLES else ''} ACC {bound}" for g in groups for bound in ("low", "high")]
     buffer = io.StringIO()
@@ -284,8 +294,8 @@ def to_csv(table: Table) -> str:
     writer.writerow(columns)
     for spec in table.models:
         row = [spec.name, ";".join(spec.erased), ";".join(spec.restored)]
-        row += [table.values[spec.name][c][m] for c in table.concepts for m in METRICS]
-        row += [table.averages[spec.name][role][m] for role in ROLES for m in METRICS]
+        row += [table.values[spec.name][c][m] for c in table.concepts for m in table.metrics]
+        row += [table.averages[spec.name][role][m] for role in ROLES for m in table.metrics]
         ci = table.accuracy_intervals.get(spec.name, {})
         row += [getattr(ci.get(g, NAN), bound) for g in groups for bound in ("low", "high")]
         writer.writerow(

@@ -1,0 +1,132 @@
+"""Benchmark: one optimisation step of the concept-inversion attack (sepce.attack.train_word) on CPU, fp32.
+
+* ``sd`` — the FULL-SIZE SD v1.4 architecture (``configs/stable-diffusion/v1-inference.yaml``) with RANDOM weights,
+  one 512×512 image per step (batch 1), gradient checkpointing as the config says (on);
+* ``world`` — the shipped concept-world model (``assets/world/``), 64×64 images, batch 1 and the world preset's
+  batch (:data:`sepce.attack.PRESETS`).
+
+Each variant runs in its own subprocess (peak RSS = ru_maxrss of that process, model included) on a folder holding
+ONE random training image, through the library's ``train_word`` (templates of the domain, Adam on v* only). The
+first step includes the autoencoder's encoding of the image; later steps reuse its posterior
+(:class:`sepce.attack.TrainingLatents`), so "later step" is the cost of the text encoder with v*, the UNet
+forward and the backward to v*, and the optimizer step. Times are wall-clock means over steps 2..n.
+
+    python bench/bench_attack.py              # full size: ~10 GB RAM, a few minutes on 2 cores
+    python bench/bench_attack.py --tiny       # tiny config instead of SD v1.4 (smoke test of this script)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+FULL_CONFIG = REPO / "configs" / "stable-diffusion" / "v1-inference.yaml"
+TINY_CONFIG = REPO / "configs" / "tiny" / "v1-tiny.yaml"
+WORLD_CONFIG = REPO / "assets" / "world" / "config.yaml"
+WORLD_CKPT = REPO / "assets" / "world" / "model.ckpt"
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def child(variant: str, batch_size: int, steps: int, tiny: bool) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    from sepce.attack import PRESETS, TEMPLATES, train_word
+    from sepce.training import ImageFolder
+
+    torch.manual_seed(0)
+    if variant == "sd":
+        from ldm.checkpoint import build_model, load_config
+
+        model = build_model(load_config(TINY_CONFIG if tiny else FULL_CONFIG), "cpu").eval()
+        size, domain = (64 if tiny else 512), "sd"
+    else:
+        from sepce.modeling import load_model
+
+        model = load_model(WORLD_CONFIG, WORLD_CKPT)
+        size, domain = 64, "world"
+    with tempfile.TemporaryDirectory() as tmp:
+        pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(Path(tmp) / "0_0.png")
+        images = ImageFolder(tmp, size)
+        preset = replace(PRESETS[domain], steps=steps, batch_size=batch_size)
+        marks = [time.perf_counter()]
+        train_word(model, images, TEMPLATES[domain], preset, after_step=lambda i: marks.append(time.perf_counter()))
+    times = [b - a for a, b in zip(marks, marks[1:])]
+    later = times[1:] or times
+    return {
+        "variant": variant,
+        "image_size": size,
+        "batch_size": batch_size,
+        "first_s": times[0],
+        "step_s": sum(later) / len(later),
+        "steps": len(times),
+        "peak_rss_bytes": peak_rss(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def spawn(variant: str, batch_size: int, steps: int, tiny: bool) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--batch_size", str(batch_size), "--steps", str(steps)]
+    out = subprocess.run(cmd + (["--tiny"] if tiny else []), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"error: variant {variant} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--tiny", action="store_true", help="tiny config instead of full-size SD v1.4 (smoke test)")
+    p.add_argument("--steps", type=int, default=3, help="steps per variant (the first one includes VAE encoding)")
+    p.add_argument("--world_steps", type=int, default=10, help="steps of the world variants")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--batch_size", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.steps < 2 or args.world_steps < 2:
+        p.error("--steps and --world_steps must be >= 2 (the first step is reported apart)")
+    return args
+
+
+def main(args: argparse.Namespace) -> list:
+    if args.child:
+        print(json.dumps(child(args.child, args.batch_size, args.steps, args.tiny)))
+        return []
+    from sepce.attack import PRESETS
+
+    runs = [("sd", 1, args.steps), ("world", 1, args.world_steps)]
+    runs.append(("world", PRESETS["world"].batch_size, args.world_steps))
+    results = [spawn(variant, batch, steps, args.tiny) for variant, batch, steps in runs]
+    sd_name = "tiny config (random)" if args.tiny else "SD v1.4 full size (random)"
+    names = {"sd": sd_name, "world": "concept world (assets/world)"}
+    print(f"concept-inversion attack step: CPU fp32, {results[0]['threads']} threads, mean of steps 2..n")
+    print(f"{'model':32}{'px':>5}{'batch':>7}{'first step [s]':>16}{'later step [s]':>16}{'peak RSS [GiB]':>16}")
+    for r in results:
+        print(
+            f"{names[r['variant']]:32}{r['image_size']:5d}{r['batch_size']:7d}{r['first_s']:16.3f}"
+            f"{r['step_s']:16.3f}{r['peak_rss_bytes'] / 2**30:16.2f}"
+        )
+    if args.json:
+        from sepce.io import write_json
+
+        write_json(args.json, results)
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,735 @@
+"""Concept-inversion attack: teach a (possibly erased) model a new word for a concept (docs/method.md,
+"Concept-inversion attack"; Pham et al., "Circumventing Concept Erasure Methods for Text-to-Image Generative
+Models", ICLR 2024, which applies textual inversion, Gal et al. 2023, Eq. 2, to erased models).
+
+The learned word
+----------------
+One new token embedding ``v*`` (the width of the text encoder's token embeddings: 768 in SD v1.4) is initialised
+from the embedding of a neutral single-token word (``AttackPreset.init_word``). Prompts carry the placeholder
+:data:`PLACEHOLDER` (``in the style of <v*>``); they are tokenized with the init word in its place, and a forward
+hook on the text encoder's token-embedding table replaces the init word's row at exactly those positions by
+``v*`` (:func:`substituted`). With ``v*`` equal to the init word's embedding the conditioning is therefore
+bit-identical to the plain prompt's, and the model's vocabulary and weights are never changed.
+
+Training (:func:`train_word`)
+-----------------------------
+Textual inversion's objective (Gal et al. 2023, Eq. 2) is LatentDiffusion's ε-loss
+``‖ε − ε_θ(x_t, t, c(template with v*))‖²`` (``LatentDiffusion.p_losses``) with everything but ``v*`` frozen:
+per step a batch of training images (:class:`sepce.training.ImageFolder`: images the ORIGINAL model generated
+for the concept, ``<data_dir>/<prompt>/``), ``z`` = posterior sample × scale_factor (each image's posterior is
+computed once, :class:`TrainingLatents`), ``t ~ U{0..T−1}`` per image, fresh noise, and per image a template
+drawn uniformly from the domain's fixed list (:data:`TEMPLATES`). Adam (the shared
+:class:`sepce.training.ParameterTrainer`, gradients zeroed every step). Steps, batch size, learning rate, seed
+and init word are ONE preset per domain (:data:`PRESETS`), the same for every erasure method.
+
+Generation (:class:`AttackSampler`)
+-----------------------------------
+The evaluation CSV's rows of the concept's class with the concept's words replaced by ``<v*>``
+(:func:`attack_rows`), sampled by :class:`sepce.generation.ImageSampler` with the same start noise convention
+as ``generate-images.py`` (:func:`sepce.generation.case_noise`), so attack image ``<case>_<k>.png`` pairs with the
+model's own-prompt image of the same name.
+
+Files
+-----
+``<model folder>/attack/embedding.safetensors`` (:func:`save_word` / :func:`load_word`): the tensor
+``embedding`` (D,), the loss history ``losses`` and metadata (init word, token width, preset, templates, the
+model it was learned on, its base checkpoint digest, a loss summary). ``<model folder>/attack/<case>_<k>.png``:
+the attack images. ``<model folder>/results/attack.csv/json`` (:mod:`sepce.evaluation.results`): the
+classifier's accuracy on them, with each image's true and predicted class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Sequence
+
+import torch
+
+from sepce.classes import ConceptClass
+from sepce.cli import Runtime
+from sepce.generation import ImageSampler, SamplingSettings, folder_settings, plan_jobs, png_text, run_jobs
+from sepce.generation import check_folder_settings as check_generation_settings
+from sepce.io import atomic_write
+from sepce.modeling import ResolvedModel, load_resolved
+from sepce.prompts import PromptRow
+from sepce.training import ImageFolder, ParameterTrainer, TrainStep
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER = "<v*>"
+EMBEDDING_FORMAT = "sepce-attack-embedding-v1"
+ATTACK_DIR = "attack"
+EMBEDDING_NAME = "embedding.safetensors"
+RESULTS_METRIC = "attack"
+RESULT_COLUMNS = ["class", "name", "correct", "images", "accuracy_pct"]
+DOMAINS = ("sd", "world")
+
+#: Training prompts per domain, fixed: ``<v*>`` stands where the concept's words were. SD: the bare name (how the
+#: paper's training images were prompted) and the style phrasings of textual inversion's template list; the
+#: world: its two style-only phrasings (``sepce.world.prompts``), the only ones its model was trained on.
+TEMPLATES = {
+    "sd": (
+        PLACEHOLDER,
+        f"a painting in the style of {PLACEHOLDER}",
+        f"a painting by {PLACEHOLDER}",
+        f"an artwork by {PLACEHOLDER}",
+        f"a picture in the style of {PLACEHOLDER}",
+        f"a rendering in the style of {PLACEHOLDER}",
+    ),
+    "world": (f"in the style of {PLACEHOLDER}", f"{PLACEHOLDER} style"),
+}
+
+
+@dataclass(frozen=True)
+class AttackPreset:
+    """Optimisation settings of the attack, one per domain and shared by every method (docs/method.md)."""
+
+    steps: int = 200
+    batch_size: int = 4
+    lr: float = 5e-3
+    seed: int = 0
+    init_word: str = "art"
+
+    def validate(self) -> AttackPreset:
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"attack {name} {value!r}: expected a positive integer")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"attack lr {self.lr!r}: expected a positive number")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"attack seed {self.seed!r}: expected a non-negative integer")
+        if not str(self.init_word).strip() or PLACEHOLDER in self.init_word:
+            raise ValueError(f"--init_word {self.init_word!r}: expected one word (a single CLIP token)")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: The presets. World: chosen on the ORIGINAL world model with the held-out styles of the world benchmark
+#: (docs/world-benchmark.md); SD: textual inversion's learning rate and batch size (Gal et al. 2023), not tuned
+#: here (no SD weights on this machine).
+PRESETS = {
+    "world": AttackPreset(steps=200, batch_size=4, lr=5e-3, seed=0, init_word="art"),
+    "sd": AttackPreset(steps=1000, batch_size=4, lr=5e-3, seed=0, init_word="art"),
+}
+
+
+# ------------------------------------------------------------------------------------------------ text encoder
+def text_encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's CLIP text encoder (``cond_stage_model``, a ``FrozenCLIPEmbedder``)."""
+    encoder = getattr(model, "cond_stage_model", None)
+    table = getattr(getattr(getattr(encoder, "transformer", None), "embeddings", None), "token_embedding", None)
+    if not isinstance(table, torch.nn.Embedding) or not hasattr(encoder, "tokenizer"):
+        raise ValueError(
+            f"the attack needs a CLIP text encoder (ldm FrozenCLIPEmbedder) as cond_stage_model, not "
+            f"{type(encoder).__name__}"
+        )
+    return encoder
+
+
+def token_table(model: torch.nn.Module) -> torch.nn.Embedding:
+    """The token-embedding table ``cond_stage_model.transformer.embeddings.token_embedding`` (vocab × D)."""
+    return text_encoder(model).transformer.embeddings.token_embedding
+
+
+def tokenizer_from_config(config_path: Path):
+    """The CLIP tokenizer a model config's text encoder uses, built without loading any weights (to validate the
+    init word and the prompts before the model loads)."""
+    from ldm.checkpoint import load_config
+    from ldm.modules.encoders.modules import BUILTIN_VIT_L14, resolve_text_encoder
+
+    cond = load_config(config_path).model.params.cond_stage_config
+    if not str(cond.target).endswith("FrozenCLIPEmbedder"):
+        raise ValueError(f"{config_path}: the attack needs a FrozenCLIPEmbedder text encoder, not {cond.target}")
+    params = dict(cond.get("params") or {})
+    text_config = params.get("text_config")
+    _, tokenizer, _ = resolve_text_encoder(
+        params.get("version", BUILTIN_VIT_L14[0]),
+        int(params.get("max_length", 77)),
+        dict(text_config) if text_config is not None else None,
+    )
+    return tokenizer
+
+
+def word_token(tokenizer, word: str) -> int:
+    """The id of ``word``, which must be exactly one CLIP token (else a one-line ``ValueError``)."""
+    ids = tokenizer.encode(word)
+    if len(ids) != 1:
+        pieces = [tokenizer.decode([i]) for i in ids]
+        raise ValueError(f"--init_word {word!r} is {len(ids)} CLIP tokens {pieces}; expected a single-token word")
+    return ids[0]
+
+
+@dataclass
+class Slots:
+    """Prompts with the init word at each placeholder, and where those tokens sit."""
+
+    texts: List[str]
+    ids: torch.Tensor  # B N, the tokenizer's ids of ``texts``
+    mask: torch.Tensor  # B N, True at placeholder positions
+
+
+def slot_prompts(tokenizer, prompts: Sequence[str], init_word: str) -> Slots:
+    """Put ``init_word`` at every :data:`PLACEHOLDER` of ``prompts`` and locate those tokens.
+
+    A placeholder must stand as a word of its own (``'in the style of <v*>'``; not ``'x<v*>'``, which BPE would
+    merge with its neighbours) and within the text encoder's context (``max_length − 2`` tokens). Prompts without
+    a placeholder are encoded as they are (an all-False mask row)."""
+    init_id = word_token(tokenizer, init_word)
+    texts, masks = [], []
+    for prompt in prompts:
+        parts = prompt.split(PLACEHOLDER)
+        expected: List[int] = []
+        positions: List[int] = []
+        for k, part in enumerate(parts):
+            expected += tokenizer.encode(part)
+            if k < len(parts) - 1:
+                positions.append(len(expected))
+                expected.append(init_id)
+        text = init_word.join(parts)
+        if tokenizer.encode(text) != expected:
+            raise ValueError(f"prompt {prompt!r}: {PLACEHOLDER} must stand as a separate word")
+        limit = tokenizer.max_length - 2
+        if positions and positions[-1] >= limit:
+            raise ValueError(
+                f"prompt {prompt!r}: {PLACEHOLDER} falls beyond the text encoder's {limit} tokens; shorten the prompt"
+            )
+        mask = torch.zeros(tokenizer.max_length, dtype=torch.bool)
+        mask[[1 + p for p in positions]] = True  # +1: the start token
+        texts.append(text)
+        masks.append(mask)
+    return Slots(texts, tokenizer(texts), torch.stack(masks))
+
+
+@contextlib.contextmanager
+def substituted(model: torch.nn.Module, slots: Slots, vector: torch.Tensor) -> Iterator[None]:
+    """Within the block, the text encoder's token embeddings at ``slots.mask`` are ``vector`` (gradients reach
+    it); every other position is untouched."""
+    table = token_table(model)
+
+    def hook(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        ids = inputs[0]
+        if ids.shape != slots.ids.shape or not torch.equal(ids.cpu(), slots.ids):
+            raise RuntimeError("the text encoder was called with other tokens than the attack's slotted prompts")
+        mask = slots.mask.to(output.device).unsqueeze(-1)  # B N 1
+        return torch.where(mask, vector.to(output.device, output.dtype), output)  # B N D
+
+    handle = table.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@dataclass
+class LearnedWord:
+    """``v*`` with the word it started from and the metadata of how it was learned."""
+
+    vector: torch.Tensor  # D
+    init_word: str
+    meta: dict = field(default_factory=dict)
+    losses: List[float] = field(default_factory=list)
+
+    @classmethod
+    def initial(cls, model: torch.nn.Module, init_word: str) -> LearnedWord:
+        """``v*`` = the init word's token embedding (a float32 copy)."""
+        token = word_token(text_encoder(model).tokenizer, init_word)
+        return cls(token_table(model).weight[token].detach().float().clone(), init_word)
+
+    def conditioning(self, model: torch.nn.Module, prompts: Sequence[str]) -> torch.Tensor:
+        """``get_learned_conditioning(prompts)`` (B, N, D) with ``v*`` at every :data:`PLACEHOLDER`."""
+        encoder = text_encoder(model)
+        if self.vector.shape != (token_table(model).embedding_dim,):
+            raise ValueError(
+                f"learned embedding has shape {tuple(self.vector.shape)}, but the model's tokens are "
+                f"{token_table(model).embedding_dim}-dimensional; it was learned on another text encoder"
+            )
+        slots = slot_prompts(encoder.tokenizer, prompts, self.init_word)
+        with substituted(model, slots, self.vector):
+            return model.get_learned_conditioning(slots.texts)
+
+
+# ------------------------------------------------------------------------------------------------ training
+@dataclass
+class TrainResult:
+    word: LearnedWord
+    iterations: int
+    stop_reason: str
+    ok: bool
+    seconds: float
+
+
+def loss_summary(losses: Sequence[float]) -> dict:
+    """First, last and minimum loss, and the means of the first and last tenth of the steps."""
+    if not losses:
+        return {"steps": 0}
+    tenth = max(1, len(losses) // 10)
+    return {
+        "steps": len(losses),
+        "first": losses[0],
+        "last": losses[-1],
+        "min": min(losses),
+        "mean_first_tenth": sum(losses[:tenth]) / tenth,
+        "mean_last_tenth": sum(losses[-tenth:]) / tenth,
+    }
+
+
+class TrainingLatents:
+    """Latents of the training images: an image drawn uniformly (as :meth:`ImageFolder.sample`), its posterior
+    computed on its first draw and kept, a fresh posterior sample × scale_factor on every draw. Equal in
+    distribution to encoding the image on every draw (the encoder is deterministic; only the sample is random),
+    without repeating the encoder's forward pass."""
+
+    def __init__(self, model: torch.nn.Module, images: ImageFolder):
+        self.model, self.images = model, images
+        self._posteriors: dict = {}
+
+    @torch.no_grad()
+    def draw(self, generator: torch.Generator, device_generator: torch.Generator) -> torch.Tensor:
+        """One latent (1, C, h, w); the image index from ``generator``, the posterior noise from
+        ``device_generator``."""
+        index = int(torch.randint(len(self.images), (1,), generator=generator))
+        if index not in self._posteriors:
+            first = next(self.model.first_stage_model.parameters())
+            image = self.images.load(index).to(first.device, first.dtype)  # 1 3 S S
+            self._posteriors[index] = self.model.encode_first_stage(image)
+        return self.model.get_first_stage_encoding(self._posteriors[index], generator=device_generator)
+
+
+def train_word(
+    model: torch.nn.Module,
+    images: ImageFolder,
+    templates: Sequence[str],
+    preset: AttackPreset,
+    *,
+    precision: torch.dtype = torch.float32,
+    progress: bool = False,
+    word: Optional[LearnedWord] = None,
+    after_step: Optional[Callable[[int], None]] = None,
+) -> TrainResult:
+    """Learn ``v*`` on ``images`` (textual inversion, Gal et al. 2023 Eq. 2; see the module docstring).
+
+    Every model parameter is frozen (``requires_grad=False``) and left unchanged; only ``v*`` is optimised.
+    ``word`` continues from a given ``v*`` (default: the init word's embedding); ``after_step(i)`` is called after
+    each optimizer step (timing, logging)."""
+    preset.validate()
+    if not templates or any(PLACEHOLDER not in t for t in templates):
+        raise ValueError(f"every training template needs the placeholder {PLACEHOLDER}; got {list(templates)}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    device = token_table(model).weight.device
+    word = word or LearnedWord.initial(model, preset.init_word)
+    vector = word.vector.detach().clone().to(device).requires_grad_(True)
+    learning = LearnedWord(vector, word.init_word, dict(word.meta))
+    tokenizer = text_encoder(model).tokenizer
+    slot_prompts(tokenizer, templates, word.init_word)  # validate every template once
+    generator = torch.Generator().manual_seed(preset.seed)
+    device_generator = torch.Generator(device).manual_seed(preset.seed + 1)
+    latents = TrainingLatents(model, images)
+    losses: List[float] = []
+
+    def step(i: int) -> TrainStep:
+        z = torch.cat([latents.draw(generator, device_generator) for _ in range(preset.batch_size)])  # B C h w
+        t = torch.randint(model.num_timesteps, (preset.batch_size,), generator=generator).to(device)  # B
+        noise = torch.randn(z.shape, generator=device_generator, device=device, dtype=z.dtype)
+        chosen = torch.randint(len(templates), (preset.batch_size,), generator=generator).tolist()
+        cond = learning.conditioning(model, [templates[k] for k in chosen])  # B N D
+        loss, _ = model.p_losses(z, cond, t, noise=noise)
+        losses.append(float(loss.detach()))
+        return TrainStep(loss)
+
+    started = time.perf_counter()
+    trainer = ParameterTrainer(
+        [vector],
+        lr=preset.lr,
+        iterations=preset.steps,
+        zero_grad=True,
+        desc="attack",
+        precision=precision,
+        progress=progress,
+    )
+    fit = trainer.fit(step, (lambda i, _: after_step(i)) if after_step else None)
+    seconds = time.perf_counter() - started
+    done = losses[: fit.iterations]
+    learned = LearnedWord(vector.detach().cpu().clone(), word.init_word, dict(word.meta), done)
+    learned.meta.update(preset=preset.to_dict(), templates=list(templates), loss=loss_summary(done))
+    return TrainResult(learned, fit.iterations, fit.stop_reason, fit.ok, seconds)
+
+
+# ------------------------------------------------------------------------------------------------ files
+def save_word(path: Path, word: LearnedWord, overwrite: bool = True) -> Path:
+    """``embedding.safetensors``: ``embedding`` (D,), ``losses`` (steps,) and JSON metadata (atomic write)."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        "embedding": word.vector.detach().float().cpu().contiguous(),
+        "losses": torch.tensor(word.losses, dtype=torch.float32),
+    }
+    meta = {
+        "format": EMBEDDING_FORMAT,
+        "init_word": word.init_word,
+        "token_width": str(int(word.vector.numel())),
+        "meta": json.dumps(word.meta, sort_keys=True, default=str),
+    }
+    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=meta), overwrite=overwrite)
+
+
+def load_word(path: Path) -> LearnedWord:
+    """Read :func:`save_word`'s file back (one-line errors for a missing or foreign file)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"learned embedding {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"cannot read learned embedding {path}: {str(error)[:200]}") from None
+    if meta.get("format") != EMBEDDING_FORMAT or "embedding" not in tensors:
+        raise ValueError(f"{path} is not a learned attack embedding (format {meta.get('format')!r})")
+    vector = tensors["embedding"]
+    if vector.ndim != 1 or vector.numel() != int(meta["token_width"]):
+        raise ValueError(f"{path}: embedding shape {tuple(vector.shape)} does not match token_width")
+    losses = tensors.get("losses", torch.empty(0)).tolist()
+    return LearnedWord(vector, meta["init_word"], json.loads(meta.get("meta", "{}")), losses)
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+def concept_words(concept: ConceptClass) -> str:
+    """The words of a class that the attack replaces: its name where the class prompt contains it (``waves`` in
+    ``in the style of waves``), else the whole class prompt."""
+    if not concept.prompt:
+        raise ValueError(f"class {concept.name!r} has an empty prompt: there are no concept words to replace")
+    return concept.name if _words_pattern(concept.name).search(concept.prompt) else concept.prompt
+
+
+def _words_pattern(words: str) -> re.Pattern:
+    body = r"\s+".join(re.escape(w) for w in words.split())
+    return re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE)
+
+
+def replace_words(prompt: str, words: str) -> str:
+    """``prompt`` with every occurrence of ``words`` (whole words, any case) replaced by :data:`PLACEHOLDER`."""
+    new, count = _words_pattern(words).subn(PLACEHOLDER, prompt)
+    if not count:
+        raise ValueError(f"prompt {prompt!r} does not contain the concept's words {words!r}")
+    return new
+
+
+def attack_rows(rows: Sequence[PromptRow], concept: ConceptClass) -> List[PromptRow]:
+    """The rows of ``concept``'s class with its words replaced by :data:`PLACEHOLDER` (one-line errors for a
+    CSV without rows of the class, or a row whose prompt lacks the words)."""
+    words = concept_words(concept)
+    mine = [row for row in rows if row.class_index == concept.index]
+    if not mine:
+        raise ValueError(f"the prompt CSV has no row of class {concept.index} ({concept.name!r})")
+    out = []
+    for row in mine:
+        try:
+            out.append(replace(row, prompt=replace_words(row.prompt, words)))
+        except ValueError as error:
+            raise ValueError(f"prompt CSV line {row.line}: {error}") from None
+    return out
+
+
+def domain_of(concept: ConceptClass) -> str:
+    """``world`` when the class prompt is a concept-world style prompt (``in the style of waves``), else ``sd``."""
+    from sepce.world.prompts import parse_prompt
+
+    try:
+        style, obj = parse_prompt(concept.prompt)
+    except ValueError:
+        return "sd"
+    return "world" if style is not None and obj is None else "sd"
+
+
+# ------------------------------------------------------------------------------------------------ generation
+class AttackSampler(ImageSampler):
+    """:class:`sepce.generation.ImageSampler` whose prompts may hold :data:`PLACEHOLDER` (conditioned with
+    ``v*``); prompts without it, like the unconditional ``""``, are embedded as usual."""
+
+    def __init__(self, model, settings: SamplingSettings, device: torch.device, dtype: torch.dtype, word: LearnedWord):
+        super().__init__(model, settings, device, dtype)
+        self.word = LearnedWord(word.vector.to(device), word.init_word, word.meta)
+
+    def embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        if not any(PLACEHOLDER in p for p in prompts):
+            return super().embed(prompts)
+        with torch.no_grad(), self.autocast():
+            return self.word.conditioning(self.model, prompts)
+
+
+# ------------------------------------------------------------------------------------------------ classifying
+def classifier_kind(path: Path) -> str:
+    """``world`` for a world classifier (safetensors with its format tag), ``artist`` otherwise (the ResNet18
+    checkpoint of ``artist-cls-train.py``, checked when loaded)."""
+    from sepce.world.classifier import CLASSIFIER_FORMAT
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--classifier {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("format") == CLASSIFIER_FORMAT:
+                    return "world"
+        except Exception:  # noqa: BLE001 - unreadable header: not a world classifier
+            pass
+        raise ValueError(f"--classifier {path} is a safetensors file but not a world classifier ({CLASSIFIER_FORMAT})")
+    return "artist"
+
+
+def classify(
+    path: Path, images: Sequence[Path], classes: Sequence[ConceptClass], device: torch.device, batch_size: int = 64
+) -> tuple[List[int], dict]:
+    """Predicted class index of each image, and a description of the classifier. The world classifier's style
+    head (64 px, ``sepce.world.classifier``) needs a class map whose names are the world's styles in order; the
+    artist ResNet18 (``sepce.evaluation.classifier``) checks its own class map."""
+    from sepce.records import file_digest
+
+    kind = classifier_kind(path)
+    info = {"path": str(path), "kind": kind, "sha256": file_digest(path)}
+    if kind == "world":
+        from sepce.world.benchmark import IMAGE_SIZE, classify_paths
+        from sepce.world.classifier import load_classifier
+        from sepce.world.render import STYLES
+
+        names = [c.name for c in classes]
+        if names != list(STYLES):
+            raise ValueError(f"world classifier {path} predicts the styles {list(STYLES)}, not the classes {names}")
+        model, _ = load_classifier(path)
+        info["image_size"] = IMAGE_SIZE
+        return classify_paths(model, list(images), batch_size), info
+    from sepce.evaluation.classifier import load_classifier, predict
+
+    model, meta = load_classifier(path, classes)
+    info["image_size"] = int(meta["image_size"])
+    predictions = predict(model, list(images), info["image_size"], batch_size, device, desc="classify attack")
+    return predictions.tolist(), info
+
+
+# ------------------------------------------------------------------------------------------------ the attack
+@dataclass
+class AttackPlan:
+    """Everything :func:`run_attack` needs, validated by :func:`plan_attack` before any model loads."""
+
+    resolved: ResolvedModel
+    concept: ConceptClass
+    classes: List[ConceptClass]
+    images: ImageFolder
+    rows: List[PromptRow]  # the concept's rows, prompts with PLACEHOLDER
+    domain: str
+    templates: tuple
+    preset: AttackPreset
+    sampling: SamplingSettings
+    model_folder: Path
+    num_samples: int
+    batch_size: int
+    runtime: Runtime
+    classifier: Optional[Path] = None
+    overwrite: bool = False
+    progress: bool = False
+    identity: dict = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.model_folder / ATTACK_DIR
+
+    @property
+    def embedding_path(self) -> Path:
+        return self.folder / EMBEDDING_NAME
+
+
+def plan_attack(
+    resolved: ResolvedModel,
+    concept: ConceptClass,
+    classes: Sequence[ConceptClass],
+    rows: Sequence[PromptRow],
+    data_folder: Path,
+    model_folder: Path,
+    sampling: SamplingSettings,
+    runtime: Runtime,
+    *,
+    preset: Optional[AttackPreset] = None,
+    domain: Optional[str] = None,
+    num_samples: int = 1,
+    batch_size: int = 8,
+    classifier: Optional[Path] = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> AttackPlan:
+    """Validate an attack without loading a model: the concept's rows and prompts, the training images, the init
+    word and the prompts against the model's tokenizer, the classifier file, and what already exists in the
+    model folder (a learned word or attack results made from other inputs need ``overwrite``)."""
+    from sepce.evaluation.common import file_signature
+
+    domain = domain or domain_of(concept)
+    if domain not in DOMAINS:
+        raise ValueError(f"--domain {domain!r}: expected one of {list(DOMAINS)}")
+    preset = (preset or PRESETS[domain]).validate()
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"--num_samples {num_samples} and --batch_size {batch_size} must be >= 1")
+    sampling.validate()
+    templates = TEMPLATES[domain]
+    chosen = attack_rows(rows, concept)
+    images = ImageFolder(data_folder, sampling.image_size)
+    tokenizer = tokenizer_from_config(resolved.config_path)
+    slot_prompts(tokenizer, list(templates) + [row.prompt for row in chosen], preset.init_word)
+    if classifier is not None:
+        classifier_kind(classifier)
+    identity = {
+        "model": resolved.describe(),
+        "concept": concept.name,
+        "training_images": file_signature(images.files, images.folder),
+        "image_size": sampling.image_size,
+        "domain": domain,
+        "templates": list(templates),
+        "preset": preset.to_dict(),
+        "precision": runtime.precision,
+    }
+    plan = AttackPlan(
+        resolved,
+        concept,
+        list(classes),
+        images,
+        chosen,
+        domain,
+        templates,
+        preset,
+        sampling,
+        Path(model_folder),
+        num_samples,
+        batch_size,
+        runtime,
+        classifier,
+        overwrite,
+        progress,
+        identity,
+    )
+    if not overwrite:
+        _check_existing(plan)
+    return plan
+
+
+def _reusable(plan: AttackPlan) -> Optional[LearnedWord]:
+    """The stored learned word when it was learned from exactly this plan's inputs."""
+    if not plan.embedding_path.is_file():
+        return None
+    word = load_word(plan.embedding_path)
+    stored = json.loads(json.dumps(word.meta.get("identity")))
+    same = stored == json.loads(json.dumps(plan.identity, default=str))
+    return word if same and word.meta.get("ok", True) else None
+
+
+def _check_existing(plan: AttackPlan) -> None:
+    from sepce.evaluation.results import metric_paths
+
+    if plan.embedding_path.is_file() and _reusable(plan) is None:
+        raise FileExistsError(
+            f"{plan.embedding_path} was learned from other inputs (model, images, preset or templates) or stopped "
+            "early; pass --overwrite to learn it again"
+        )
+    if not plan.embedding_path.is_file():
+        made = [p for p in (plan.folder.iterdir() if plan.folder.is_dir() else []) if p.suffix == ".png"]
+        results = [p for p in metric_paths(plan.model_folder, RESULTS_METRIC) if p.exists()]
+        if made or results:
+            raise FileExistsError(
+                f"{plan.folder} holds attack images or results but no {EMBEDDING_NAME}; pass --overwrite to "
+                "learn the word and make them again"
+            )
+
+
+def run_attack(plan: AttackPlan) -> dict:
+    """Learn ``v*`` (or reuse an identical stored one), generate the attack images of the concept's rows,
+    and, given a classifier, write ``results/attack.csv/json``. Returns a summary."""
+    from sepce.evaluation.classifier import accuracy_table
+    from sepce.evaluation.common import file_signature, fingerprint
+    from sepce.evaluation.results import stored_rows, write_metric
+    from sepce.records import file_digest
+
+    device, dtype = plan.runtime.device, plan.runtime.dtype
+    summary: dict = {"folder": str(plan.folder), "embedding": str(plan.embedding_path), "concept": plan.concept.name}
+    word = None if plan.overwrite else _reusable(plan)
+    jobs, skipped = plan_jobs(plan.rows, plan.num_samples, plan.folder, overwrite=plan.overwrite)
+    model = None
+    if word is None or jobs:
+        model = load_resolved(plan.resolved, device)
+    if word is None:
+        result = train_word(model, plan.images, plan.templates, plan.preset, precision=dtype, progress=plan.progress)
+        word = result.word
+        word.meta.update(
+            identity=plan.identity,
+            model_name=plan.resolved.name,
+            base_sha256=file_digest(plan.resolved.ckpt_path),  # the checkpoint loaded (records: their base)
+            training_images=len(plan.images),
+            iterations=result.iterations,
+            stop_reason=result.stop_reason,
+            ok=result.ok,
+            seconds=round(result.seconds, 2),
+        )
+        save_word(plan.embedding_path, word)
+        summary.update(trained=True, seconds=round(result.seconds, 2), ok=result.ok, stop_reason=result.stop_reason)
+        if not result.ok:
+            summary["ok"] = False
+            return summary
+    else:
+        log.info("%s: learned from the same inputs; reusing it", plan.embedding_path)
+        summary["trained"] = False
+    summary["loss"] = word.meta.get("loss")
+    digest = file_digest(plan.embedding_path)
+    settings = folder_settings(plan.resolved, plan.sampling, plan.runtime.precision)
+    settings["attack"] = {"embedding_sha256": digest, "init_word": word.init_word}
+    check_generation_settings(plan.folder, settings, plan.overwrite, {"concept": plan.concept.name})
+    if jobs:
+        sampler = AttackSampler(model, plan.sampling, device, dtype, word)
+        text = {**png_text(plan.resolved, plan.sampling), "attack_embedding": digest[:16]}
+        summary["written"] = run_jobs(
+            sampler, jobs, plan.batch_size, plan.num_samples, text, f"attack {plan.concept.name}", plan.progress
+        )
+    summary["skipped"] = skipped
+    if plan.classifier is None:
+        return summary
+
+    names = [f"{row.case_number}_{k}.png" for row in plan.rows for k in range(plan.num_samples)]
+    paths = [plan.folder / n for n in names]
+    key = fingerprint(
+        {
+            "images": file_signature(paths, plan.folder),
+            "classifier": file_signature([plan.classifier]),
+            "classes": [c.name for c in plan.classes],
+        }
+    )
+    rows = stored_rows(plan.model_folder, RESULTS_METRIC, key, plan.overwrite)
+    if rows is None:
+        predictions, info = classify(plan.classifier, paths, plan.classes, device)
+        labels = [plan.concept.index] * len(paths)
+        rows, confusion = accuracy_table(plan.classes, labels, predictions)
+        meta = {
+            "model_folder": str(plan.model_folder),
+            "attack_folder": str(plan.folder),
+            "concept": plan.concept.name,
+            "classifier": info,
+            "fingerprint": key,
+            "embedding_sha256": digest,
+            "preset": plan.preset.to_dict(),
+            "domain": plan.domain,
+            "templates": list(plan.templates),
+            "predictions": {n: [plan.concept.index, int(p)] for n, p in zip(names, predictions)},
+            "confusion": confusion,
+        }
+        write_metric(plan.model_folder, RESULTS_METRIC, rows, RESULT_COLUMNS, meta)
+    summary["accuracy"] = next(r for r in rows if r["class"] == plan.concept.index)
+    return summary
