@@ -29,16 +29,8 @@ from pathlib import Path
 
 import torch
 
-from sepce.generation import (
-    SAMPLERS,
-    ImageJob,
-    ImageSampler,
-    SamplingSettings,
-    case_noise,
-    check_runtime,
-    run_jobs,
-    save_png,
-)
+from sepce.cli import Runtime, add_precision, parser, run
+from sepce.generation import SAMPLERS, ImageJob, ImageSampler, SamplingSettings, case_noise, run_jobs, save_png
 from sepce.io import write_json
 from sepce.paths import DEFAULT_CONFIG, REPO_ROOT
 
@@ -46,21 +38,19 @@ TINY_CONFIG = REPO_ROOT / "configs" / "tiny" / "v1-tiny.yaml"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    parser.add_argument("--tiny", action="store_true", help="tiny random model, 64 px (smoke test)")
-    parser.add_argument("--config_path", type=Path, default=None, help="model config (None: SD v1 or tiny)")
-    parser.add_argument("--ckpt_path", type=Path, default=None, help="weights (None: random initialisation)")
-    parser.add_argument("--device", default="cpu", help="torch device")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="network precision")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (None: 50 on GPU, 4 on CPU)")
-    parser.add_argument("--batch_size", type=int, default=None, help="images per batch (None: 8 GPU, 1 CPU)")
-    parser.add_argument("--image_size", type=int, default=None, help="image size (None: 512; tiny 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed UNet forwards (after one warm-up)")
-    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
-    args = parser.parse_args(argv)
+    p = parser(__doc__)
+    p.add_argument("--tiny", action="store_true", help="tiny random model, 64 px (smoke test)")
+    p.add_argument("--config_path", type=Path, default=None, help="model config (None: SD v1 or tiny)")
+    p.add_argument("--ckpt_path", type=Path, default=None, help="weights (None: random initialisation)")
+    p.add_argument("--device", default="cpu", help="torch device")
+    add_precision(p, help="network precision (16-bit under torch.autocast, GPU only)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (None: 50 on GPU, 4 on CPU)")
+    p.add_argument("--batch_size", type=int, default=None, help="images per batch (None: 8 GPU, 1 CPU)")
+    p.add_argument("--image_size", type=int, default=None, help="image size (None: 512; tiny 64)")
+    p.add_argument("--repeats", type=int, default=3, help="timed UNet forwards (after one warm-up)")
+    p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    args = p.parse_args(argv)
     gpu = not args.device.startswith("cpu")
     args.steps = args.steps or (50 if gpu or args.tiny else 4)
     args.batch_size = args.batch_size or (8 if gpu or args.tiny else 1)
@@ -68,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.config_path = args.config_path or (TINY_CONFIG if args.tiny else DEFAULT_CONFIG)
     for name in ("steps", "batch_size", "image_size", "repeats"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)} must be >= 1")
+            p.error(f"--{name} {getattr(args, name)} must be >= 1")
     return args
 
 
@@ -99,8 +89,9 @@ def timed(fn, device: torch.device, repeats: int = 1) -> float:
 
 
 def main(args: argparse.Namespace) -> dict:
-    _, device, dtype = check_runtime(args.device, args.precision)
-    settings = SamplingSettings(args.sampler, args.steps, 7.5, args.image_size).validate()
+    runtime = Runtime.from_flags(args.device, args.precision)
+    device, dtype = runtime.device, runtime.dtype
+    settings = SamplingSettings(args.sampler, args.steps, 7.5, args.image_size)
     t0 = time.perf_counter()
     model = build(args, device)
     build_s = time.perf_counter() - t0
@@ -163,4 +154,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(parse_args, main)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sepce.classes import DEFAULT_CLASS_MAP, ConceptClass, load_class_map
-from sepce.evaluation.common import run_script
+from sepce.cli import run
 from sepce.io import write_text
 
 DATA_DIR = Path(__file__).resolve().parent
@@ -92,4 +92,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    run_script(parse_args, main)
+    run(parse_args, main)

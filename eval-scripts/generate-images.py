@@ -23,90 +23,84 @@ import argparse
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from sepce.classes import DEFAULT_CLASS_MAP, load_class_map
-from sepce.evaluation.common import run_script
+from sepce.classes import load_class_map
+from sepce.cli import Runtime, add_classes, add_prompts_path, add_quiet, parser, run, show_progress
 from sepce.generation import (
     GenerationReport,
+    Rank,
+    SamplingSettings,
     add_model_arguments,
     add_sampling_arguments,
-    check_runtime,
+    check_folder_settings,
+    folder_settings,
     generate_rows,
-    settings_from_args,
 )
 from sepce.modeling import resolve_model
 from sepce.prompts import read_prompt_csv
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument(
+    p = parser(__doc__)
+    p.add_argument(
         "--model_name",
         required=True,
-        help="SD-v1-4 (original), a run folder under --models_dir, or a checkpoint/record path",
+        help="SD-v1-4 (original), a run folder under --models_dir (e.g. CiE-VanGogh), or a checkpoint/record path",
     )
-    parser.add_argument(
-        "--prompts_path",
-        type=Path,
-        required=True,
-        help="CSV with columns prompt, evaluation_seed, case_number (optional class)",
-    )
-    parser.add_argument(
+    add_prompts_path(p, required=True)
+    p.add_argument(
         "--save_path", type=Path, default=Path("evaluation_folder"), help="images go to <save_path>/<output name>/"
     )
-    parser.add_argument(
+    p.add_argument(
         "--output_name", default=None, help="folder name under --save_path (None: the model name, e.g. SD-v1-4)"
     )
-    parser.add_argument("--num_samples", type=int, default=10, help="images per CSV row")
-    parser.add_argument("--from_case", type=int, default=0, help="skip rows whose case_number is below this")
-    parser.add_argument(
-        "--classes",
-        type=Path,
-        default=DEFAULT_CLASS_MAP,
-        help="class map CSV; an empty prompt is allowed for its blank class",
-    )
-    parser.add_argument(
+    p.add_argument("--num_samples", type=int, default=10, help="images per CSV row")
+    p.add_argument("--from_case", type=int, default=0, help="skip rows whose case_number is below this")
+    add_classes(p)
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="regenerate existing images (also when the folder was made with other settings)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_sampling_arguments(parser)
-    add_model_arguments(parser)
-    args = parser.parse_args(argv)
+    add_quiet(p)
+    add_sampling_arguments(p)
+    add_model_arguments(p)
+    args = p.parse_args(argv)
     for name in ("num_samples", "batch_size", "ddim_steps", "image_size"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)} must be >= 1")
+            p.error(f"--{name} {getattr(args, name)} must be >= 1")
     if args.from_case < 0:
-        parser.error(f"--from_case {args.from_case} must be >= 0")
+        p.error(f"--from_case {args.from_case} must be >= 0")
     if args.output_name is not None and (not args.output_name.strip() or "/" in args.output_name):
-        parser.error(f"--output_name {args.output_name!r} must be a non-empty folder name without '/'")
+        p.error(f"--output_name {args.output_name!r} must be a non-empty folder name without '/'")
     return args
 
 
 def main(args: argparse.Namespace) -> List[GenerationReport]:
-    settings = settings_from_args(args)
-    check_runtime(args.device, args.precision)
+    # every check happens here, before any model loads; the library trusts what it is handed
+    settings = SamplingSettings(args.sampler, args.ddim_steps, args.guidance_scale, args.image_size)
+    runtime = Runtime.from_flags(args.device, args.precision)
+    rank = Rank.from_env()
     rows = read_prompt_csv(args.prompts_path, classes=load_class_map(args.classes))
     resolved = resolve_model(args.model_name, args.ckpt_path, args.config_path, args.models_dir, args.erase)
     folder = Path(args.save_path) / (args.output_name or resolved.folder_name)
+    extra = {"prompts_path": str(args.prompts_path)}
+    check_folder_settings(folder, folder_settings(resolved, settings, args.precision), args.overwrite, extra)
     report = generate_rows(
         rows,
         resolved,
         settings,
         folder,
+        runtime,
+        rank,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
         from_case=args.from_case,
         overwrite=args.overwrite,
-        progress=not args.quiet,
-        extra={"prompts_path": str(args.prompts_path)},
+        progress=show_progress(args.quiet),
     )
-    where = "" if report.rank.world_size == 1 else f" (rank {report.rank.rank}/{report.rank.world_size})"
-    print(f"{folder}: wrote {report.written} image(s), {report.skipped} already existed{where}")
+    print(report.summary())
     return [report]
 
 
 if __name__ == "__main__":
-    run_script(parse_args, main)
+    run(parse_args, main)

@@ -5,11 +5,13 @@
 
 Pairs files with the same name (``<case_number>_<k>.png``) in the two folders, whether flat or sorted into
 class folders, and groups them by the prompt CSV's ``class`` column. LPIPS: AlexNet trunk, v0.1 calibration,
-64 px, [-1, 1] (mean and std per class). FID: torchvision Inception-v3 pool features of the paired images of
-each class (values differ from the pytorch-fid reference; see sepce/evaluation/fid.py). Unpaired files are
+64 px, [-1, 1] (mean and std per class). FID: pytorch-fid's FID Inception (2048-d pool3 features, its resize to
+299 px and scaling) on the paired images of each class read as pytorch-fid reads them, so the statistics equal
+pytorch-fid's (see sepce/evaluation/fid.py). Unpaired files are
 skipped with a counted warning. Results go to ``<edited_path>/results/lpips.csv|json`` and ``fid.csv|json``;
-unchanged inputs reuse them, changed inputs need ``--overwrite``. ImageNet weights come from torchvision's
-cache or ``--backbone_weights`` (AlexNet) / ``--fid_weights`` (Inception-v3); nothing is downloaded.
+unchanged inputs reuse them, changed inputs need ``--overwrite``. Weights come from the torch hub cache or
+``--backbone_weights`` (AlexNet, ImageNet) / ``--fid_weights`` (pytorch-fid's pt_inception-2015-12-05-6726825d.pth);
+nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -20,85 +22,81 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from sepce.classes import DEFAULT_CLASS_MAP, load_class_map
-from sepce.evaluation.common import default_device, file_signature, resolve_device, run_script
+from sepce.classes import load_class_map
+from sepce.cli import add_classes, add_device, add_prompts_path, parse_device, parser, run
+from sepce.evaluation.common import file_signature
 from sepce.evaluation.compare import compare_folders
-from sepce.evaluation.fid import INCEPTION_IMAGE_SIZE, inception_extractor
+from sepce.evaluation.fid import FID_INCEPTION_NETWORK, INCEPTION_IMAGE_SIZE, inception_extractor
 from sepce.evaluation.images import pair_images
 from sepce.evaluation.lpips_metric import LPIPS_IMAGE_SIZE, build_lpips
-from sepce.evaluation.weights import ALEXNET, INCEPTION_V3, MissingWeightsError, resolve_weights
+from sepce.evaluation.weights import ALEXNET, FID_INCEPTION, MissingWeightsError, resolve_weights
 from sepce.prompts import case_classes, read_prompt_csv
 
 log = logging.getLogger("lpips_eval")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument(
+    p = parser(__doc__)
+    p.add_argument(
         "--original_path",
         type=Path,
         default=Path("evaluation_folder/default"),
         help="images of the original model",
     )
-    parser.add_argument(
+    p.add_argument(
         "--edited_path",
         type=Path,
         default=Path("evaluation_folder/eval"),
         help="images of the edited (erased) model; results are written to its results/ folder",
     )
-    parser.add_argument(
-        "--prompts_path",
-        type=Path,
-        default=Path("data/evaluate.csv"),
-        help="prompt CSV (case_number, class) the images were generated from",
-    )
-    parser.add_argument("--classes", type=Path, default=DEFAULT_CLASS_MAP, help="class map CSV (index,name,prompt)")
-    parser.add_argument(
+    add_prompts_path(p, default=Path("data/evaluate.csv"))
+    add_classes(p)
+    p.add_argument(
         "--metrics", nargs="+", choices=["lpips", "fid"], default=["lpips", "fid"], help="metrics to compute"
     )
-    parser.add_argument("--device", default=default_device(), help="torch device, e.g. cuda:0 or cpu")
-    parser.add_argument("--batch_size", type=int, default=50, help="images per forward pass")
-    parser.add_argument("--lpips_size", type=int, default=LPIPS_IMAGE_SIZE, help="LPIPS image size (paper: 64)")
-    parser.add_argument(
+    add_device(p)
+    p.add_argument("--batch_size", type=int, default=50, help="images per forward pass")
+    p.add_argument("--lpips_size", type=int, default=LPIPS_IMAGE_SIZE, help="LPIPS image size (paper: 64)")
+    p.add_argument(
         "--fid_size",
         type=int,
         default=INCEPTION_IMAGE_SIZE,
-        help="image size fed to Inception for FID (299 as trained; >= 75)",
+        help="image size fed to Inception for FID (299 as pytorch-fid; other sizes, >= 75, only for tests)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--backbone_weights",
         type=Path,
         default=None,
         help="AlexNet ImageNet state dict for LPIPS; None: torchvision's cache file alexnet-owt-7be5be79.pth",
     )
-    parser.add_argument(
+    p.add_argument(
         "--fid_weights",
         type=Path,
         default=None,
-        help="Inception-v3 state dict for FID; None: the cache file inception_v3_google-0cc3c7bd.pth",
+        help="pytorch-fid FID Inception state dict; None: the torch hub cache file pt_inception-2015-12-05-*.pth",
     )
-    parser.add_argument(
+    p.add_argument(
         "--no_pretrained",
         action="store_true",
         help="random AlexNet/Inception weights instead of ImageNet ones (tests only)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace results made from other inputs")
-    args = parser.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true", help="replace results made from other inputs")
+    args = p.parse_args(argv)
     for name in ("batch_size", "lpips_size"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)} must be >= 1")
+            p.error(f"--{name} {getattr(args, name)} must be >= 1")
     if args.fid_size < 75:
-        parser.error(f"--fid_size {args.fid_size} must be >= 75 (Inception-v3's smallest input)")
+        p.error(f"--fid_size {args.fid_size} must be >= 75 (Inception-v3's smallest input)")
     return args
 
 
 def main(args: argparse.Namespace) -> Dict[str, List[dict]]:
+    device = parse_device(args.device)
     classes = load_class_map(args.classes)
     case_to_class = case_classes(read_prompt_csv(args.prompts_path, classes, require_class=True))
     report = pair_images(args.original_path, args.edited_path, case_to_class)
     for line in report.warnings():
         log.warning(line)
-    device = resolve_device(args.device)
 
     settings = {"pretrained": not args.no_pretrained}
     lpips_weights = fid_weights = None
@@ -108,10 +106,12 @@ def main(args: argparse.Namespace) -> Dict[str, List[dict]]:
             settings["lpips_backbone"] = file_signature([lpips_weights])[0]
         if "fid" in args.metrics:
             try:
-                fid_weights = resolve_weights(INCEPTION_V3, args.fid_weights, "--fid_weights")
+                fid_weights = resolve_weights(FID_INCEPTION, args.fid_weights, "--fid_weights")
             except MissingWeightsError as error:
                 raise MissingWeightsError(f"{error}; or skip FID with --metrics lpips") from None
             settings["fid_network"] = file_signature([fid_weights])[0]
+    if "fid" in args.metrics:
+        settings["fid_size"] = args.fid_size
     results = compare_folders(
         args.original_path,
         args.edited_path,
@@ -121,10 +121,10 @@ def main(args: argparse.Namespace) -> Dict[str, List[dict]]:
         metrics=args.metrics,
         lpips_factory=functools.partial(build_lpips, not args.no_pretrained, lpips_weights),
         fid_factory=functools.partial(inception_extractor, not args.no_pretrained, fid_weights, args.fid_size),
+        fid_network=FID_INCEPTION_NETWORK,
         settings=settings,
         batch_size=args.batch_size,
         lpips_image_size=args.lpips_size,
-        fid_image_size=args.fid_size,
         overwrite=args.overwrite,
         pairs=report,
     )
@@ -147,4 +147,4 @@ def _fmt(value, digits: int) -> str:
 
 
 if __name__ == "__main__":
-    run_script(parse_args, main)
+    run(parse_args, main)

@@ -17,8 +17,8 @@ import argparse
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from sepce.classes import DEFAULT_CLASS_MAP, load_class_map
-from sepce.evaluation.common import run_script
+from sepce.classes import load_class_map
+from sepce.cli import add_classes, parser, run
 from sepce.evaluation.table import ModelSpec, collect, load_spec, plot_table, to_csv, to_markdown
 from sepce.io import write_text
 
@@ -31,11 +31,11 @@ def _named(value: str) -> tuple:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--spec", type=Path, default=None, help="JSON spec of the models (instead of the flags below)")
-    parser.add_argument("--original", type=Path, default=None, help="model folder of the original model")
-    parser.add_argument("--original_name", default="ORI", help="row name of the original model")
-    parser.add_argument(
+    p = parser(__doc__)
+    p.add_argument("--spec", type=Path, default=None, help="JSON spec of the models (instead of the flags below)")
+    p.add_argument("--original", type=Path, default=None, help="model folder of the original model")
+    p.add_argument("--original_name", default="ORI", help="row name of the original model")
+    p.add_argument(
         "--model",
         type=_named,
         action="append",
@@ -43,7 +43,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         metavar="NAME=PATH",
         help="an erased model's row name and folder (repeat for several)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--erased",
         type=_named,
         action="append",
@@ -51,7 +51,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         metavar="NAME=CONCEPTS",
         help="comma-separated concepts the model NAME erased (repeatable)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--restored",
         type=_named,
         action="append",
@@ -59,25 +59,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         metavar="NAME=CONCEPTS",
         help="comma-separated concepts the model NAME erased and then restored (repeatable)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--concepts",
         nargs="+",
         default=None,
         help="concept columns to show, in order; None: every class of the class map",
     )
-    parser.add_argument("--classes", type=Path, default=DEFAULT_CLASS_MAP, help="class map CSV (index,name,prompt)")
-    parser.add_argument(
+    add_classes(p)
+    p.add_argument(
         "--output_dir",
         type=Path,
         default=Path("evaluation_folder/table"),
         help="folder for table.md, table.csv and table.png",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing table that differs")
-    args = parser.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing table that differs")
+    args = p.parse_args(argv)
     if args.spec is not None and (args.original or args.model or args.erased or args.restored):
-        parser.error("give either --spec or --original/--model/--erased/--restored, not both")
+        p.error("give either --spec or --original/--model/--erased/--restored, not both")
     if args.spec is None and args.original is None and not args.model:
-        parser.error("nothing to tabulate: give --spec, or --original and/or --model NAME=PATH")
+        p.error("nothing to tabulate: give --spec, or --original and/or --model NAME=PATH")
     return args
 
 
@@ -123,4 +123,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    run_script(parse_args, main)
+    run(parse_args, main)

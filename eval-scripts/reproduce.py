@@ -23,10 +23,20 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.evaluation.common import default_device, run_script
-from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, REPO_ROOT
+from sepce.cli import add_classes, add_device, add_precision, add_prompts_path, add_quiet, parser, run
+from sepce.paths import DATA_DIR, DEFAULT_CKPT, DEFAULT_CONFIG, REPO_ROOT
 from sepce.prompts import read_prompt_csv
-from sepce.reproduce import METHODS, STAGES, Step, StepFailed, plan, run_step
+from sepce.reproduce import (
+    METHODS,
+    STAGES,
+    ReproductionLayout,
+    ReproductionSettings,
+    ScriptStep,
+    StepFailed,
+    plan_reproduction,
+    reproduction_layout,
+    run_step,
+)
 
 TINY = {"num_cases": 4, "num_samples": 2, "cases_per_class": 2, "ddim_steps": 10, "image_size": 64, "iterations": 4}
 FULL = {
@@ -40,80 +50,68 @@ FULL = {
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="run on the tiny random model with small settings")
-    parser.add_argument("--dry_run", action="store_true", help="print the steps as a shell script; run nothing")
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="erasure methods")
-    parser.add_argument("--concept", default="Van Gogh", help="concept erased by the single-concept methods")
-    parser.add_argument(
+    p = parser(__doc__)
+    p.add_argument("--tiny", action="store_true", help="run on the tiny random model with small settings")
+    p.add_argument("--dry_run", action="store_true", help="print the steps as a shell script; run nothing")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="erasure methods")
+    p.add_argument("--concept", default="Van Gogh", help="concept erased by the single-concept methods")
+    p.add_argument(
         "--sepce_concepts",
         nargs="+",
         default=["Van Gogh", "Picasso", "Cezanne"],
         help="concepts SepCE erases together (subsets restore the later ones)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--work_dir",
         type=Path,
         default=None,
         help="root of data/, models/, evaluation_folder/, outputs/table/ (None: the current "
         "folder; --tiny: outputs/reproduce-tiny)",
     )
-    parser.add_argument("--data_dir", type=Path, default=None, help="training images (None: <work_dir>/data)")
-    parser.add_argument("--models_dir", type=Path, default=None, help="training runs (None: <work_dir>/models)")
-    parser.add_argument(
+    p.add_argument("--data_dir", type=Path, default=None, help="training images (None: <work_dir>/data)")
+    p.add_argument("--models_dir", type=Path, default=None, help="training runs (None: <work_dir>/models)")
+    p.add_argument(
         "--classifier",
         type=Path,
         default=None,
         help="classifier checkpoint (None: <work_dir>/models/artist-classifier/resnet18.pt)",
     )
-    parser.add_argument("--classes", type=Path, default=REPO_ROOT / "data" / "classes.csv", help="class map CSV")
-    parser.add_argument(
-        "--prompts_path",
-        type=Path,
-        default=REPO_ROOT / "data" / "evaluate.csv",
-        help="evaluation prompt CSV (case_number, prompt, evaluation_seed, class)",
-    )
-    parser.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="original SD v1.4 checkpoint")
-    parser.add_argument("--config_path", type=Path, default=DEFAULT_CONFIG, help="its CompVis config")
-    parser.add_argument("--num_cases", type=int, default=None, help="training images per class (1000; tiny 4)")
-    parser.add_argument("--num_samples", type=int, default=None, help="evaluation images per seed (5; tiny 2)")
-    parser.add_argument(
+    add_classes(p)
+    add_prompts_path(p, default=DATA_DIR / "evaluate.csv")
+    p.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="original SD v1.4 checkpoint")
+    p.add_argument("--config_path", type=Path, default=DEFAULT_CONFIG, help="its CompVis config")
+    p.add_argument("--num_cases", type=int, default=None, help="training images per class (1000; tiny 4)")
+    p.add_argument("--num_samples", type=int, default=None, help="evaluation images per seed (5; tiny 2)")
+    p.add_argument(
         "--cases_per_class",
         type=int,
         default=None,
         help="--tiny: evaluation seeds per class taken from the CSV (tiny 2)",
     )
-    parser.add_argument("--ddim_steps", type=int, default=None, help="K-LMS steps (100; tiny 10)")
-    parser.add_argument("--image_size", type=int, default=None, help="image size (512; tiny 64)")
-    parser.add_argument(
+    p.add_argument("--ddim_steps", type=int, default=None, help="K-LMS steps (100; tiny 10)")
+    p.add_argument("--image_size", type=int, default=None, help="image size (512; tiny 64)")
+    p.add_argument(
         "--iterations",
         type=int,
         default=None,
         help="training iterations of every method (None: the seed commands'; tiny 4)",
     )
-    parser.add_argument("--batch_size", type=int, default=8, help="images per sampler batch")
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "fp16", "bf16"),
-        default="fp32",
-        help="generation precision (16-bit on GPU only)",
-    )
-    parser.add_argument("--device", default=default_device(), help="device of generation and metrics")
-    parser.add_argument(
-        "--devices", default=None, help="--devices of the training scripts (None: 0 with a GPU, else cpu)"
-    )
-    parser.add_argument(
+    p.add_argument("--batch_size", type=int, default=8, help="images per sampler batch")
+    add_precision(p, help="generation precision (16-bit on GPU only)")
+    add_device(p, help="device of generation and metrics: cpu, cuda, cuda:N or N")
+    p.add_argument("--devices", default=None, help="--devices of the training scripts (None: 0 with a GPU, else cpu)")
+    p.add_argument(
         "--nproc_per_node", type=int, default=1, help="GPUs for image generation (torchrun, one process per GPU)"
     )
-    parser.add_argument(
+    p.add_argument(
         "--runner",
         choices=("auto", "subprocess", "inprocess"),
         default="auto",
         help="run each step in a new Python process, or in this one (faster start-up); auto: in-process for --tiny",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars in the generation steps")
-    args = parser.parse_args(argv)
+    add_quiet(p)
+    args = p.parse_args(argv)
     for key, value in (TINY if args.tiny else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -121,17 +119,54 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.devices = "cpu" if args.device == "cpu" else "0"
     for name in ("num_cases", "num_samples", "ddim_steps", "image_size", "batch_size", "nproc_per_node"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)} must be >= 1")
+            p.error(f"--{name} {getattr(args, name)} must be >= 1")
     if args.runner == "auto":
         args.runner = "inprocess" if args.tiny else "subprocess"
     if args.nproc_per_node > 1 and args.runner == "inprocess":
-        parser.error("--nproc_per_node > 1 launches torchrun; use --runner subprocess")
+        p.error("--nproc_per_node > 1 launches torchrun; use --runner subprocess")
     if args.cases_per_class is not None and not args.tiny:
-        parser.error("--cases_per_class subsets the CSV for --tiny runs; give a smaller --prompts_path instead")
+        p.error("--cases_per_class subsets the CSV for --tiny runs; give a smaller --prompts_path instead")
     return args
 
 
-def check_inputs(args: argparse.Namespace, steps: List[Step]) -> None:
+def settings_of(args: argparse.Namespace) -> tuple[ReproductionSettings, ReproductionLayout]:
+    """The typed settings and the layout of the parsed flags."""
+    settings = ReproductionSettings(
+        tiny=args.tiny,
+        stages=tuple(args.stages),
+        methods=tuple(args.methods),
+        concept=args.concept,
+        sepce_concepts=tuple(args.sepce_concepts),
+        classes=args.classes,
+        prompts_path=args.prompts_path,
+        num_cases=args.num_cases,
+        num_samples=args.num_samples,
+        cases_per_class=args.cases_per_class,
+        ddim_steps=args.ddim_steps,
+        image_size=args.image_size,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        device=args.device,
+        devices=args.devices,
+        nproc_per_node=args.nproc_per_node,
+        quiet=args.quiet,
+    )
+    layout = reproduction_layout(
+        args.tiny,
+        args.work_dir,
+        args.data_dir,
+        args.models_dir,
+        args.classifier,
+        args.classes,
+        args.prompts_path,
+        args.ckpt_path,
+        args.config_path,
+    )
+    return settings, layout
+
+
+def check_inputs(args: argparse.Namespace, steps: List[ScriptStep]) -> None:
     """Fail before running anything when a script, the class map, the CSV or the base checkpoint is missing."""
     missing = sorted(
         {s.argv[0] for s in steps if s.argv and s.argv[0] != "-m" and not (REPO_ROOT / s.argv[0]).is_file()}
@@ -146,8 +181,8 @@ def check_inputs(args: argparse.Namespace, steps: List[Step]) -> None:
         )
 
 
-def main(args: argparse.Namespace) -> List[Step]:
-    steps = plan(args)
+def main(args: argparse.Namespace) -> List[ScriptStep]:
+    steps = plan_reproduction(*settings_of(args))
     check_inputs(args, steps)
     if args.dry_run:
         print("#!/usr/bin/env bash\nset -euo pipefail")
@@ -171,4 +206,4 @@ def main(args: argparse.Namespace) -> List[Step]:
 
 
 if __name__ == "__main__":
-    run_script(parse_args, main)
+    run(parse_args, main)

@@ -16,71 +16,64 @@ import argparse
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from sepce.evaluation.common import run_script
+from sepce.cli import Runtime, add_quiet, parser, run, show_progress
 from sepce.generation import (
     ImageJob,
     ImageSampler,
+    SamplingSettings,
     add_model_arguments,
     add_sampling_arguments,
-    check_runtime,
+    file_slug,
     png_text,
     run_jobs,
-    settings_from_args,
-    slug,
 )
 from sepce.modeling import load_resolved, resolve_model
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--prompt", required=True, help="text prompt ('' for the unconditional image)")
-    parser.add_argument(
+    p = parser(__doc__)
+    p.add_argument("--prompt", required=True, help="text prompt ('' for the unconditional image)")
+    p.add_argument(
         "--model_name",
         default="SD-v1-4",
-        help="SD-v1-4 (original), a run folder under --models_dir, or a checkpoint/record path",
+        help="SD-v1-4 (original), a run folder under --models_dir (e.g. CiE-VanGogh), or a checkpoint/record path",
     )
-    parser.add_argument("--n_samples", type=int, default=1, help="number of images")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the start noise")
-    parser.add_argument("--outdir", type=Path, default=Path("outputs/txt2img"), help="output folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing images")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_sampling_arguments(parser)
-    add_model_arguments(parser)
-    args = parser.parse_args(argv)
+    p.add_argument("--n_samples", type=int, default=1, help="number of images")
+    p.add_argument("--seed", type=int, default=42, help="seed of the start noise")
+    p.add_argument("--outdir", type=Path, default=Path("outputs/txt2img"), help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing images")
+    add_quiet(p)
+    add_sampling_arguments(p)
+    add_model_arguments(p)
+    args = p.parse_args(argv)
     for name in ("n_samples", "batch_size", "ddim_steps", "image_size"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)} must be >= 1")
+            p.error(f"--{name} {getattr(args, name)} must be >= 1")
     if args.seed < 0:
-        parser.error(f"--seed {args.seed} must be >= 0")
+        p.error(f"--seed {args.seed} must be >= 0")
     return args
 
 
 def main(args: argparse.Namespace) -> List[Path]:
-    settings = settings_from_args(args)
-    _, device, dtype = check_runtime(args.device, args.precision)
+    settings = SamplingSettings(args.sampler, args.ddim_steps, args.guidance_scale, args.image_size)
+    runtime = Runtime.from_flags(args.device, args.precision)
     resolved = resolve_model(args.model_name, args.ckpt_path, args.config_path, args.models_dir, args.erase)
     folder = Path(args.outdir) / resolved.folder_name
     prompt = args.prompt.strip()
     jobs = [
-        ImageJob(0, k, prompt, args.seed, folder / f"{slug(prompt)}-{args.seed}_{k}.png") for k in range(args.n_samples)
+        ImageJob(0, k, prompt, args.seed, folder / f"{file_slug(prompt)}-{args.seed}_{k}.png")
+        for k in range(args.n_samples)
     ]
     existing = [str(job.path) for job in jobs if job.path.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{existing[0]} already exists; pass --overwrite or choose another --outdir/--seed")
-    sampler = ImageSampler(load_resolved(resolved, device), settings, device, dtype)
-    run_jobs(
-        sampler,
-        jobs,
-        args.batch_size,
-        args.n_samples,
-        png_text(resolved, settings),
-        desc="txt2img",
-        progress=not args.quiet,
-    )
+    sampler = ImageSampler(load_resolved(resolved, runtime.device), settings, runtime.device, runtime.dtype)
+    text = png_text(resolved, settings)
+    run_jobs(sampler, jobs, args.batch_size, args.n_samples, text, desc="txt2img", progress=show_progress(args.quiet))
     for job in jobs:
         print(job.path)
     return [job.path for job in jobs]
 
 
 if __name__ == "__main__":
-    run_script(parse_args, main)
+    run(parse_args, main)

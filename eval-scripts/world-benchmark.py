@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.evaluation.common import run_script
+from sepce.cli import add_quiet, parser, run
 from sepce.io import write_text
 from sepce.reproduce import METHODS, StepFailed, run_step
 from sepce.world.benchmark import (
@@ -32,9 +32,9 @@ from sepce.world.benchmark import (
     PRESETS,
     STAGES,
     Timer,
+    benchmark_layout,
     concept_prompts,
-    layout,
-    plan,
+    plan_benchmark,
     run_metrics,
     write_report,
 )
@@ -50,7 +50,7 @@ def _preset(value: str) -> tuple:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--form", choices=list(FORMS), default="short", help="how much of the protocol to run")
     p.add_argument("--work_dir", type=Path, default=None, help="output root (None: outputs/world-benchmark-<form>)")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
@@ -71,7 +71,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="run each script in this interpreter (faster) or in a new Python process",
     )
     p.add_argument("--dry_run", action="store_true", help="print the script steps as a shell script; run nothing")
-    p.add_argument("--quiet", action="store_true", help="no progress bars in the generation steps")
+    add_quiet(p)
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch_size {args.batch_size} must be >= 1")
@@ -83,7 +83,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> Optional[dict]:
     form = FORMS[args.form]
     work = args.work_dir or Path("outputs") / f"world-benchmark-{form.name}"
-    lay = layout(work, args.ckpt_path, args.config_path, args.classifier)
+    lay = benchmark_layout(work, args.ckpt_path, args.config_path, args.classifier)
     classes = load_class_map(lay.classes)
     concept_prompts(classes, [args.concept, *args.sepce_concepts])
     for path, what in (
@@ -94,7 +94,9 @@ def main(args: argparse.Namespace) -> Optional[dict]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{what} {path} does not exist")
     presets = {**PRESETS, **dict(args.preset)}
-    steps, rows = plan(lay, form, args.methods, args.concept, args.sepce_concepts, presets, args.batch_size, args.quiet)
+    steps, rows = plan_benchmark(
+        lay, form, args.methods, args.concept, args.sepce_concepts, presets, args.batch_size, args.quiet
+    )
     if args.dry_run:
         print("#!/usr/bin/env bash\nset -euo pipefail")
         for step in steps:
@@ -135,4 +137,4 @@ def main(args: argparse.Namespace) -> Optional[dict]:
 
 
 if __name__ == "__main__":
-    run_script(parse_args, main)
+    run(parse_args, main)

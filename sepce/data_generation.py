@@ -13,13 +13,18 @@ import csv
 import filecmp
 import hashlib
 import io
+import logging
 import os
 import shutil
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
+from sepce.classes import ConceptClass, class_by_name
+from sepce.generation import file_slug, image_name
 from sepce.io import atomic_write
 from sepce.prompts import PromptRow, read_prompt_csv
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
 LINK_MODES = ("hardlink", "symlink", "copy", "none")
@@ -31,6 +36,40 @@ def derive_seed(seed: int, case_number: int) -> int:
     and ``--num_cases``; recorded in the manifest beside the images."""
     digest = hashlib.sha256(f"{int(seed)}:{int(case_number)}".encode()).digest()
     return int.from_bytes(digest[:4], "big") % 2**31
+
+
+def concept_class(prompt: str, class_spec: Optional[str], classes: Sequence[ConceptClass]) -> Optional[ConceptClass]:
+    """The class the images of ``prompt`` belong to: ``class_spec`` is generate-data's ``--model_name`` (a class
+    index or name of the class map, checked against the class's prompt; ``none``: no class), or None to look the
+    prompt up in the class map (no class, with a warning, when it is not there)."""
+    if class_spec is not None and class_spec.strip().lower() == "none":
+        return None
+    if class_spec is None:
+        try:
+            return class_by_name(list(classes), prompt)
+        except KeyError:
+            log.warning("prompt %r is not in the class map; no class folder is filled (pass --model_name)", prompt)
+            return None
+    text = class_spec.strip()
+    if text.isdigit():
+        match = [c for c in classes if c.index == int(text)]
+        if not match:
+            raise ValueError(f"--model_name {text}: not a class index of the class map (0..{len(classes) - 1})")
+        chosen = match[0]
+    else:
+        try:
+            chosen = class_by_name(list(classes), text)
+        except KeyError:
+            raise ValueError(
+                f"--model_name {text!r} is neither a class index, a class name nor 'none'; "
+                f"classes: {[f'{c.index}={c.name}' for c in classes]}"
+            ) from None
+    if chosen.prompt.replace(" ", "").lower() != prompt.replace(" ", "").lower():
+        raise ValueError(
+            f"--model_name {text} is class {chosen.name!r} (prompt {chosen.prompt!r}), but --prompt is "
+            f"{prompt!r}; use the matching class index, edit the class map, or pass --model_name none"
+        )
+    return chosen
 
 
 def data_folder_name(prompt: str, class_name: Optional[str] = None) -> str:
@@ -100,3 +139,28 @@ def link_file(source: Path, destination: Path, mode: str, overwrite: bool = Fals
 
     atomic_write(destination, place)
     return True
+
+
+def fill_class_folder(
+    folder: Path,
+    rows: Sequence[PromptRow],
+    num_samples: int,
+    class_folder: Path,
+    prompt: str,
+    mode: str,
+    overwrite: bool = False,
+) -> Tuple[int, List[str]]:
+    """Place the images ``<case>_<k>.png`` of ``rows`` in ``folder`` into the classifier's ``class_folder`` as
+    ``<prompt file slug>_<case>_<k>.png`` (:func:`link_file` with ``mode``; missing images are left out). Returns
+    the number placed and the names of the different files already there that were left in place."""
+    placed, conflicts = 0, []
+    for row in rows:
+        for k in range(num_samples):
+            source = folder / image_name(row.case_number, k)
+            target = class_folder / f"{file_slug(prompt)}_{image_name(row.case_number, k)}"
+            if source.is_file():
+                if link_file(source, target, mode, overwrite):
+                    placed += 1
+                else:
+                    conflicts.append(target.name)
+    return placed, conflicts

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -58,8 +59,9 @@ from ldm.models.diffusion.sampling import (
 )
 from tqdm.auto import tqdm
 
+from sepce.cli import Runtime, add_device, add_precision
 from sepce.io import atomic_write, write_json
-from sepce.modeling import ResolvedModel, load_resolved, parse_device, parse_dtype
+from sepce.modeling import ResolvedModel, load_resolved
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR
 from sepce.prompts import PromptRow, shard_rows
 
@@ -73,37 +75,39 @@ SEED_SCHEME = "image k of a case = row k of torch.randn((num_samples, C, H/8, W/
 # ----------------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Sampler, steps, guidance and image size; the defaults are the paper's evaluation protocol."""
+    """Sampler, steps, guidance and image size; the defaults are the paper's evaluation protocol.
+
+    Checked when built (a script builds it once from its flags, before any model loads), so the code that receives
+    one trusts it; the messages name the flags of :func:`add_sampling_arguments`."""
 
     sampler: str = "klms"
     steps: int = 100
     guidance_scale: float = 7.5
     image_size: int = 512
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> SamplingSettings:
+        """The checks (run when the settings are built); returns ``self``."""
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler {self.sampler!r} is not supported; expected one of {list(SAMPLERS)}")
         limit = 500 if self.sampler in ("ddim", "plms") else 1000
         if not 1 <= self.steps <= limit:
             raise ValueError(f"--ddim_steps {self.steps} must lie in 1..{limit} for the {self.sampler} sampler")
-        if self.sampler != "klms" and ddim_timesteps(self.steps)[-1] >= 1000:
-            raise ValueError(
-                f"--ddim_steps {self.steps}: the CompVis uniform DDIM discretisation reaches timestep "
-                f"1000 (stride {1000 // self.steps} divides 999); choose another step count"
-            )
+        if self.sampler != "klms":
+            try:
+                ddim_timesteps(self.steps)  # refuses step counts whose uniform DDIM grid reaches timestep 1000
+            except ValueError as e:
+                raise ValueError(
+                    f"--ddim_steps {self.steps}: the CompVis uniform DDIM discretisation reaches timestep "
+                    f"1000 (stride {1000 // self.steps} divides 999); {str(e).rpartition('; ')[2]}"
+                ) from None
         if not np.isfinite(self.guidance_scale):
             raise ValueError(f"--guidance_scale {self.guidance_scale} must be a finite number")
         if self.image_size < 8 or self.image_size % 8:
             raise ValueError(f"--image_size {self.image_size} must be a positive multiple of 8")
         return self
-
-
-def check_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``fp32``/``fp16``/``bf16`` → dtype; 16-bit needs a GPU."""
-    dtype = parse_dtype(precision)
-    if dtype != torch.float32 and device.type == "cpu":
-        raise ValueError(f"--precision {precision} needs a GPU (--device cuda); use --precision fp32 on the CPU")
-    return dtype
 
 
 # -------------------------------------------------------------------------------------------------- sampling
@@ -129,7 +133,7 @@ class ImageSampler:
     """
 
     def __init__(self, model, settings: SamplingSettings, device: torch.device, dtype: torch.dtype = torch.float32):
-        self.model, self.settings, self.device, self.dtype = model, settings.validate(), device, dtype
+        self.model, self.settings, self.device, self.dtype = model, settings, device, dtype
         factor = 2**model.num_downs
         self.latent_shape = (model.channels, settings.image_size // factor, settings.image_size // factor)
         self._embeddings: Dict[str, torch.Tensor] = {}
@@ -208,9 +212,9 @@ def existing_images(folder: Path) -> Dict[str, Path]:
 
 
 def plan_jobs(
-    rows: Iterable[PromptRow], num_samples: int, folder: Path, from_case: int = 0, overwrite: bool = False
+    rows: Iterable[PromptRow], num_samples: int, folder: Path, overwrite: bool = False
 ) -> Tuple[List[ImageJob], int]:
-    """Jobs for the images of ``rows`` (cases ≥ ``from_case``) that do not exist yet; also the count skipped.
+    """Jobs for the images of ``rows`` that do not exist yet; also the count skipped.
 
     An image counts as existing when ``<folder>/<case>_<k>.png`` or ``<folder>/<class>/<case>_<k>.png`` exists;
     with ``overwrite`` it is regenerated where it is.
@@ -218,8 +222,6 @@ def plan_jobs(
     existing = existing_images(folder)
     jobs, skipped = [], 0
     for row in rows:
-        if row.case_number < from_case:
-            continue
         for k in range(num_samples):
             name = image_name(row.case_number, k)
             if name in existing and not overwrite:
@@ -251,13 +253,13 @@ def run_jobs(
     desc: str = "images",
     progress: bool = True,
 ) -> int:
-    """Sample and save ``jobs`` in batches of ``batch_size``; returns the number of images written.
+    """Sample and save ``jobs`` in batches of ``batch_size`` (>= 1); returns the number of images written.
 
     Each job's start noise is row ``k`` of its case's :func:`case_noise` (drawn once per case), so batch
-    composition never changes an image.
+    composition never changes an image. With ``progress`` a bar counts the images; without, one line is logged
+    when they are done (``<desc>: generated 200 images in 98 s``).
     """
-    if batch_size < 1:
-        raise ValueError(f"--batch_size {batch_size} must be >= 1")
+    start_time = time.monotonic()
     noise: Dict[Tuple[int, int], torch.Tensor] = {}  # (case, seed) -> case_noise, for the current batch
     written = 0
     with tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress) as bar:
@@ -281,6 +283,8 @@ def run_jobs(
                 save_png(job.path, pixels, meta)
                 written += 1
             bar.update(len(batch))
+    if not progress:
+        log.info("%s: generated %d image(s) in %.0f s", desc, written, time.monotonic() - start_time)
     return written
 
 
@@ -307,28 +311,6 @@ class Rank:
         if world < 1 or not 0 <= rank.rank < world:
             raise ValueError(f"RANK={rank.rank} / WORLD_SIZE={world} from the environment are inconsistent")
         return rank
-
-
-def resolve_device(spec: str, rank: Rank) -> torch.device:
-    """``--device`` → device; under ``torchrun`` a bare ``cuda`` becomes ``cuda:<LOCAL_RANK>``."""
-    text = str(spec).strip()
-    if text == "cuda" and rank.world_size > 1:
-        text = f"cuda:{rank.local_rank}"
-    try:
-        return parse_device(text)
-    except RuntimeError:
-        raise ValueError(f"--device {spec!r} is not a device name (expected cpu, cuda, cuda:N or N)") from None
-
-
-def check_runtime(device: str, precision: str) -> Tuple[Rank, torch.device, torch.dtype]:
-    """Validate ``--device`` and ``--precision`` for this process (cheap; call before anything heavy)."""
-    rank = Rank.from_env()
-    torch_device = resolve_device(device, rank)
-    return rank, torch_device, check_precision(precision, torch_device)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ------------------------------------------------------------------------------------------ folder settings
@@ -402,54 +384,52 @@ class GenerationReport:
     skipped: int = 0
     rows: List[PromptRow] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """``<folder>: wrote N image(s), M already existed [(rank r/n)]``, the line the scripts print."""
+        where = "" if self.rank.world_size == 1 else f" (rank {self.rank.rank}/{self.rank.world_size})"
+        return f"{self.folder}: wrote {self.written} image(s), {self.skipped} already existed{where}"
+
 
 def generate_rows(
     rows: Sequence[PromptRow],
     resolved: ResolvedModel,
     settings: SamplingSettings,
     folder: Path,
+    runtime: Runtime,
+    rank: Rank = Rank(),
     *,
     num_samples: int,
     batch_size: int,
-    device: str,
-    precision: str = "fp32",
     from_case: int = 0,
     overwrite: bool = False,
     progress: bool = True,
-    extra: Optional[dict] = None,
 ) -> GenerationReport:
-    """Generate ``num_samples`` images for each row (this process's ``torchrun`` shard) into ``folder``.
+    """Generate ``num_samples`` images for each row with case number ≥ ``from_case`` (this process's ``torchrun``
+    shard) into ``folder``; the model is loaded only when an image is missing.
 
-    Everything is checked before the model is loaded, and the model is loaded only when an image is missing.
+    The arguments were checked at the script boundary (flags, ``settings``, ``runtime``, ``rank``) and ``folder``
+    was accepted by :func:`check_folder_settings`; nothing is validated again here.
     """
-    settings.validate()
-    if num_samples < 1:
-        raise ValueError(f"--num_samples {num_samples} must be >= 1")
-    if batch_size < 1:
-        raise ValueError(f"--batch_size {batch_size} must be >= 1")
-    if from_case < 0:
-        raise ValueError(f"--from_case {from_case} must be >= 0")
-    rank, torch_device, dtype = check_runtime(device, precision)
     folder = Path(folder)
-    check_folder_settings(folder, folder_settings(resolved, settings, precision), overwrite, extra)
     mine = shard_rows([row for row in rows if row.case_number >= from_case], rank.rank, rank.world_size)
     jobs, skipped = plan_jobs(mine, num_samples, folder, overwrite=overwrite)
     report = GenerationReport(folder, rank, len(jobs), 0, skipped, mine)
     if not jobs:
         return report
-    if torch_device.type == "cuda":
-        torch.cuda.set_device(torch_device)
-    model = load_resolved(resolved, torch_device)
-    sampler = ImageSampler(model, settings, torch_device, dtype)
-    text = png_text(resolved, settings)
+    if runtime.device.type == "cuda":
+        torch.cuda.set_device(runtime.device)
+    model = load_resolved(resolved, runtime.device)
+    sampler = ImageSampler(model, settings, runtime.device, runtime.dtype)
     desc = folder.name if rank.world_size == 1 else f"{folder.name} [rank {rank.rank}/{rank.world_size}]"
-    report.written = run_jobs(sampler, jobs, batch_size, num_samples, text, desc, progress)
+    report.written = run_jobs(sampler, jobs, batch_size, num_samples, png_text(resolved, settings), desc, progress)
     return report
 
 
 # ------------------------------------------------------------------------------------------------ argparse
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 100, image_size: int = 512) -> None:
-    """The sampler flags every generation script shares (ESD's names: ``--ddim_steps`` counts any sampler)."""
+    """The sampler flags every generation script shares (ESD's names: ``--ddim_steps`` counts any sampler), with
+    ``--device`` and ``--precision`` of :mod:`sepce.cli`. A script builds :class:`SamplingSettings` from
+    ``--sampler/--ddim_steps/--guidance_scale/--image_size`` and a :class:`sepce.cli.Runtime` from the others."""
     parser.add_argument(
         "--sampler", choices=SAMPLERS, default="klms", help="sampler: K-LMS (paper protocol), DDIM (eta 0) or PLMS"
     )
@@ -462,21 +442,16 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 100, im
         default=8,
         help="images per sampler batch (each UNet forward sees 2x this with guidance)",
     )
-    parser.add_argument(
-        "--precision",
-        choices=sorted(("fp32", "fp16", "bf16")),
-        default="fp32",
+    add_precision(
+        parser,
         help="network precision; fp16/bf16 need a GPU and run under torch.autocast (latents and sampler stay fp32)",
     )
-    parser.add_argument(
-        "--device",
-        default=default_device(),
-        help="torch device (cpu, cuda, cuda:N); under torchrun, 'cuda' means cuda:LOCAL_RANK",
-    )
+    add_device(parser, help="torch device (cpu, cuda, cuda:N or N); under torchrun, 'cuda' means cuda:LOCAL_RANK")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, erase: bool = True) -> None:
-    """``--ckpt_path``, ``--config_path``, ``--models_dir`` (and ``--erase``)."""
+    """``--ckpt_path``, ``--config_path``, ``--models_dir`` (and ``--erase``): the inputs of
+    :func:`sepce.modeling.resolve_model`."""
     parser.add_argument(
         "--ckpt_path",
         type=Path,
@@ -497,10 +472,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, erase: bool = True) -> 
         )
 
 
-def settings_from_args(args: argparse.Namespace) -> SamplingSettings:
-    return SamplingSettings(args.sampler, args.ddim_steps, args.guidance_scale, args.image_size).validate()
+def file_slug(text: str) -> str:
+    """A prompt as it appears in image file and evaluation folder names: lower case, runs of other characters
+    as one ``-`` (``'Van Gogh'`` → ``'van-gogh'``; ``''`` → ``'blank'``) — ``txt2img.py``'s images,
+    ``generate-data.py``'s class-folder links, ``reproduce.py``'s evaluation folders.
 
-
-def slug(text: str) -> str:
-    """A file-name friendly form of a prompt (``'Van Gogh'`` → ``'van-gogh'``; ``''`` → ``'blank'``)."""
+    Not the run-name form (:func:`sepce.paths.concept_slug`, ``'VanGogh'``), which names training runs and must
+    match what the training scripts write: these names identify files that already exist on disk (class-folder
+    links are matched by name when a run resumes, so renaming them would place every image twice), and a
+    lower-case name cannot collide on a case-insensitive file system."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "blank"

@@ -8,10 +8,15 @@ Model resolution (:func:`resolve_model`, no weights are read)
 ``--model_name`` is one of
 
 * ``SD-v1-4`` or ``original`` (any case): the base checkpoint ``--ckpt_path`` with ``--config_path``;
-* a run folder name under ``--models_dir`` (default ``models/``), or a path to a run folder, holding
-  ``erasure.safetensors`` (a :mod:`sepce.records` erasure record, applied onto ``--ckpt_path`` after checking the
-  record's base-checkpoint SHA-256) or else exactly one full checkpoint (``.ckpt``/``.safetensors``/``.pt``);
-* a path to a record file or to a full CompVis checkpoint.
+* a run folder name under ``--models_dir`` (default ``models/``; the training scripts name their runs with
+  :func:`sepce.paths.run_name`, ``CiE-VanGogh``, and :func:`find_run` also accepts ``CiE-Van Gogh``), or a path
+  to a run folder, holding ``erasure.safetensors`` (a :mod:`sepce.records` erasure record, applied onto
+  ``--ckpt_path`` after checking the record's base-checkpoint SHA-256) or else exactly one full checkpoint
+  (``.ckpt``/``.safetensors``/``.pt``);
+* a path to a record file or to a full CompVis checkpoint;
+* a path to a diffusers-format UNet state dict (``diffusers-*.pt``/``.safetensors`` as ESD's diffusers scripts
+  and UCE publish; found by its keys), loaded into the base checkpoint's model after checking it has the base
+  UNet's architecture (:func:`sepce.convert.check_diffusers_unet_file`).
 
 A SepCE record applies the increments of every concept it holds unless ``erase`` names a subset (Eq. 9–10 of
 the paper: θ = θ_orig + Σ_{c∈subset} ΔW_c; a concept left out is restored). Unknown names fail with one line
@@ -29,48 +34,14 @@ from typing import List, Optional, Sequence, Union
 import torch
 from ldm.checkpoint import load_config, load_model_from_config
 
-from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR
+from sepce import convert
+from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR, run_name
 from sepce.records import RECORD_NAME, ErasureRecord, apply_record, check_base, file_digest, load_record
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ORIGINAL_NAMES = ("SD-v1-4", "original")
 WEIGHT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
-
-
-def parse_device(spec: Union[str, int, torch.device], flag: str = "--device") -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:1``, ``mps`` or a bare GPU index (``0``) → torch.device, checked to exist
-    (``flag`` names the command-line option in the error's hint)."""
-    if isinstance(spec, torch.device):
-        device = spec
-    else:
-        spec = str(spec).strip()
-        device = torch.device(f"cuda:{spec}" if spec.isdigit() else spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} asks for CUDA but no CUDA device is available; use {flag} cpu")
-        index = device.index or 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {spec!r} asks for MPS, which is not available; use {flag} cpu")
-    return device
-
-
-def parse_devices(spec: str) -> list[torch.device]:
-    """``--devices`` of the training scripts: ``'0,1'`` (trained model on the first, frozen reference on the
-    second, as the released scripts did), ``'0'`` (one device), ``cpu`` or ``cuda:0,cpu``."""
-    parts = [p for p in str(spec).split(",") if p.strip()]
-    if not parts or len(parts) > 2:
-        raise ValueError(f"--devices {spec!r}: expected one or two devices such as '0,1', '0' or 'cpu'")
-    return [parse_device(p, "--devices") for p in parts]
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"precision {name!r} is not supported; expected one of {sorted(DTYPES)}")
-    return DTYPES[name]
 
 
 def check_model_files(config_path: Union[str, Path], ckpt_path: Union[str, Path]) -> None:
@@ -124,12 +95,13 @@ class ResolvedModel:
     """What ``--model_name`` means, decided before any weights are read."""
 
     name: str
-    kind: str  # "original" | "record" | "checkpoint"
-    ckpt_path: Path  # the weights file to load (the base checkpoint for records)
+    kind: str  # "original" | "record" | "checkpoint" | "diffusers-unet"
+    ckpt_path: Path  # the weights file to load (the base checkpoint for records and diffusers UNets)
     config_path: Path
     folder_name: str  # default output folder name under --save_path
     record: Optional[ErasureRecord] = None
     erase: Optional[List[str]] = None  # concepts whose erasure is applied (records only)
+    unet_path: Optional[Path] = None  # diffusers-format UNet replacing the base's (kind "diffusers-unet")
 
     def describe(self) -> dict:
         """JSON-able identity of the weights the images come from (stored in ``generation.json``)."""
@@ -145,6 +117,8 @@ class ResolvedModel:
                 record_sha256=file_digest(self.record.path),
                 erase=list(self.erase or []),
             )
+        if self.unet_path is not None:
+            info.update(unet_file=str(Path(self.unet_path).resolve()), unet_sha256=file_digest(self.unet_path))
         return info
 
 
@@ -170,6 +144,21 @@ def available_models(models_dir: Path = MODELS_DIR) -> List[str]:
             if (sub / RECORD_NAME).is_file() or _weight_files(sub):
                 names.append(sub.name)
     return names
+
+
+def find_run(models_dir: Path, name: str) -> Optional[Path]:
+    """The run folder under ``models_dir`` that ``name`` stands for: ``models_dir/name`` itself, else the folder
+    that :func:`sepce.paths.run_name` names for ``name`` read as ``<method>-<concept>[+<concept>...]``, ignoring
+    case (``CiE-Van Gogh`` and ``cie-vangogh`` find ``CiE-VanGogh``, the folder ``CiE.py --prompt 'Van Gogh'``
+    writes). None when there is no such folder."""
+    if (models_dir / name).exists():
+        return models_dir / name
+    method, sep, concepts = name.partition("-")
+    if not sep or not method or not models_dir.is_dir():
+        return None
+    wanted = run_name(method, concepts.split("+")).lower()
+    matches = [p for p in models_dir.iterdir() if p.is_dir() and p.name.lower() == wanted]
+    return matches[0] if len(matches) == 1 else None
 
 
 def _weight_files(folder: Path) -> List[Path]:
@@ -219,10 +208,12 @@ def resolve_model(
     else:
         as_path = Path(name)
         looks_like_path = os.sep in name or "/" in name or as_path.suffix in WEIGHT_SUFFIXES
-        target = as_path if looks_like_path or not (models_dir / name).exists() else models_dir / name
+        run = None if looks_like_path else find_run(models_dir, name)
+        target = as_path if run is None else run
         if not target.exists():
             raise ValueError(
                 f"unknown model {name!r}: not one of {list(ORIGINAL_NAMES)}, not a run folder under {models_dir} "
+                f"(training runs are named <method>-<Concept>[+<Concept>...], e.g. {run_name('CiE', ['Van Gogh'])}) "
                 f"and not a file; available: {', '.join(available_models(models_dir))}"
             )
     folder_name = name if target is None else (target.stem if target.is_file() else target.resolve().name)
@@ -251,6 +242,13 @@ def resolve_model(
         else:
             weights = target
 
+    if weights is not None and convert.is_diffusers_unet_file(weights):
+        if erase:
+            raise ValueError(f"--erase {list(erase)} needs a SepCE erasure record, but {name!r} is a diffusers UNet")
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"base checkpoint {ckpt_path} for the diffusers UNet {weights} does not exist")
+        convert.check_diffusers_unet_file(weights, config_path)
+        return ResolvedModel(name, "diffusers-unet", ckpt_path, config_path, folder_name, unet_path=weights)
     if record_path is None:
         if erase:
             what = "the original model" if target is None else f"a full checkpoint ({weights})"
@@ -282,10 +280,13 @@ def load_resolved(resolved: ResolvedModel, device: torch.device):
     Erasure records are applied on the CPU (where their tensors live) before the model moves to ``device``.
     16-bit sampling runs under ``torch.autocast`` (:class:`ImageSampler`), so the weights stay float32 here.
     """
-    on_cpu_first = resolved.record is not None
+    on_cpu_first = resolved.record is not None or resolved.unet_path is not None
     model = load_model(resolved.config_path, resolved.ckpt_path, "cpu" if on_cpu_first else device)
+    if resolved.unet_path is not None:
+        convert.load_diffusers_unet_into(model, resolved.unet_path, resolved.config_path)
     if on_cpu_first:
-        apply_record(model, resolved.record, erase=resolved.erase)
+        if resolved.record is not None:
+            apply_record(model, resolved.record, erase=resolved.erase)
         model.to(device)
     log.info(
         "model %s (%s%s)",

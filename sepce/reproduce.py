@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from sepce.classes import ConceptClass, class_by_name, load_class_map
-from sepce.generation import slug
+from sepce.classes import ConceptClass, class_by_name, classes_by_names, load_class_map
+from sepce.generation import file_slug
 from sepce.io import write_text
-from sepce.paths import REPO_ROOT
+from sepce.paths import REPO_ROOT, run_name
 from sepce.prompts import read_prompt_csv
 
 STAGES = ("model", "data", "classifier", "erase", "generate", "sort", "classify", "metrics", "table")
@@ -57,6 +57,13 @@ class Method:
     tiny_flags: tuple  # overrides for --tiny (larger steps so a few iterations change the tiny model visibly)
     uses_data: bool = True  # reads <data_dir>/<prompt>/
     multi: bool = False  # SepCE: several concepts via --prompts
+    run_method: Optional[str] = None  # the method part of the script's run names (None: ``name``)
+    run_suffix: Optional[str] = None  # the suffix the script adds to its run names (ESD: its --train_method)
+
+    def run_name(self, concepts: Sequence[str]) -> str:
+        """The run folder the training script writes for ``concepts`` when no ``--output_dir`` is given
+        (:func:`sepce.paths.run_name`): ``CiE-VanGogh``, ``SepCE-VanGogh+Picasso+Cezanne``, ``ESD-VanGogh-xattn``."""
+        return run_name(self.run_method or self.name, concepts, self.run_suffix)
 
 
 METHODS: Dict[str, Method] = {
@@ -78,15 +85,22 @@ METHODS: Dict[str, Method] = {
             ("--train_method", "xattn", "--iterations", "1000"),
             ("--lr", "1e-2"),
             uses_data=False,
+            run_suffix="xattn",
         ),
         Method("FMN", "train-scripts/FMN.py", ("--lr", "1e-5", "--iter_break", "10"), ("--lr", "1e-2")),
-        Method("AC", "train-scripts/Abconcept.py", ("--lr", "1e-5", "--iter_break", "50"), ("--lr", "1e-2")),
+        Method(
+            "AC",
+            "train-scripts/Abconcept.py",
+            ("--lr", "1e-5", "--iter_break", "50"),
+            ("--lr", "1e-2"),
+            run_method="Abconcept",
+        ),
     )
 }
 
 
 @dataclass
-class Step:
+class ScriptStep:
     """One stage action: run a script (``argv[0]`` a repo script or ``-m module``) or write a small file."""
 
     stage: str
@@ -120,9 +134,34 @@ class Row:
     restored: List[str] = field(default_factory=list)
 
 
-@dataclass
-class Layout:
-    """Where everything goes."""
+@dataclass(frozen=True)
+class ReproductionSettings:
+    """The checked settings of one reproduction (``eval-scripts/reproduce.py`` builds them from its flags)."""
+
+    tiny: bool
+    stages: tuple
+    methods: tuple
+    concept: str
+    sepce_concepts: tuple
+    classes: Path  # the class map the run starts from (--tiny writes a reduced copy into the layout)
+    prompts_path: Path  # the evaluation CSV the run starts from (likewise)
+    num_cases: int
+    num_samples: int
+    cases_per_class: Optional[int]
+    ddim_steps: int
+    image_size: int
+    iterations: Optional[int]
+    batch_size: int
+    precision: str
+    device: str
+    devices: str
+    nproc_per_node: int
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class ReproductionLayout:
+    """Where a reproduction reads and writes everything."""
 
     data_dir: Path
     models_dir: Path
@@ -135,11 +174,31 @@ class Layout:
     config_path: Path
 
 
-def layout_of(args) -> Layout:
-    """Paths for a full or a ``--tiny`` run (tiny: everything under ``--work_dir``)."""
-    if args.tiny:
-        work = Path(args.work_dir or "outputs/reproduce-tiny")
-        return Layout(
+def _near(path: Path) -> Path:
+    """An absolute ``path`` under the current folder, written relative to it (readable commands)."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()) if path.is_absolute() else path
+    except ValueError:
+        return path
+
+
+def reproduction_layout(
+    tiny: bool,
+    work_dir: Optional[Path],
+    data_dir: Optional[Path],
+    models_dir: Optional[Path],
+    classifier: Optional[Path],
+    classes: Path,
+    prompts_path: Path,
+    ckpt_path: Path,
+    config_path: Path,
+) -> ReproductionLayout:
+    """Paths for a full run (under ``work_dir``, default the current folder, unless given one by one) or a
+    ``--tiny`` run (everything under ``work_dir``, default ``outputs/reproduce-tiny``)."""
+    if tiny:
+        work = Path(work_dir or "outputs/reproduce-tiny")
+        return ReproductionLayout(
             work / "data",
             work / "models",
             work / "evaluation_folder",
@@ -150,25 +209,17 @@ def layout_of(args) -> Layout:
             work / "tiny" / "model.ckpt",
             work / "tiny" / "config.yaml",
         )
-    work = Path(args.work_dir or ".")
-
-    def near(path) -> Path:  # a path under the current folder, written relative to it (readable commands)
-        path = Path(path)
-        try:
-            return path.resolve().relative_to(Path.cwd().resolve()) if path.is_absolute() else path
-        except ValueError:
-            return path
-
-    return Layout(
-        Path(args.data_dir or work / "data"),
-        Path(args.models_dir or work / "models"),
+    work = Path(work_dir or ".")
+    return ReproductionLayout(
+        Path(data_dir or work / "data"),
+        Path(models_dir or work / "models"),
         work / "evaluation_folder",
         work / "outputs" / "table",
-        Path(args.classifier or work / "models" / "artist-classifier" / "resnet18.pt"),
-        near(args.classes),
-        near(args.prompts_path),
-        near(args.ckpt_path),
-        near(args.config_path),
+        Path(classifier or work / "models" / "artist-classifier" / "resnet18.pt"),
+        _near(classes),
+        _near(prompts_path),
+        _near(ckpt_path),
+        _near(config_path),
     )
 
 
@@ -198,23 +249,19 @@ def tiny_inputs(
 
 def model_rows(methods: Sequence[str], concept: str, sepce_concepts: Sequence[str]) -> List[Row]:
     """Table rows: the original, one per single-concept method, and the SepCE subsets (erase the first i concepts,
-    the others restored, for i = n..1)."""
+    the others restored, for i = n..1). Evaluation folders are named with :func:`sepce.generation.file_slug`."""
     rows = [Row("ORI", ORIGINAL_FOLDER, "SD-v1-4")]
     for name in methods:
         method = METHODS[name]
         if not method.multi:
-            rows.append(Row(name, name.lower(), run_folder(method, [concept]), erased=[concept]))
+            rows.append(Row(name, name.lower(), method.run_name([concept]), erased=[concept]))
             continue
         for i in range(len(sepce_concepts), 0, -1):
             erased, restored = list(sepce_concepts[:i]), list(sepce_concepts[i:])
             label = name if not restored else f"{name} (restore {'+'.join(restored)})"
-            folder = name.lower() if not restored else f"{name.lower()}-restore-{'-'.join(slug(c) for c in restored)}"
-            rows.append(Row(label, folder, run_folder(method, sepce_concepts), erased, erased, restored))
+            folder = name.lower() if not restored else f"{name.lower()}-restore-{'-'.join(map(file_slug, restored))}"
+            rows.append(Row(label, folder, method.run_name(sepce_concepts), erased, erased, restored))
     return rows
-
-
-def run_folder(method: Method, concepts: Sequence[str]) -> str:
-    return f"{method.name.lower()}-{'-'.join(slug(c) for c in concepts)}"
 
 
 def table_spec(rows: Sequence[Row], eval_dir: Path, spec_path: Path) -> dict:
@@ -230,216 +277,157 @@ def table_spec(rows: Sequence[Row], eval_dir: Path, spec_path: Path) -> dict:
     }
 
 
-def plan(args) -> List[Step]:
-    """Every step of the experiment for the parsed ``reproduce.py`` arguments (nothing is run or written)."""
-    lay = layout_of(args)
-    classes = load_class_map(args.classes)
-    concept, sepce_concepts = args.concept, list(args.sepce_concepts)
-    for name in (concept, *sepce_concepts):  # the table names concepts by class, so each must be a class
-        try:
-            class_by_name(classes, name)
-        except KeyError as error:
-            raise ValueError(f"--concept/--sepce_concepts: {error.args[0]}") from None
-    steps: List[Step] = []
-    model_flags = ["--ckpt_path", str(lay.ckpt_path), "--config_path", str(lay.config_path)]
-    sample_flags = [
-        "--ddim_steps",
-        str(args.ddim_steps),
-        "--image_size",
-        str(args.image_size),
-        "--batch_size",
-        str(args.batch_size),
-        "--device",
-        args.device,
+# ------------------------------------------------------------------------------------------------ stages
+def _model_flags(lay: ReproductionLayout) -> List[str]:
+    return ["--ckpt_path", str(lay.ckpt_path), "--config_path", str(lay.config_path)]
+
+
+def _class_flags(lay: ReproductionLayout) -> List[str]:
+    return ["--classes", str(lay.classes)]
+
+
+def _sample_flags(s: ReproductionSettings) -> List[str]:
+    flags = ["--ddim_steps", str(s.ddim_steps), "--image_size", str(s.image_size), "--batch_size", str(s.batch_size)]
+    flags += ["--device", s.device] + (["--precision", s.precision] if s.precision != "fp32" else [])
+    return flags + (["--quiet"] if s.quiet else [])
+
+
+def model_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: List[ConceptClass]) -> tuple:
+    """Stage 1 (``--tiny`` only): the tiny base model, the reduced class map and evaluation CSV. Returns the
+    steps and the class map the later stages use."""
+    if not s.tiny:
+        return [], classes
+    argv = ["-m", "sepce.tiny", "--config", TINY_CONFIG, "--out", str(lay.ckpt_path.parent), "--if_missing"]
+    class_text, rows_text = tiny_inputs(classes, s.prompts_path, [s.concept, *s.sepce_concepts], s.cases_per_class)
+    steps = [
+        ScriptStep("model", "tiny base model", argv),
+        ScriptStep("model", "tiny class map", write=lay.classes, content=class_text),
+        ScriptStep("model", "tiny evaluation CSV", write=lay.prompts_path, content=rows_text),
     ]
-    if args.precision != "fp32":
-        sample_flags += ["--precision", args.precision]
-    quiet = ["--quiet"] if args.quiet else []
+    tiny_classes = [
+        ConceptClass(int(r["index"]), r["name"], r["prompt"]) for r in csv.DictReader(io.StringIO(class_text))
+    ]
+    return steps, tiny_classes
 
-    if args.tiny:
-        steps.append(
-            Step(
-                "model",
-                "tiny base model",
-                ["-m", "sepce.tiny", "--config", TINY_CONFIG, "--out", str(lay.ckpt_path.parent), "--if_missing"],
-            )
-        )
-        class_text, rows_text = tiny_inputs(
-            classes, args.prompts_path, [concept, *sepce_concepts], args.cases_per_class
-        )
-        steps.append(Step("model", "tiny class map", write=lay.classes, content=class_text))
-        steps.append(Step("model", "tiny evaluation CSV", write=lay.prompts_path, content=rows_text))
-        classes = [
-            ConceptClass(int(r["index"]), r["name"], r["prompt"]) for r in csv.DictReader(io.StringIO(class_text))
-        ]
-    class_flag = ["--classes", str(lay.classes)]
 
+def data_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: Sequence[ConceptClass]) -> List[ScriptStep]:
+    """Stage 2: ``generate-data.py`` for every class (erasure training images and classifier class folders)."""
+    steps = []
     for c in classes:
-        steps.append(
-            Step(
-                "data",
-                f"training images of {c.name}",
-                [
-                    "eval-scripts/generate-data.py",
-                    "--prompt",
-                    c.prompt,
-                    "--model_name",
-                    str(c.index),
-                    "--save_path",
-                    str(lay.data_dir),
-                    "--num_cases",
-                    str(args.num_cases),
-                    "--num_samples",
-                    "1",
-                    *class_flag,
-                    *model_flags,
-                    *sample_flags,
-                    *quiet,
-                ],
-                nproc=args.nproc_per_node,
-            )
-        )
+        argv = ["eval-scripts/generate-data.py", "--prompt", c.prompt, "--model_name", str(c.index)]
+        argv += ["--save_path", str(lay.data_dir), "--num_cases", str(s.num_cases), "--num_samples", "1"]
+        argv += [*_class_flags(lay), *_model_flags(lay), *_sample_flags(s)]
+        steps.append(ScriptStep("data", f"training images of {c.name}", argv, nproc=s.nproc_per_node))
+    return steps
 
-    cls = [
-        "train-scripts/artist-cls-train.py",
-        "--train_dir",
-        str(lay.data_dir / "train"),
-        "--eval_dir",
-        str(lay.data_dir / "eval"),
-        "--output",
-        str(lay.classifier),
-        "--device",
-        args.device,
-        *class_flag,
-    ]
-    if args.tiny:
-        cls += ["--no_pretrained", "--epochs", "3", "--image_size", str(args.image_size), "--batch_size", "8"]
-    steps.append(Step("classifier", "style classifier", cls, skip_if=lay.classifier))
 
-    for name in args.methods:
+def classifier_stage(s: ReproductionSettings, lay: ReproductionLayout) -> List[ScriptStep]:
+    """Stage 3: ``artist-cls-train.py`` (skipped when the classifier exists)."""
+    argv = ["train-scripts/artist-cls-train.py", "--train_dir", str(lay.data_dir / "train")]
+    argv += ["--eval_dir", str(lay.data_dir / "eval"), "--output", str(lay.classifier), "--device", s.device]
+    argv += _class_flags(lay)
+    if s.tiny:
+        argv += ["--no_pretrained", "--epochs", "3", "--image_size", str(s.image_size), "--batch_size", "8"]
+    return [ScriptStep("classifier", "style classifier", argv, skip_if=lay.classifier)]
+
+
+def erase_stage(s: ReproductionSettings, lay: ReproductionLayout) -> List[ScriptStep]:
+    """Stage 4: every method's training script, one run folder each (named as the script names it)."""
+    steps = []
+    for name in s.methods:
         method = METHODS[name]
-        concepts = sepce_concepts if method.multi else [concept]
-        out = lay.models_dir / run_folder(method, concepts)
-        argv = [
-            method.script,
-            *(["--prompts", *concepts] if method.multi else ["--prompt", concept]),
-            *method.flags,
-            *model_flags,
-            "--devices",
-            args.devices,
-            "--output_dir",
-            str(out),
-        ]
+        concepts = list(s.sepce_concepts) if method.multi else [s.concept]
+        out = lay.models_dir / method.run_name(concepts)
+        argv = [method.script, *(["--prompts", *concepts] if method.multi else ["--prompt", s.concept])]
+        argv += [*method.flags, *_model_flags(lay), "--devices", s.devices, "--output_dir", str(out)]
         if method.uses_data:
             argv += ["--data_dir", str(lay.data_dir)]
-        if args.tiny:
-            argv += [*method.tiny_flags, "--image_size", str(args.image_size)]
-        if args.iterations is not None:
-            argv += ["--iterations", str(args.iterations)]
-        steps.append(Step("erase", f"{name} on {', '.join(concepts)}", argv, skip_if=out / "erasure.safetensors"))
+        if s.tiny:
+            argv += [*method.tiny_flags, "--image_size", str(s.image_size)]
+        if s.iterations is not None:
+            argv += ["--iterations", str(s.iterations)]
+        steps.append(ScriptStep("erase", f"{name} on {', '.join(concepts)}", argv, skip_if=out / "erasure.safetensors"))
+    return steps
 
-    rows = model_rows(args.methods, concept, sepce_concepts)
+
+def generate_stage(s: ReproductionSettings, lay: ReproductionLayout, rows: Sequence[Row]) -> List[ScriptStep]:
+    """Stage 5: ``generate-images.py`` from the evaluation CSV for every table row."""
+    steps = []
     for row in rows:
-        argv = [
-            "eval-scripts/generate-images.py",
-            "--model_name",
-            row.model_name,
-            "--prompts_path",
-            str(lay.prompts_path),
-            "--save_path",
-            str(lay.eval_dir),
-            "--output_name",
-            row.folder,
-            "--num_samples",
-            str(args.num_samples),
-            "--models_dir",
-            str(lay.models_dir),
-            *class_flag,
-            *model_flags,
-            *sample_flags,
-            *quiet,
-        ]
+        argv = ["eval-scripts/generate-images.py", "--model_name", row.model_name]
+        argv += ["--prompts_path", str(lay.prompts_path), "--save_path", str(lay.eval_dir), "--output_name", row.folder]
+        argv += ["--num_samples", str(s.num_samples), "--models_dir", str(lay.models_dir)]
+        argv += [*_class_flags(lay), *_model_flags(lay), *_sample_flags(s)]
         if row.erase is not None:
             argv += ["--erase", *row.erase]
-        steps.append(Step("generate", f"evaluation images of {row.name}", argv, nproc=args.nproc_per_node))
+        steps.append(ScriptStep("generate", f"evaluation images of {row.name}", argv, nproc=s.nproc_per_node))
+    return steps
 
-    steps.append(
-        Step(
-            "sort",
-            "sort into class folders",
-            [
-                "train-scripts/move_image.py",
-                "--path",
-                str(lay.eval_dir),
-                "--folders",
-                *[r.folder for r in rows],
-                "--prompts_path",
-                str(lay.prompts_path),
-                *class_flag,
-            ],
-        )
-    )
-    steps.append(
-        Step(
-            "classify",
-            "classifier accuracy",
-            [
-                "train-scripts/artist-cls-test.py",
-                "--path",
-                str(lay.eval_dir),
-                "--classifier",
-                str(lay.classifier),
-                "--device",
-                args.device,
-                "--overwrite",
-                *class_flag,
-            ],
-        )
-    )
+
+def sort_stage(lay: ReproductionLayout, rows: Sequence[Row]) -> List[ScriptStep]:
+    """Stage 6: ``move_image.py`` sorts every row's images into class folders."""
+    argv = ["train-scripts/move_image.py", "--path", str(lay.eval_dir), "--folders", *[r.folder for r in rows]]
+    argv += ["--prompts_path", str(lay.prompts_path), *_class_flags(lay)]
+    return [ScriptStep("sort", "sort into class folders", argv)]
+
+
+def classify_stage(s: ReproductionSettings, lay: ReproductionLayout) -> List[ScriptStep]:
+    """Stage 7: ``artist-cls-test.py`` (accuracy per class of every model folder)."""
+    argv = ["train-scripts/artist-cls-test.py", "--path", str(lay.eval_dir), "--classifier", str(lay.classifier)]
+    argv += ["--device", s.device, "--overwrite", *_class_flags(lay)]
+    return [ScriptStep("classify", "classifier accuracy", argv)]
+
+
+def metrics_stage(s: ReproductionSettings, lay: ReproductionLayout, rows: Sequence[Row]) -> List[ScriptStep]:
+    """Stage 8: ``lpips_eval.py`` (LPIPS and FID) of every erased row against the original."""
+    steps = []
     for row in rows[1:]:
-        argv = [
-            "eval-scripts/lpips_eval.py",
-            "--original_path",
-            str(lay.eval_dir / ORIGINAL_FOLDER),
-            "--edited_path",
-            str(lay.eval_dir / row.folder),
-            "--prompts_path",
-            str(lay.prompts_path),
-            "--device",
-            args.device,
-            "--overwrite",
-            *class_flag,
-        ]
-        if args.tiny:
+        argv = ["eval-scripts/lpips_eval.py", "--original_path", str(lay.eval_dir / ORIGINAL_FOLDER)]
+        argv += ["--edited_path", str(lay.eval_dir / row.folder), "--prompts_path", str(lay.prompts_path)]
+        argv += ["--device", s.device, "--overwrite", *_class_flags(lay)]
+        if s.tiny:
             argv += ["--no_pretrained", "--fid_size", "75", "--batch_size", "16"]
-        steps.append(Step("metrics", f"LPIPS and FID of {row.name}", argv))
+        steps.append(ScriptStep("metrics", f"LPIPS and FID of {row.name}", argv))
+    return steps
 
+
+def table_stage(lay: ReproductionLayout, rows: Sequence[Row]) -> List[ScriptStep]:
+    """Stage 9: the table spec (which concepts each row erased or restored) and ``make-table.py``."""
     spec_path = lay.table_dir / "spec.json"
     spec = json.dumps(table_spec(rows, lay.eval_dir, spec_path), indent=2)
-    steps.append(Step("table", "table spec", write=spec_path, content=spec + "\n"))
-    steps.append(
-        Step(
-            "table",
-            "table",
-            [
-                "eval-scripts/make-table.py",
-                "--spec",
-                str(spec_path),
-                "--output_dir",
-                str(lay.table_dir),
-                "--overwrite",
-                *class_flag,
-            ],
-        )
-    )
-    return [s for s in steps if s.stage in args.stages]
+    argv = ["eval-scripts/make-table.py", "--spec", str(spec_path), "--output_dir", str(lay.table_dir)]
+    return [
+        ScriptStep("table", "table spec", write=spec_path, content=spec + "\n"),
+        ScriptStep("table", "table", [*argv, "--overwrite", *_class_flags(lay)]),
+    ]
+
+
+def plan_reproduction(s: ReproductionSettings, lay: ReproductionLayout) -> List[ScriptStep]:
+    """Every step of the experiment, stage by stage, keeping those of ``s.stages`` (nothing is run or written).
+    Concepts must be classes of the class map (the table names concepts by class)."""
+    classes = load_class_map(s.classes)
+    classes_by_names(classes, [s.concept, *s.sepce_concepts], "--concept/--sepce_concepts")
+    model_steps, classes = model_stage(s, lay, classes)
+    rows = model_rows(s.methods, s.concept, s.sepce_concepts)
+    steps = [
+        *model_steps,
+        *data_stage(s, lay, classes),
+        *classifier_stage(s, lay),
+        *erase_stage(s, lay),
+        *generate_stage(s, lay, rows),
+        *sort_stage(lay, rows),
+        *classify_stage(s, lay),
+        *metrics_stage(s, lay, rows),
+        *table_stage(lay, rows),
+    ]
+    return [step for step in steps if step.stage in s.stages]
 
 
 class StepFailed(RuntimeError):
     """A step exited with a non-zero status."""
 
 
-def _command(step: Step) -> List[str]:
+def _command(step: ScriptStep) -> List[str]:
     if step.argv[0] == "-m":
         return [sys.executable, *step.argv]
     script = str(REPO_ROOT / step.argv[0])
@@ -457,7 +445,7 @@ def _command(step: Step) -> List[str]:
     return [sys.executable, script, *step.argv[1:]]
 
 
-def _run_in_process(step: Step) -> int:
+def _run_in_process(step: ScriptStep) -> int:
     """Run a script in this interpreter as ``__main__`` (no interpreter start-up and imports per step)."""
     saved = sys.argv
     try:
@@ -479,7 +467,7 @@ def _run_in_process(step: Step) -> int:
     return 0
 
 
-def run_step(step: Step, runner: str) -> str:
+def run_step(step: ScriptStep, runner: str) -> str:
     """Execute ``step``; returns ``'done'`` or ``'skipped'``. Raises :class:`StepFailed`."""
     if step.write is not None:
         if step.write.is_file() and step.write.read_text() == step.content:

@@ -1,13 +1,14 @@
 """Evaluation: sorting, classifier, LPIPS, FID and the results table (fast, CPU, random-init networks).
 
-Scripts are loaded with importlib and run in-process through ``run_script`` (what their ``__main__`` does), so
-the one-line ``error:`` messages are tested as users see them.
+Scripts are loaded with conftest's ``load_script`` and run in-process through :func:`sepce.cli.run` (what their
+``__main__`` does), so the one-line ``error:`` messages are tested as users see them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import importlib.util
+import io
 import logging
 import math
 import shutil
@@ -20,8 +21,9 @@ import torchvision
 from PIL import Image
 
 from sepce.classes import load_class_map
+from sepce.cli import EXIT_USER_ERROR
+from sepce.cli import run as run_cli
 from sepce.evaluation.classifier import build_resnet18, load_classifier, predict, split_per_class, triangular_lr
-from sepce.evaluation.common import run_script
 from sepce.evaluation.fid import (
     feature_statistics,
     fid_from_features,
@@ -34,36 +36,42 @@ from sepce.evaluation.lpips_metric import build_lpips
 from sepce.evaluation.results import read_metric, write_metric
 from sepce.evaluation.weights import MissingWeightsError
 
-ROOT = Path(__file__).resolve().parent.parent
 COLORS = [(210, 40, 40), (40, 200, 60), (40, 60, 210)]
 NAMES = ["Red", "Green", "blank"]
 
 
-def load_script(relative: str):
-    path = ROOT / relative
-    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+MOVE = "train-scripts/move_image.py"
+TRAIN = "train-scripts/artist-cls-train.py"
+TEST = "train-scripts/artist-cls-test.py"
+LPIPS_EVAL = "eval-scripts/lpips_eval.py"
+TABLE = "eval-scripts/make-table.py"
 
 
-MOVE = load_script("train-scripts/move_image.py")
-TRAIN = load_script("train-scripts/artist-cls-train.py")
-TEST = load_script("train-scripts/artist-cls-test.py")
-LPIPS_EVAL = load_script("eval-scripts/lpips_eval.py")
-TABLE = load_script("eval-scripts/make-table.py")
+@pytest.fixture
+def run(load_script):
+    """``run(script, *argv)``: the script in-process, as its ``__main__`` runs it; returns what ``main`` returns."""
+
+    def run_script(script: str, *argv):
+        module = load_script(script)
+        return run_cli(module.parse_args, module.main, [str(a) for a in argv], prog=Path(script).name)
+
+    return run_script
 
 
-def run(module, *argv):
-    return run_script(module.parse_args, module.main, [str(a) for a in argv], prog=Path(module.__file__).name)
+@pytest.fixture
+def error_of(run):
+    """``error_of(script, *argv)``: the ONE ``<script>: error: ...`` line the run ends with (exit status 1)."""
 
+    def error(script: str, *argv) -> str:
+        stderr = io.StringIO()
+        with pytest.raises(SystemExit) as info, contextlib.redirect_stderr(stderr):
+            run(script, *argv)
+        assert info.value.code == EXIT_USER_ERROR
+        lines = [line for line in stderr.getvalue().splitlines() if ": error: " in line]
+        assert len(lines) == 1, stderr.getvalue()
+        return lines[0]
 
-def error_of(module, *argv) -> str:
-    with pytest.raises(SystemExit) as info:
-        run(module, *argv)
-    message = str(info.value.code)
-    assert "\n" not in message, message
-    return message
+    return error
 
 
 def image(class_index: int, noise: float, rng: np.random.Generator, size=(40, 48)) -> Image.Image:
@@ -102,7 +110,7 @@ def files(folder: Path) -> list:
 # ------------------------------------------------------------------------------------------------ sorting
 
 
-def test_move_image_sorts_by_class_and_is_idempotent(world, caplog):
+def test_move_image_sorts_by_class_and_is_idempotent(world, caplog, run):
     stray = world / "evaluation_folder" / "eval"
     Image.new("RGB", (8, 8)).save(stray / "99_0.png")
     Image.new("RGB", (8, 8)).save(stray / "grid.png")
@@ -124,7 +132,7 @@ def test_move_image_sorts_by_class_and_is_idempotent(world, caplog):
     assert files(world / "evaluation_folder") == before
 
 
-def test_move_image_conflicts_and_bad_input(world, caplog):
+def test_move_image_conflicts_and_bad_input(world, caplog, run, error_of):
     folder = world / "evaluation_folder" / "default"
     (folder / "0").mkdir()
     shutil.copy(folder / "0_0.png", folder / "0" / "0_0.png")
@@ -142,7 +150,7 @@ def test_move_image_conflicts_and_bad_input(world, caplog):
     assert "do not exist under evaluation_folder" in message
 
 
-def test_pairs_are_the_same_flat_or_sorted(world):
+def test_pairs_are_the_same_flat_or_sorted(world, run):
     case_to_class = {2 * c + j: c for c in range(3) for j in range(2)}
     original, edited = world / "evaluation_folder" / "default", world / "evaluation_folder" / "eval"
     flat = pair_images(original, edited, case_to_class)
@@ -177,11 +185,13 @@ def test_split_per_class_is_stratified_and_reproducible():
     assert split_per_class(items, 0.7, seed=2) != (train, held_out)
 
 
-def test_classifier_train_and_test_end_to_end(world, capsys):
+def test_classifier_train_and_test_end_to_end(world, capsys, run, error_of):
+    capsys.readouterr()
     run(
         TRAIN, "--classes", "classes.csv", "--no_pretrained", "--epochs", "2", "--image_size", "32",
-        "--batch_size", "4", "--device", "cpu",
+        "--batch_size", "4", "--device", "cpu", "--quiet",
     )  # fmt: skip
+    assert "epochs" not in capsys.readouterr().err  # --quiet: no progress bars
     checkpoint = world / "models" / "artist-classifier" / "resnet18.pt"
     history = list(csv.DictReader((checkpoint.parent / "resnet18.history.csv").open()))
     assert [int(h["epoch"]) for h in history] == [1, 2]
@@ -226,7 +236,7 @@ def test_classifier_train_and_test_end_to_end(world, capsys):
     run(TEST, "--path", "./evaluation_folder/", "--classes", "classes.csv", "--device", "cpu", "--overwrite")
 
 
-def test_classifier_missing_backbone_and_class_folders(world):
+def test_classifier_missing_backbone_and_class_folders(world, error_of):
     message = error_of(TRAIN, "--classes", "classes.csv", "--epochs", "1", "--image_size", "32", "--device", "cpu")
     assert "ResNet18 ImageNet weights not found" in message
     assert str(world / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
@@ -258,7 +268,7 @@ def test_backbone_weights_come_from_torchvision_cache(world):
 # ---------------------------------------------------------------------------------------------------- LPIPS
 
 
-def test_lpips_identical_sets_give_zero_and_unpaired_files_are_counted(world, caplog):
+def test_lpips_identical_sets_give_zero_and_unpaired_files_are_counted(world, caplog, run):
     original = world / "evaluation_folder" / "default"
     same = world / "evaluation_folder" / "same"
     shutil.copytree(original, same)
@@ -291,7 +301,7 @@ def test_lpips_identical_sets_give_zero_and_unpaired_files_are_counted(world, ca
     assert all(float(r["fid"]) > 0 for r in fid_rows)
 
 
-def test_lpips_eval_bad_input_is_one_line(world):
+def test_lpips_eval_bad_input_is_one_line(world, error_of):
     (world / "bad.csv").write_text("case_number,prompt,class\n0,red,0\n")
     message = error_of(LPIPS_EVAL, "--prompts_path", "bad.csv", "--classes", "classes.csv", "--device", "cpu")
     assert "lacks column(s) ['evaluation_seed']" in message
@@ -301,7 +311,7 @@ def test_lpips_eval_bad_input_is_one_line(world):
         LPIPS_EVAL, "--prompts_path", "prompts.csv", "--classes", "classes.csv", "--device", "cpu",
         "--metrics", "fid",
     )  # fmt: skip
-    assert "Inception-v3 ImageNet weights not found" in message and "--fid_weights PATH" in message
+    assert "pytorch-fid FID Inception weights not found" in message and "--fid_weights PATH" in message
     message = error_of(
         LPIPS_EVAL, "--edited_path", "missing", "--prompts_path", "prompts.csv", "--classes", "classes.csv"
     )
@@ -387,7 +397,7 @@ def test_inception_features_and_missing_weights(world):
     net = inception_extractor(pretrained=False)
     with torch.no_grad():
         assert net(torch.rand(2, 3, 40, 40)).shape == (2, 2048)
-    with pytest.raises(MissingWeightsError, match="inception_v3_google-0cc3c7bd.pth"):
+    with pytest.raises(MissingWeightsError, match="pt_inception-2015-12-05-6726825d.pth"):
         inception_extractor()
     with pytest.raises(MissingWeightsError, match="--fid_weights nope.pth does not exist"):
         inception_extractor(weights="nope.pth")
@@ -412,7 +422,7 @@ def synthetic_results(root: Path, names, seed: int) -> dict:
     return written
 
 
-def test_table_layout_averages_and_chart(tmp_path, monkeypatch, caplog):
+def test_table_layout_averages_and_chart(tmp_path, monkeypatch, caplog, run, error_of):
     monkeypatch.chdir(tmp_path)
     classes = load_class_map()
     names = [c.name for c in classes]

@@ -6,9 +6,10 @@ processes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import importlib.util
 import json
+import logging
 import os
 import re
 import subprocess
@@ -18,37 +19,52 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from ldm.checkpoint import read_state_dict
 from PIL import Image
 
 import sepce.data_generation as D
 import sepce.generation as G
 import sepce.modeling as M
-from sepce.evaluation.common import run_script
+from sepce.cli import EXIT_USER_ERROR, parse_device
+from sepce.cli import run as run_cli
 from sepce.prompts import PromptRow, read_prompt_csv
 from sepce.records import ErasureRecord, base_info, changed_tensors, save_record, write_full_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-ROOT = Path(__file__).resolve().parent.parent
 STEPS = 8
 
 
-def load_script(relative: str):
-    path = ROOT / relative
-    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def gen_images(load_script):
+    return load_script("eval-scripts/generate-images.py")
 
 
-GEN_IMAGES = load_script("eval-scripts/generate-images.py")
-GEN_DATA = load_script("eval-scripts/generate-data.py")
-TXT2IMG = load_script("eval-scripts/txt2img.py")
+@pytest.fixture
+def gen_data(load_script):
+    return load_script("eval-scripts/generate-data.py")
+
+
+@pytest.fixture
+def txt2img(load_script):
+    return load_script("eval-scripts/txt2img.py")
 
 
 def run(module, *argv):
-    return run_script(module.parse_args, module.main, [str(a) for a in argv], prog=Path(module.__file__).name)
+    """Run a script in-process as its ``__main__`` does (:func:`sepce.cli.run`)."""
+    return run_cli(module.parse_args, module.main, [str(a) for a in argv], prog=Path(module.__file__).name)
+
+
+@contextlib.contextmanager
+def script_error(capsys, pattern: str):
+    """The block must end the script with exit status 1 and ONE ``error:`` line on stderr matching ``pattern``."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        yield
+    assert info.value.code == EXIT_USER_ERROR
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), lines
 
 
 def tiny_args(ckpt: Path, steps: int = STEPS) -> list:
@@ -122,13 +138,13 @@ def test_derive_seed_is_the_documented_hash():
     assert [r.evaluation_seed for r in D.data_rows("x", 3, 0, None)] == seeds[:3]
 
 
-def test_generated_images_match_esd_diffusers_lms_loop(tmp_path, tiny_ckpt, tiny_model, prompts):
+def test_generated_images_match_esd_diffusers_lms_loop(tmp_path, tiny_ckpt, tiny_model, prompts, gen_images):
     """Independent oracle: ESD's generate-images.py recipe (diffusers LMSDiscreteScheduler, latents from
     torch.manual_seed(seed) × init_noise_sigma, guidance 7.5, (x/2+0.5).clamp → round(255 x))."""
     from diffusers import LMSDiscreteScheduler
 
     run(
-        GEN_IMAGES,
+        gen_images,
         "--model_name",
         "SD-v1-4",
         "--prompts_path",
@@ -166,10 +182,10 @@ def test_generated_images_match_esd_diffusers_lms_loop(tmp_path, tiny_ckpt, tiny
 
 
 @pytest.mark.parametrize("sampler", ["klms", "ddim", "plms"])
-def test_same_seed_same_image_across_runs_and_batch_sizes(tmp_path, tiny_ckpt, prompts, sampler):
+def test_same_seed_same_image_across_runs_and_batch_sizes(tmp_path, tiny_ckpt, prompts, sampler, gen_images):
     for name, batch in (("a", 3), ("b", 3), ("c", 1), ("d", 5)):
         run(
-            GEN_IMAGES,
+            gen_images,
             "--model_name",
             "SD-v1-4",
             "--prompts_path",
@@ -195,7 +211,7 @@ def test_same_seed_same_image_across_runs_and_batch_sizes(tmp_path, tiny_ckpt, p
 
 
 # ------------------------------------------------------------------------------------------- resumability
-def test_resume_skips_existing_and_recovers_from_interruption(tmp_path, tiny_ckpt, prompts, monkeypatch):
+def test_resume_skips_existing_and_recovers_from_interruption(tmp_path, tiny_ckpt, prompts, monkeypatch, gen_images):
     folder = tmp_path / "out" / "SD-v1-4"
     args = [
         "--model_name",
@@ -220,33 +236,55 @@ def test_resume_skips_existing_and_recovers_from_interruption(tmp_path, tiny_ckp
 
     monkeypatch.setattr(G, "save_png", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run(GEN_IMAGES, *args)
+        run(gen_images, *args)
     monkeypatch.setattr(G, "save_png", real_save)
     assert sorted(p.name for p in folder.iterdir()) == ["0_0.png", "0_1.png", "1_0.png", "generation.json"]
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
 
-    report = run(GEN_IMAGES, *args)[0]
+    report = run(gen_images, *args)[0]
     assert (report.written, report.skipped) == (3, 3)
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png") if p.name in before} == before
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary files left
 
-    run(GEN_IMAGES, *args[:5], tmp_path / "fresh", *args[6:])
+    run(gen_images, *args[:5], tmp_path / "fresh", *args[6:])
     for p in folder.glob("*.png"):
         assert_same_image(p, tmp_path / "fresh" / "SD-v1-4" / p.name, exact=False)
 
     (folder / "1_1.png").unlink()
-    assert run(GEN_IMAGES, *args, "--from_case", 1)[0].written == 1
-    assert run(GEN_IMAGES, *args)[0].written == 0
+    assert run(gen_images, *args, "--from_case", 1)[0].written == 1
+    assert run(gen_images, *args)[0].written == 0
 
 
-def test_folder_settings_mismatch_is_refused(tmp_path, tiny_ckpt, prompts):
+def test_folder_settings_mismatch_is_refused(tmp_path, tiny_ckpt, prompts, gen_images, capsys):
     args = ["--model_name", "SD-v1-4", "--prompts_path", prompts, "--save_path", tmp_path, "--num_samples", 1]
-    run(GEN_IMAGES, *args, *tiny_args(tiny_ckpt, 4))
-    with pytest.raises(SystemExit, match=r"other settings \(guidance_scale: 7.5 -> 3.0\)"):
-        run(GEN_IMAGES, *args, *tiny_args(tiny_ckpt, 4), "--guidance_scale", 3)
-    report = run(GEN_IMAGES, *args, *tiny_args(tiny_ckpt, 4), "--guidance_scale", 3, "--overwrite")[0]
+    run(gen_images, *args, *tiny_args(tiny_ckpt, 4))
+    with script_error(capsys, r"other settings \(guidance_scale: 7.5 -> 3.0\)"):
+        run(gen_images, *args, *tiny_args(tiny_ckpt, 4), "--guidance_scale", 3)
+    report = run(gen_images, *args, *tiny_args(tiny_ckpt, 4), "--guidance_scale", 3, "--overwrite")[0]
     assert report.written == 3
     assert '"guidance_scale": 3.0' in (tmp_path / "SD-v1-4" / G.SETTINGS_FILE).read_text()
+
+
+def test_without_bars_each_finished_stage_is_one_log_line(tmp_path, tiny_ckpt, prompts, gen_images, caplog):
+    """--quiet (or stderr not a terminal): no bar; the model load and the sampling each log one line."""
+    caplog.set_level(logging.INFO)
+    args = ["--model_name", "SD-v1-4", "--prompts_path", prompts, "--save_path", tmp_path, "--num_samples", 1]
+    run(gen_images, *args, *tiny_args(tiny_ckpt, 3))
+    done = [r.getMessage() for r in caplog.records if r.name == "sepce.generation"]
+    assert len(done) == 1 and re.fullmatch(r"SD-v1-4: generated 3 image\(s\) in \d+ s", done[0]), done
+    assert any(r.name == "sepce.modeling" and r.getMessage().startswith("loaded ") for r in caplog.records)
+
+
+def test_sampling_settings_are_checked_when_built():
+    assert G.SamplingSettings("ddim", 50, 5.0, 64).steps == 50
+    for bad, message in (
+        (("euler", 10, 7.5, 64), r"--sampler 'euler' is not supported"),
+        (("klms", 0, 7.5, 64), r"--ddim_steps 0 must lie in 1..1000"),
+        (("klms", 10, float("nan"), 64), r"--guidance_scale nan must be a finite number"),
+        (("klms", 10, 7.5, 60), r"--image_size 60 must be a positive multiple of 8"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            G.SamplingSettings(*bad)
 
 
 # ----------------------------------------------------------------------------------------- bad input
@@ -259,11 +297,11 @@ BAD_CSVS = {
 
 
 @pytest.mark.parametrize("text", list(BAD_CSVS))
-def test_bad_csv_fails_before_model_load(tmp_path, tiny_ckpt, no_model_load, text):
+def test_bad_csv_fails_before_model_load(tmp_path, tiny_ckpt, no_model_load, text, gen_images, capsys):
     csv_path = write_csv(tmp_path / "bad.csv", text)
-    with pytest.raises(SystemExit, match=BAD_CSVS[text]):
+    with script_error(capsys, BAD_CSVS[text]):
         run(
-            GEN_IMAGES,
+            gen_images,
             "--model_name",
             "SD-v1-4",
             "--prompts_path",
@@ -280,7 +318,7 @@ def test_bad_csv_fails_before_model_load(tmp_path, tiny_ckpt, no_model_load, tex
     [
         (["--precision", "fp16"], r"--precision fp16 needs a GPU"),
         (["--precision", "bf16"], r"--precision bf16 needs a GPU"),
-        (["--device", "cuda:99"], r"no CUDA device is available" if not torch.cuda.is_available() else r"cuda:99"),
+        (["--device", "cuda:99"], r"no CUDA device is visible" if not torch.cuda.is_available() else r"cuda:99"),
         (["--device", "toaster"], r"--device 'toaster' is not a device name"),
         (["--model_name", "no-such-run"], r"unknown model 'no-such-run'.*available: SD-v1-4, original, run-a"),
         (["--erase", "Van Gogh"], r"--erase \['Van Gogh'\] needs a SepCE erasure record"),
@@ -289,7 +327,9 @@ def test_bad_csv_fails_before_model_load(tmp_path, tiny_ckpt, no_model_load, tex
         (["--ddim_steps", "9", "--sampler", "plms"], r"--ddim_steps 9: the CompVis uniform DDIM discretisation"),
     ],
 )
-def test_bad_options_fail_before_model_load(tmp_path, tiny_ckpt, prompts, no_model_load, extra, message):
+def test_bad_options_fail_before_model_load(
+    tmp_path, tiny_ckpt, prompts, no_model_load, extra, message, gen_images, capsys
+):
     (tmp_path / "models" / "run-a").mkdir(parents=True)
     (tmp_path / "models" / "run-a" / "model.ckpt").write_bytes(b"x")
     (tmp_path / "models" / "empty").mkdir()
@@ -305,8 +345,8 @@ def test_bad_options_fail_before_model_load(tmp_path, tiny_ckpt, prompts, no_mod
         tmp_path / "models",
         *extra,
     ]
-    with pytest.raises(SystemExit, match=message):
-        run(GEN_IMAGES, *args)
+    with script_error(capsys, message):
+        run(gen_images, *args)
 
 
 def test_script_error_is_one_line_and_nonzero(tmp_path):
@@ -406,7 +446,25 @@ def test_record_resolution_errors(tmp_path, tiny_ckpt, runs):
         M.resolve_model("nope", tiny_ckpt, config, models)
 
 
-def test_erased_images_record_equals_full_checkpoint_and_subsets_differ(tmp_path, tiny_ckpt, runs, prompts):
+def test_run_names_of_the_training_scripts_are_found(tmp_path, tiny_ckpt, runs):
+    """A run folder is named by sepce.paths.run_name (what the training scripts write); --model_name may spell the
+    concepts as prompts ('Van Gogh') or in another case."""
+    models, _, _ = runs
+    config = tiny_ckpt.parent / "config.yaml"
+    (models / "sepce-run").rename(models / "SepCE-VanGogh+Picasso")
+    for name in ("SepCE-VanGogh+Picasso", "SepCE-Van Gogh+Picasso", "sepce-vangogh+picasso"):
+        resolved = M.resolve_model(name, tiny_ckpt, config, models)
+        assert (resolved.kind, resolved.folder_name) == ("record", "SepCE-VanGogh+Picasso"), name
+    assert M.find_run(models, "SepCE-Van Gogh") is None
+    with pytest.raises(
+        ValueError, match=r"training runs are named <method>-<Concept>\[\+<Concept>...\], e.g. CiE-VanGogh"
+    ):
+        M.resolve_model("CiE-Van Gogh", tiny_ckpt, config, models)
+
+
+def test_erased_images_record_equals_full_checkpoint_and_subsets_differ(
+    tmp_path, tiny_ckpt, runs, prompts, gen_images, capsys
+):
     models, _, _ = runs
     common = [
         "--prompts_path",
@@ -421,12 +479,12 @@ def test_erased_images_record_equals_full_checkpoint_and_subsets_differ(tmp_path
         models,
         *tiny_args(tiny_ckpt),
     ]
-    run(GEN_IMAGES, "--model_name", "sepce-run", *common)
-    run(GEN_IMAGES, "--model_name", "full-run", *common)
-    run(GEN_IMAGES, "--model_name", "sepce-run", "--erase", "Picasso", "--output_name", "sepce-picasso", *common)
-    run(GEN_IMAGES, "--model_name", "SD-v1-4", *common)
-    with pytest.raises(SystemExit, match=r"other settings \(model.erase: \['VanGogh', 'Picasso'\] -> \['Picasso'\]"):
-        run(GEN_IMAGES, "--model_name", "sepce-run", "--erase", "Picasso", *common)
+    run(gen_images, "--model_name", "sepce-run", *common)
+    run(gen_images, "--model_name", "full-run", *common)
+    run(gen_images, "--model_name", "sepce-run", "--erase", "Picasso", "--output_name", "sepce-picasso", *common)
+    run(gen_images, "--model_name", "SD-v1-4", *common)
+    with script_error(capsys, r"other settings \(model.erase: \['VanGogh', 'Picasso'\] -> \['Picasso'\]"):
+        run(gen_images, "--model_name", "sepce-run", "--erase", "Picasso", *common)
     out = tmp_path / "eval"
     for case in range(3):
         assert_same_image(out / "sepce-run" / f"{case}_0.png", out / "full-run" / f"{case}_0.png", exact=True)
@@ -435,9 +493,9 @@ def test_erased_images_record_equals_full_checkpoint_and_subsets_differ(tmp_path
     assert Image.open(out / "sepce-picasso" / "0_0.png").text["erase"] == "Picasso"
 
 
-def test_txt2img_writes_named_images_and_refuses_overwrite(tmp_path, tiny_ckpt, prompts):
+def test_txt2img_writes_named_images_and_refuses_overwrite(tmp_path, tiny_ckpt, prompts, gen_images, txt2img, capsys):
     paths = run(
-        TXT2IMG,
+        txt2img,
         "--prompt",
         "Van Gogh",
         "--n_samples",
@@ -450,7 +508,7 @@ def test_txt2img_writes_named_images_and_refuses_overwrite(tmp_path, tiny_ckpt, 
     )
     assert [p.name for p in paths] == ["van-gogh-42_0.png", "van-gogh-42_1.png"]
     run(
-        GEN_IMAGES,
+        gen_images,
         "--model_name",
         "SD-v1-4",
         "--prompts_path",
@@ -465,15 +523,15 @@ def test_txt2img_writes_named_images_and_refuses_overwrite(tmp_path, tiny_ckpt, 
     )
     for k in range(2):  # same prompt and seed (case 0 of the CSV) → same image as generate-images.py
         assert_same_image(paths[k], tmp_path / "eval" / "SD-v1-4" / f"0_{k}.png", exact=False)
-    with pytest.raises(SystemExit, match=r"van-gogh-42_0.png already exists; pass --overwrite"):
-        run(TXT2IMG, "--prompt", "Van Gogh", "--outdir", tmp_path / "t2i", *tiny_args(tiny_ckpt))
+    with script_error(capsys, r"van-gogh-42_0.png already exists; pass --overwrite"):
+        run(txt2img, "--prompt", "Van Gogh", "--outdir", tmp_path / "t2i", *tiny_args(tiny_ckpt))
 
 
 # ----------------------------------------------------------------------------------------- generate-data
-def test_generate_data_manifest_class_folder_and_resume(tmp_path, tiny_ckpt):
+def test_generate_data_manifest_class_folder_and_resume(tmp_path, tiny_ckpt, gen_images, gen_data, capsys):
     data = tmp_path / "data"
     common = ["--save_path", data, "--num_samples", 2, "--batch_size", 4, *tiny_args(tiny_ckpt)]
-    report = run(GEN_DATA, "--prompt", "Van Gogh", "--model_name", "0", "--num_cases", 3, *common)
+    report = run(gen_data, "--prompt", "Van Gogh", "--model_name", "0", "--num_cases", 3, *common)
     folder = data / "Van Gogh"
     assert report.written == 6
     manifest = read_prompt_csv(folder / "manifest.csv")
@@ -488,7 +546,7 @@ def test_generate_data_manifest_class_folder_and_resume(tmp_path, tiny_ckpt):
 
     # the manifest is a prompt CSV: generate-images.py redoes the same images from it
     run(
-        GEN_IMAGES,
+        gen_images,
         "--model_name",
         "SD-v1-4",
         "--prompts_path",
@@ -504,33 +562,33 @@ def test_generate_data_manifest_class_folder_and_resume(tmp_path, tiny_ckpt):
     for image in folder.glob("*.png"):
         assert_same_image(image, tmp_path / "redo" / "SD-v1-4" / image.name, exact=True)
 
-    report = run(GEN_DATA, "--prompt", "Van Gogh", "--num_cases", 4, *common)  # class looked up from the prompt
+    report = run(gen_data, "--prompt", "Van Gogh", "--num_cases", 4, *common)  # class looked up from the prompt
     assert (report.written, report.skipped) == (2, 6)
     assert len(read_prompt_csv(folder / "manifest.csv")) == 4
     assert len(list((data / "train" / "0").glob("*.png"))) == 8
-    with pytest.raises(SystemExit, match=r"records case 0 as prompt 'Van Gogh' seed \d+, not 'Van Gogh' seed"):
-        run(GEN_DATA, "--prompt", "Van Gogh", "--num_cases", 4, "--seed", 1, *common)
-    with pytest.raises(SystemExit, match=r"other settings \(steps: 8 -> 9\)"):
-        run(GEN_DATA, "--prompt", "Van Gogh", "--num_cases", 4, *common, "--ddim_steps", 9)
+    with script_error(capsys, r"records case 0 as prompt 'Van Gogh' seed \d+, not 'Van Gogh' seed"):
+        run(gen_data, "--prompt", "Van Gogh", "--num_cases", 4, "--seed", 1, *common)
+    with script_error(capsys, r"other settings \(steps: 8 -> 9\)"):
+        run(gen_data, "--prompt", "Van Gogh", "--num_cases", 4, *common, "--ddim_steps", 9)
 
 
-def test_generate_data_blank_prompt_and_class_checks(tmp_path, tiny_ckpt, no_model_load):
+def test_generate_data_blank_prompt_and_class_checks(tmp_path, tiny_ckpt, no_model_load, gen_data, capsys):
     data = tmp_path / "data"
     common = ["--save_path", data, "--num_cases", 1, *tiny_args(tiny_ckpt)]
-    with pytest.raises(SystemExit, match=r"--model_name 1 is class 'Picasso' .* but --prompt is 'Van Gogh'"):
-        run(GEN_DATA, "--prompt", "Van Gogh", "--model_name", "1", *common)
-    with pytest.raises(SystemExit, match=r"--model_name 12: not a class index"):
-        run(GEN_DATA, "--prompt", "Van Gogh", "--model_name", "12", *common)
-    with pytest.raises(SystemExit, match=r"--model_name 'Monet' is neither a class index"):
-        run(GEN_DATA, "--prompt", "Van Gogh", "--model_name", "Monet", *common)
-    with pytest.raises(SystemExit, match=r"cannot name a data folder"):
-        run(GEN_DATA, "--prompt", "a/b", "--model_name", "none", *common)
+    with script_error(capsys, r"--model_name 1 is class 'Picasso' .* but --prompt is 'Van Gogh'"):
+        run(gen_data, "--prompt", "Van Gogh", "--model_name", "1", *common)
+    with script_error(capsys, r"--model_name 12: not a class index"):
+        run(gen_data, "--prompt", "Van Gogh", "--model_name", "12", *common)
+    with script_error(capsys, r"--model_name 'Monet' is neither a class index"):
+        run(gen_data, "--prompt", "Van Gogh", "--model_name", "Monet", *common)
+    with script_error(capsys, r"cannot name a data folder"):
+        run(gen_data, "--prompt", "a/b", "--model_name", "none", *common)
     assert not data.exists() or not any(data.rglob("*.png"))
 
 
-def test_generate_data_blank_prompt_goes_to_blank_folder(tmp_path, tiny_ckpt):
+def test_generate_data_blank_prompt_goes_to_blank_folder(tmp_path, tiny_ckpt, gen_data):
     data = tmp_path / "data"
-    run(GEN_DATA, "--prompt", "", "--save_path", data, "--num_cases", 2, "--link", "copy", *tiny_args(tiny_ckpt, 3))
+    run(gen_data, "--prompt", "", "--save_path", data, "--num_cases", 2, "--link", "copy", *tiny_args(tiny_ckpt, 3))
     assert sorted(p.name for p in (data / "blank").glob("*.png")) == ["0_0.png", "1_0.png"]
     copies = sorted((data / "train" / "9").iterdir())
     assert [p.name for p in copies] == ["blank_0_0.png", "blank_1_0.png"]
@@ -554,7 +612,7 @@ def test_link_file_modes(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- torchrun
-def test_torchrun_two_cpu_processes_write_every_file_exactly_once(tmp_path, tiny_ckpt):
+def test_torchrun_two_cpu_processes_write_every_file_exactly_once(tmp_path, tiny_ckpt, gen_images):
     rows = "".join(f"{i},{['Van Gogh', 'Picasso', 'Cezanne'][i % 3]},{100 + i},{i % 3}\n" for i in range(5))
     csv_path = write_csv(tmp_path / "p.csv", "case_number,prompt,evaluation_seed,class\n" + rows)
     args = [
@@ -580,7 +638,7 @@ def test_torchrun_two_cpu_processes_write_every_file_exactly_once(tmp_path, tiny
             "--standalone",
             "--nproc_per_node",
             "2",
-            str(ROOT / "eval-scripts" / "generate-images.py"),
+            str(REPO / "eval-scripts" / "generate-images.py"),
             *args,
             "--save_path",
             str(tmp_path / "dist"),
@@ -589,7 +647,7 @@ def test_torchrun_two_cpu_processes_write_every_file_exactly_once(tmp_path, tiny
         text=True,
         env=env,
         timeout=300,
-        cwd=ROOT,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = {
@@ -604,7 +662,7 @@ def test_torchrun_two_cpu_processes_write_every_file_exactly_once(tmp_path, tiny
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1): same kernels, same round-off
     try:
-        run(GEN_IMAGES, *args, "--save_path", tmp_path / "single")
+        run(gen_images, *args, "--save_path", tmp_path / "single")
     finally:
         torch.set_num_threads(threads)
     for name in files:
@@ -617,7 +675,7 @@ def test_rank_from_env_and_device(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     rank = G.Rank.from_env()
     assert (rank.rank, rank.world_size, rank.local_rank) == (3, 4, 1)
-    assert G.resolve_device("cpu", rank) == torch.device("cpu")
+    assert parse_device("cpu") == torch.device("cpu")  # a bare 'cuda' would be cuda:1 (sepce.cli)
     rows = [PromptRow(i, "p", i) for i in range(10)]
     assert [r.case_number for r in G.shard_rows(rows, rank.rank, rank.world_size)] == [3, 7]
     monkeypatch.setenv("RANK", "4")
@@ -625,7 +683,7 @@ def test_rank_from_env_and_device(monkeypatch):
         G.Rank.from_env()
 
 
-def test_bench_sampling_tiny_smoke(tmp_path, capsys):
+def test_bench_sampling_tiny_smoke(tmp_path, capsys, load_script):
     bench = load_script("bench/bench_sampling.py")
     args = bench.parse_args(
         ["--tiny", "--steps", "4", "--batch_size", "2", "--repeats", "1", "--out", str(tmp_path / "b.json")]

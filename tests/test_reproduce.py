@@ -5,9 +5,10 @@ prompt unchanged, erased ones changed)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import importlib.util
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -15,30 +16,32 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sepce.evaluation.common import run_script
+from sepce.cli import EXIT_USER_ERROR
+from sepce.cli import run as run_cli
 from sepce.reproduce import METHODS, Method, model_rows
 
-ROOT = Path(__file__).resolve().parent.parent
+
+@pytest.fixture
+def reproduce(load_script):
+    """``reproduce(*argv)``: eval-scripts/reproduce.py in-process, as its ``__main__`` runs it."""
+    script = load_script("eval-scripts/reproduce.py")
+    return lambda *argv: run_cli(script.parse_args, script.main, [str(a) for a in argv], prog="reproduce.py")
 
 
-def load_script(relative: str):
-    path = ROOT / relative
-    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@contextlib.contextmanager
+def script_error(capsys, pattern: str):
+    """The block must end the script with exit status 1 and ONE ``error:`` line on stderr matching ``pattern``."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        yield
+    assert info.value.code == EXIT_USER_ERROR
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), lines
 
 
-REPRO = load_script("eval-scripts/reproduce.py")
-
-
-def run(*argv):
-    return run_script(REPRO.parse_args, REPRO.main, [str(a) for a in argv], prog="reproduce.py")
-
-
-def test_dry_run_is_the_seed_pipeline_as_a_shell_script(tmp_path, capsys, monkeypatch):
+def test_dry_run_is_the_seed_pipeline_as_a_shell_script(tmp_path, capsys, monkeypatch, reproduce):
     monkeypatch.chdir(tmp_path)
-    run("--dry_run", "--device", "cpu")
+    reproduce("--dry_run", "--device", "cpu")
     script = capsys.readouterr().out
     assert not any(tmp_path.iterdir())  # nothing written
     for command in (
@@ -58,6 +61,12 @@ def test_dry_run_is_the_seed_pipeline_as_a_shell_script(tmp_path, capsys, monkey
         "python eval-scripts/lpips_eval.py --original_path evaluation_folder/default --edited_path "
         "evaluation_folder/sepce ",
         "python eval-scripts/make-table.py --spec outputs/table/spec.json",
+        # run folders are the ones the training scripts write by default (sepce.paths.run_name)
+        "--output_dir models/CiE-VanGogh --data_dir data",
+        "--output_dir models/SepCE-VanGogh+Picasso+Cezanne --data_dir data",
+        "--output_dir models/ESD-VanGogh-xattn\n",
+        "--output_dir models/Abconcept-VanGogh --data_dir data",
+        "--model_name SepCE-VanGogh+Picasso+Cezanne --prompts_path",
     ):
         assert command in script, command
     assert "--ddim_steps 100 --image_size 512" in script and "--no_pretrained" not in script
@@ -86,15 +95,16 @@ def test_sepce_subset_rows_erase_prefixes_and_restore_the_rest():
             ["Picasso", "Cezanne"],
         ),
     ]
-    assert {r.model_name for r in rows[2:]} == {"sepce-van-gogh-picasso-cezanne"}
+    assert {r.model_name for r in rows[2:]} == {"SepCE-VanGogh+Picasso+Cezanne"}  # sepce.paths.run_name
+    assert rows[1].model_name == "CiE-VanGogh"
 
 
-def test_bad_inputs_fail_before_anything_runs(tmp_path, monkeypatch):
+def test_bad_inputs_fail_before_anything_runs(tmp_path, monkeypatch, reproduce, capsys):
     monkeypatch.setitem(METHODS, "Nope", Method("Nope", "train-scripts/nope.py", (), ()))
-    with pytest.raises(SystemExit, match=r"script\(s\) \['train-scripts/nope.py'\] do not exist"):
-        run("--tiny", "--work_dir", tmp_path / "w", "--methods", "CiE", "Nope")
-    with pytest.raises(SystemExit, match=r"checkpoint .*missing.ckpt does not exist \(--ckpt_path\)"):
-        run(
+    with script_error(capsys, r"script\(s\) \['train-scripts/nope.py'\] do not exist"):
+        reproduce("--tiny", "--work_dir", tmp_path / "w", "--methods", "CiE", "Nope")
+    with script_error(capsys, r"checkpoint .*missing.ckpt does not exist \(--ckpt_path\)"):
+        reproduce(
             "--work_dir",
             tmp_path / "w",
             "--ckpt_path",
@@ -104,8 +114,8 @@ def test_bad_inputs_fail_before_anything_runs(tmp_path, monkeypatch):
             "--methods",
             "CiE",
         )
-    with pytest.raises(SystemExit, match=r"unknown concept 'Monet'"):
-        run("--tiny", "--work_dir", tmp_path / "w", "--concept", "Monet", "--methods", "CiE")
+    with script_error(capsys, r"unknown concept 'Monet'"):
+        reproduce("--tiny", "--work_dir", tmp_path / "w", "--concept", "Monet", "--methods", "CiE")
     assert not (tmp_path / "w").exists()
 
 
@@ -113,9 +123,9 @@ def pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
 
 
-def test_tiny_reproduction_end_to_end_then_resume(tmp_path, capsys):
+def test_tiny_reproduction_end_to_end_then_resume(tmp_path, capsys, reproduce):
     work = tmp_path / "tiny"
-    run("--tiny", "--work_dir", work, "--quiet")
+    reproduce("--tiny", "--work_dir", work, "--quiet")
     with (work / "table" / "table.csv").open() as f:
         table = {row["model"]: row for row in csv.DictReader(f)}
     assert list(table) == [
@@ -169,25 +179,52 @@ def test_tiny_reproduction_end_to_end_then_resume(tmp_path, capsys):
         for p in work.rglob("*")
         if p.is_file() and p.suffix in (".png", ".safetensors", ".pt", ".csv")
     }
-    run("--tiny", "--work_dir", work, "--quiet")
+    reproduce("--tiny", "--work_dir", work, "--quiet")
     out = capsys.readouterr().out
     assert out.count("skipped:") == 9  # class map, CSV and spec (same content), classifier, five training runs
     assert "wrote 0 image(s), 16 already existed" in out and "unchanged:" in out
     assert [p for p, t in stamps.items() if p.stat().st_mtime_ns != t] == []
 
 
-def test_subprocess_runner_and_a_failing_step(tmp_path):
+def test_subprocess_runner_and_a_failing_step(tmp_path, reproduce, capsys):
     work = tmp_path / "w"
-    run("--tiny", "--work_dir", work, "--stages", "model", "--runner", "subprocess", "--methods", "CiE")
+    reproduce("--tiny", "--work_dir", work, "--stages", "model", "--runner", "subprocess", "--methods", "CiE")
     assert (work / "tiny" / "model.ckpt").is_file() and (work / "tiny" / "config.yaml").is_file()
     assert (
         work / "classes.csv"
     ).read_text() == "index,name,prompt\n0,Van Gogh,Van Gogh\n1,Picasso,Picasso\n2,Cezanne,Cezanne\n3,blank,\n"
     assert (work / "evaluate.csv").read_text().splitlines()[1:3] == ["0,Van Gogh,68504,0", "1,Van Gogh,38136,0"]
-    with pytest.raises(
-        SystemExit,
-        match=r"step 'training images of Van Gogh' failed \(exit status 1\): python "
+    with script_error(
+        capsys,
+        r"step 'training images of Van Gogh' failed \(exit status 1\): python "
         r"eval-scripts/generate-data.py --prompt 'Van Gogh' .*; fix it and re-run",
     ):
-        run("--tiny", "--work_dir", work, "--stages", "data", "--runner", "subprocess", "--image_size", 60)
+        reproduce("--tiny", "--work_dir", work, "--stages", "data", "--runner", "subprocess", "--image_size", 60)
     assert not (work / "data").exists()
+
+
+SCRIPTS = [
+    "eval-scripts/generate-data.py",
+    "eval-scripts/generate-images.py",
+    "eval-scripts/lpips_eval.py",
+    "eval-scripts/make-table.py",
+    "eval-scripts/reproduce.py",
+    "eval-scripts/txt2img.py",
+    "eval-scripts/world-benchmark.py",
+    "train-scripts/artist-cls-test.py",
+    "train-scripts/artist-cls-train.py",
+    "train-scripts/move_image.py",
+]
+
+
+@pytest.mark.parametrize("path", SCRIPTS)
+def test_help_keeps_the_description_lines(path, load_script, capsys):
+    """Every script builds its parser with sepce.cli.parser: --help shows the module docstring line by line, so
+    its command examples stay copyable."""
+    script = load_script(path)
+    with pytest.raises(SystemExit) as info:
+        script.parse_args(["--help"])
+    assert info.value.code == 0
+    shown = capsys.readouterr().out.splitlines()
+    for line in script.__doc__.strip().splitlines():
+        assert line.rstrip() in shown, line

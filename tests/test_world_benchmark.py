@@ -4,6 +4,7 @@ eval-scripts/world-benchmark.py); includes the CI check that the shipped model s
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,15 @@ from conftest import run_script
 
 from sepce.classes import load_class_map
 from sepce.world import OBJECTS, STYLES, build_prompt, make_arrays
-from sepce.world.benchmark import CLASS_MAP, DEFAULT_SEPCE, FORMS, PRESETS, concept_prompts, layout, plan
+from sepce.world.benchmark import (
+    CLASS_MAP,
+    DEFAULT_SEPCE,
+    FORMS,
+    PRESETS,
+    benchmark_layout,
+    concept_prompts,
+    plan_benchmark,
+)
 from sepce.world.classifier import (
     accuracies,
     feature_distance,
@@ -83,8 +92,8 @@ def test_shipped_model_still_reaches_its_original_accuracy(classifier):
 
 
 def test_plan_names_the_presets_and_the_model_geometry(tmp_path):
-    lay = layout(tmp_path / "work")
-    steps, rows = plan(lay, FORMS["short"], list(PRESETS), "waves", ["waves", "dots", "rings"])
+    lay = benchmark_layout(tmp_path / "work")
+    steps, rows = plan_benchmark(lay, FORMS["short"], list(PRESETS), "waves", ["waves", "dots", "rings"])
     by_name = {s.name: s for s in steps}
     esd = next(s for s in steps if s.name.startswith("ESD"))
     assert esd.argv[esd.argv.index("--image_size") + 1] == "128"  # ESD samples image_size/8 = 16-px latents
@@ -100,7 +109,10 @@ def test_plan_names_the_presets_and_the_model_geometry(tmp_path):
         "FMN",
         "AC",
     ]
+    outputs = [Path(s.argv[s.argv.index("--output_dir") + 1]).name for s in steps if s.stage == "erase"]
+    assert outputs == ["CiE-waves", "SepCE-waves+dots+rings", "ESD-waves-xattn", "FMN-waves", "Abconcept-waves"]
     restore = next(r for r in rows if r.name == "SepCE (restore rings)")
+    assert restore.model_name == "SepCE-waves+dots+rings"
     assert restore.erase == concept_prompts(load_class_map(CLASS_MAP), ["waves", "dots"])
     csv_text = by_name["evaluation CSV"].content.splitlines()
     assert len(csv_text) == 1 + len(STYLES) * FORMS["short"].seeds_per_class

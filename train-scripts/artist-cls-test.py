@@ -17,9 +17,10 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from sepce.classes import DEFAULT_CLASS_MAP, load_class_map
+from sepce.classes import load_class_map
+from sepce.cli import add_classes, add_device, add_quiet, parse_device, parser, run, show_progress
 from sepce.evaluation.classifier import accuracy_table, load_classifier, predict
-from sepce.evaluation.common import default_device, file_signature, fingerprint, resolve_device, run_script
+from sepce.evaluation.common import file_signature, fingerprint
 from sepce.evaluation.images import generated_images, has_class_folders, images_by_class
 from sepce.evaluation.results import RESULTS_DIR, stored_rows, write_metric
 
@@ -29,35 +30,36 @@ COLUMNS = ["class", "name", "correct", "images", "accuracy_pct"]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument(
+    p = parser(__doc__)
+    p.add_argument(
         "--path",
         type=Path,
         default=Path("evaluation_folder"),
         help="folder of model folders with class folders (or one model folder)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--classifier",
         type=Path,
         default=DEFAULT_CHECKPOINT,
         help="checkpoint written by train-scripts/artist-cls-train.py",
     )
-    parser.add_argument("--classes", type=Path, default=DEFAULT_CLASS_MAP, help="class map CSV (index,name,prompt)")
-    parser.add_argument(
+    add_classes(p)
+    p.add_argument(
         "--image_size",
         type=int,
         default=None,
         help="Resize+CenterCrop size; None: the size the classifier was trained with",
     )
-    parser.add_argument("--batch_size", type=int, default=50, help="images per forward pass")
-    parser.add_argument("--device", default=default_device(), help="torch device, e.g. cuda:0 or cpu")
-    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--overwrite", action="store_true", help="replace results made from other inputs")
-    args = parser.parse_args(argv)
+    p.add_argument("--batch_size", type=int, default=50, help="images per forward pass")
+    add_device(p)
+    p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--overwrite", action="store_true", help="replace results made from other inputs")
+    add_quiet(p)
+    args = p.parse_args(argv)
     if args.batch_size < 1:
-        parser.error(f"--batch_size {args.batch_size} must be >= 1")
+        p.error(f"--batch_size {args.batch_size} must be >= 1")
     if args.image_size is not None and args.image_size < 1:
-        parser.error(f"--image_size {args.image_size} must be >= 1")
+        p.error(f"--image_size {args.image_size} must be >= 1")
     return args
 
 
@@ -80,13 +82,13 @@ def model_folders(path: Path) -> List[Path]:
 
 
 def main(args: argparse.Namespace) -> Dict[Path, List[dict]]:
+    device = parse_device(args.device)
     classes = load_class_map(args.classes)
     folders = model_folders(Path(args.path))
     if not Path(args.classifier).is_file():
         raise FileNotFoundError(
             f"classifier checkpoint {args.classifier} does not exist; train one with train-scripts/artist-cls-train.py"
         )
-    device = resolve_device(args.device)
     model, info = load_classifier(args.classifier, classes)
     image_size = args.image_size or info["image_size"]
     if image_size != info["image_size"]:
@@ -123,6 +125,7 @@ def main(args: argparse.Namespace) -> Dict[Path, List[dict]]:
                 device,
                 args.num_workers,
                 desc=f"classify {folder.name}",
+                progress=show_progress(args.quiet),
             )
             rows, confusion = accuracy_table(classes, labels, predictions.tolist(), missing)
             meta = {
@@ -146,4 +149,4 @@ def main(args: argparse.Namespace) -> Dict[Path, List[dict]]:
 
 
 if __name__ == "__main__":
-    run_script(parse_args, main)
+    run(parse_args, main)

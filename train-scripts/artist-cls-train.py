@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from sepce.classes import DEFAULT_CLASS_MAP, load_class_map
+from sepce.classes import load_class_map
+from sepce.cli import add_classes, add_device, add_quiet, parse_device, parser, run, show_progress
 from sepce.evaluation.classifier import (
     TrainConfig,
     build_resnet18,
@@ -30,7 +31,6 @@ from sepce.evaluation.classifier import (
     train_fc,
     training_sets,
 )
-from sepce.evaluation.common import default_device, resolve_device, run_script
 from sepce.evaluation.results import write_csv
 from sepce.io import save_torch, write_json
 
@@ -38,55 +38,57 @@ DEFAULT_CHECKPOINT = Path("models/artist-classifier/resnet18.pt")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--train_dir", type=Path, default=Path("data/train"), help="training class folders 0..K-1")
-    parser.add_argument("--eval_dir", type=Path, default=Path("data/eval"), help="evaluation class folders 0..K-1")
-    parser.add_argument(
+    p = parser(__doc__)
+    p.add_argument("--train_dir", type=Path, default=Path("data/train"), help="training class folders 0..K-1")
+    p.add_argument("--eval_dir", type=Path, default=Path("data/eval"), help="evaluation class folders 0..K-1")
+    p.add_argument(
         "--train_fraction",
         type=float,
         default=0.7,
         help="share of each class used for training when only one of the two folders exists",
     )
-    parser.add_argument("--classes", type=Path, default=DEFAULT_CLASS_MAP, help="class map CSV (index,name,prompt)")
-    parser.add_argument("--output", type=Path, default=DEFAULT_CHECKPOINT, help="classifier checkpoint to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs")
-    parser.add_argument("--batch_size", type=int, default=30, help="training batch size (also feature extraction)")
-    parser.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the triangular cycle")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    parser.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
-    parser.add_argument("--image_size", type=int, default=512, help="Resize+CenterCrop size for training and testing")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, FC initialisation and shuffling")
-    parser.add_argument("--device", default=default_device(), help="torch device, e.g. cuda:0 or cpu")
-    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument(
+    add_classes(p)
+    p.add_argument("--output", type=Path, default=DEFAULT_CHECKPOINT, help="classifier checkpoint to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs")
+    p.add_argument("--batch_size", type=int, default=30, help="training batch size (also feature extraction)")
+    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the triangular cycle")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
+    p.add_argument("--image_size", type=int, default=512, help="Resize+CenterCrop size for training and testing")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, FC initialisation and shuffling")
+    add_device(p)
+    p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument(
         "--backbone_weights",
         type=Path,
         default=None,
         help="ResNet18 ImageNet state dict; None: torchvision's cache file resnet18-f37072fd.pth",
     )
-    parser.add_argument(
+    p.add_argument(
         "--no_pretrained",
         action="store_true",
         help="random backbone instead of ImageNet weights (tests only)",
     )
-    args = parser.parse_args(argv)
+    add_quiet(p)
+    args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "image_size"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)} must be >= 1")
+            p.error(f"--{name} {getattr(args, name)} must be >= 1")
     if not 0.0 < args.train_fraction < 1.0:
-        parser.error(f"--train_fraction {args.train_fraction} must lie strictly between 0 and 1")
+        p.error(f"--train_fraction {args.train_fraction} must lie strictly between 0 and 1")
     return args
 
 
 def main(args: argparse.Namespace) -> Path:
     start = time.time()
+    device = parse_device(args.device)
+    progress = show_progress(args.quiet)
     classes = load_class_map(args.classes)
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"classifier checkpoint {output} already exists; pass --overwrite to replace it")
     train, held_out, source = training_sets(args.train_dir, args.eval_dir, classes, args.train_fraction, args.seed)
-    device = resolve_device(args.device)
 
     torch.manual_seed(args.seed)
     model = build_resnet18(len(classes), pretrained=not args.no_pretrained, backbone_weights=args.backbone_weights)
@@ -95,7 +97,7 @@ def main(args: argparse.Namespace) -> Path:
     for split, items in (("train", train), ("eval", held_out)):
         paths = [p for p, _ in items]
         features[split] = compute_features(
-            model, paths, args.image_size, args.batch_size, device, args.num_workers, desc=f"{split} features"
+            model, paths, args.image_size, args.batch_size, device, args.num_workers, f"{split} features", progress
         )
     config = TrainConfig(args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay, args.seed)
     best_state, history = train_fc(
@@ -105,6 +107,7 @@ def main(args: argparse.Namespace) -> Path:
         features["eval"],
         torch.tensor([label for _, label in held_out]),
         config,
+        progress,
     )
     model.fc.load_state_dict(best_state)
     best = max(history, key=lambda h: (h["eval_accuracy_pct"], -h["epoch"]))
@@ -134,4 +137,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    run_script(parse_args, main)
+    run(parse_args, main)

@@ -18,8 +18,8 @@ import logging
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from sepce.classes import DEFAULT_CLASS_MAP, load_class_map
-from sepce.evaluation.common import run_script
+from sepce.classes import load_class_map
+from sepce.cli import add_classes, add_prompts_path, parser, run
 from sepce.evaluation.images import SortReport, generated_images, has_class_folders, sort_into_class_folders
 from sepce.evaluation.results import RESULTS_DIR
 from sepce.prompts import case_classes, read_prompt_csv
@@ -28,31 +28,24 @@ log = logging.getLogger("move_image")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument(
+    p = parser(__doc__)
+    p.add_argument(
         "--path",
         type=Path,
         default=Path("evaluation_folder"),
         help="folder holding the model folders (or a model folder itself)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--folders",
         nargs="+",
         default=None,
         help="names of the model folders under --path to sort; None: every subfolder with generated images",
     )
-    parser.add_argument(
-        "--prompts_path",
-        type=Path,
-        default=Path("data/evaluate.csv"),
-        help="prompt CSV with case_number and class columns that the images were generated from",
-    )
-    parser.add_argument("--classes", type=Path, default=DEFAULT_CLASS_MAP, help="class map CSV (index,name,prompt)")
-    parser.add_argument("--dry_run", action="store_true", help="report what would move without moving anything")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an image that already exists in its class folder"
-    )
-    return parser.parse_args(argv)
+    add_prompts_path(p, default=Path("data/evaluate.csv"))
+    add_classes(p)
+    p.add_argument("--dry_run", action="store_true", help="report what would move without moving anything")
+    p.add_argument("--overwrite", action="store_true", help="replace an image that already exists in its class folder")
+    return p.parse_args(argv)
 
 
 def target_folders(path: Path, names: Optional[Sequence[str]]) -> List[Path]:
@@ -89,4 +82,4 @@ def main(args: argparse.Namespace) -> List[SortReport]:
 
 
 if __name__ == "__main__":
-    run_script(parse_args, main)
+    run(parse_args, main)

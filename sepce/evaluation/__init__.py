@@ -11,7 +11,7 @@ Modules (import what you need; nothing heavy is imported here):
 - :mod:`~sepce.evaluation.fid` — Fréchet distance and per-class FID with a pluggable feature extractor.
 - :mod:`~sepce.evaluation.results` — the ``<model folder>/results/`` layout (scripts write, the table reads).
 - :mod:`~sepce.evaluation.table` — the paper's FID/ACC/LPIPS table (Markdown, CSV, bar chart).
-- :mod:`~sepce.evaluation.common` — script helpers (one-line user errors, devices, fingerprints).
+- :mod:`~sepce.evaluation.common` — result fingerprints, message helpers (runner, devices: :mod:`sepce.cli`).
 
 Seed pipeline::
 

@@ -77,11 +77,13 @@ def compute_features(
     device: torch.device,
     num_workers: int = 0,
     desc: str = "features",
+    progress: bool = True,
 ) -> torch.Tensor:
-    """Pooled backbone features ``(N, 512)`` of the images, backbone in eval mode."""
+    """Pooled backbone features ``(N, 512)`` of the images, backbone in eval mode (``progress``: a bar)."""
     net = trunk(model).to(device).eval()
     chunks = []
-    for images, _ in tqdm(image_loader(paths, image_size, batch_size, num_workers=num_workers), desc=desc):
+    loader = image_loader(paths, image_size, batch_size, num_workers=num_workers)
+    for images, _ in tqdm(loader, desc=desc, disable=not progress):
         chunks.append(net(images.to(device)).float().cpu())
     return torch.cat(chunks) if chunks else torch.empty(0, FEATURE_DIM)
 
@@ -189,15 +191,17 @@ def train_fc(
     eval_features: torch.Tensor,
     eval_labels: torch.Tensor,
     config: TrainConfig,
+    progress: bool = True,
 ) -> Tuple[Dict[str, torch.Tensor], List[dict]]:
-    """Train the FC layer on cached features; return the best-eval-accuracy weights and the history."""
+    """Train the FC layer on cached features; return the best-eval-accuracy weights and the history
+    (``progress``: a bar over the epochs)."""
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.SGD(fc.parameters(), lr=0.0, momentum=config.momentum, weight_decay=config.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     steps_per_epoch = math.ceil(len(train_labels) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     best_state, best_accuracy, history, step = copy.deepcopy(fc.state_dict()), -1.0, [], 0
-    for epoch in tqdm(range(1, config.epochs + 1), desc="epochs"):
+    for epoch in tqdm(range(1, config.epochs + 1), desc="epochs", disable=not progress):
         fc.train()
         order = torch.randperm(len(train_labels), generator=generator)
         total_loss, correct = 0.0, 0
@@ -275,12 +279,13 @@ def predict(
     device: torch.device,
     num_workers: int = 0,
     desc: str = "classify",
+    progress: bool = True,
 ) -> torch.Tensor:
-    """Predicted class indices of the images."""
+    """Predicted class indices of the images (``progress``: a bar)."""
     model = model.to(device).eval()
+    loader = image_loader(paths, image_size, batch_size, num_workers=num_workers)
     predictions = [
-        model(images.to(device)).argmax(1).cpu()
-        for images, _ in tqdm(image_loader(paths, image_size, batch_size, num_workers=num_workers), desc=desc)
+        model(images.to(device)).argmax(1).cpu() for images, _ in tqdm(loader, desc=desc, disable=not progress)
     ]
     return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
 

@@ -47,13 +47,14 @@ from sepce.classes import ConceptClass, class_by_name, classes_by_names, load_cl
 from sepce.evaluation.classifier import accuracy_table
 from sepce.evaluation.common import fingerprint
 from sepce.evaluation.compare import compare_folders
+from sepce.evaluation.fid import FID_WORLD_CLASSIFIER_NETWORK
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.evaluation.loading import load_images
 from sepce.evaluation.results import read_metric, stored_rows, write_metric
 from sepce.io import write_text
 from sepce.paths import REPO_ROOT
 from sepce.prompts import case_classes, read_prompt_csv
-from sepce.reproduce import METHODS, ORIGINAL_FOLDER, Method, Row, Step, table_spec, tiny_inputs
+from sepce.reproduce import METHODS, ORIGINAL_FOLDER, Row, ScriptStep, table_spec, tiny_inputs
 from sepce.world.classifier import SHIPPED_CLASSIFIER, WorldClassifier, feature_distance, load_classifier, predict
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 
@@ -102,7 +103,9 @@ PRESETS: Dict[str, tuple] = {
 
 
 @dataclass
-class Layout:
+class BenchmarkLayout:
+    """Where a world benchmark reads and writes everything (under ``work``)."""
+
     work: Path
     data_dir: Path
     models_dir: Path
@@ -123,10 +126,12 @@ def _near(path: Path) -> Path:
         return Path(path)
 
 
-def layout(work: Path, ckpt: Path = SHIPPED_CKPT, config: Path = SHIPPED_CONFIG, classifier: Path = SHIPPED_CLASSIFIER):
+def benchmark_layout(
+    work: Path, ckpt: Path = SHIPPED_CKPT, config: Path = SHIPPED_CONFIG, classifier: Path = SHIPPED_CLASSIFIER
+) -> BenchmarkLayout:
     """Where everything goes (``work`` is the output root)."""
     work = Path(work)
-    return Layout(
+    return BenchmarkLayout(
         work,
         work / "data",
         work / "models",
@@ -145,27 +150,23 @@ def concept_prompts(classes: Sequence[ConceptClass], names: Sequence[str]) -> Li
     return [c.prompt for c in classes_by_names(classes, names, "unknown style")]
 
 
-def run_name(method: Method, styles: Sequence[str]) -> str:
-    """Run folder of a method's erasure of ``styles`` (``sepce-waves-dots-rings``)."""
-    return f"{method.name.lower()}-{'-'.join(styles)}"
-
-
 def table_rows(methods: Sequence[str], concept: str, sepce_concepts: Sequence[str], classes) -> List[Row]:
     """The original, one row per single-concept method, and the SepCE subsets: erase the first i styles, the
-    others restored (i = n..1). Rows name styles; ``erase``/``erased``/``restored`` hold their prompts."""
+    others restored (i = n..1). Rows name styles; ``erase``/``erased``/``restored`` hold their prompts. Run
+    folders are :meth:`sepce.reproduce.Method.run_name` of the style names (``SepCE-waves+dots+gradient``)."""
     single = concept_prompts(classes, [concept])[0]
     multi = concept_prompts(classes, sepce_concepts)
     rows = [Row("ORI", ORIGINAL_FOLDER, "original")]
     for name in methods:
         method = METHODS[name]
         if not method.multi:
-            rows.append(Row(name, name.lower(), run_name(method, [concept]), erased=[single]))
+            rows.append(Row(name, name.lower(), method.run_name([concept]), erased=[single]))
             continue
         for i in range(len(multi), 0, -1):
             erased, restored = multi[:i], multi[i:]
             label = name if not restored else f"{name} (restore {'+'.join(sepce_concepts[i:])})"
             folder = name.lower() if not restored else f"{name.lower()}-restore-{'-'.join(sepce_concepts[i:])}"
-            rows.append(Row(label, folder, run_name(method, sepce_concepts), erased, erased, restored))
+            rows.append(Row(label, folder, method.run_name(sepce_concepts), erased, erased, restored))
     return rows
 
 
@@ -175,8 +176,8 @@ def eval_csv_text(classes: Sequence[ConceptClass], seeds_per_class: int, source:
     return rows
 
 
-def plan(
-    lay: Layout,
+def plan_benchmark(
+    lay: BenchmarkLayout,
     form: Form,
     methods: Sequence[str],
     concept: str,
@@ -184,7 +185,7 @@ def plan(
     presets: Optional[Dict[str, tuple]] = None,
     batch_size: int = 32,
     quiet: bool = False,
-) -> tuple[List[Step], List[Row]]:
+) -> tuple[List[ScriptStep], List[Row]]:
     """The script steps (stages data, erase, generate and the table files) and the table rows."""
     classes = load_class_map(lay.classes)
     presets = {**PRESETS, **(presets or {})}
@@ -195,17 +196,19 @@ def plan(
     sample_flags += ["--guidance_scale", str(form.guidance), "--image_size", str(IMAGE_SIZE), "--device", "cpu"]
     sample_flags += ["--batch_size", str(batch_size)] + (["--quiet"] if quiet else [])
     steps = [
-        Step("generate", "evaluation CSV", write=lay.prompts_path, content=eval_csv_text(classes, form.seeds_per_class))
+        ScriptStep(
+            "generate", "evaluation CSV", write=lay.prompts_path, content=eval_csv_text(classes, form.seeds_per_class)
+        )
     ]
     needed = sorted({p for m in methods if METHODS[m].uses_data for p in (multi if METHODS[m].multi else [single])})
     for prompt in needed:
         argv = ["eval-scripts/generate-data.py", "--prompt", prompt, "--model_name", "none", "--link", "none"]
         argv += ["--save_path", str(lay.data_dir), "--num_cases", str(form.train_images), "--classes", str(lay.classes)]
-        steps.append(Step("data", f"training images of {prompt!r}", argv + model_flags + sample_flags))
+        steps.append(ScriptStep("data", f"training images of {prompt!r}", argv + model_flags + sample_flags))
     for name in methods:
         method = METHODS[name]
         concepts = multi if method.multi else [single]
-        out = lay.models_dir / run_name(method, sepce_concepts if method.multi else [concept])
+        out = lay.models_dir / method.run_name(sepce_concepts if method.multi else [concept])
         argv = [method.script, *(["--prompts", *concepts] if method.multi else ["--prompt", single])]
         argv += [*presets[name], *model_flags, "--devices", "cpu", "--output_dir", str(out)]
         # ESD samples latents of image_size/8 pixels; the world model's latents are 16 = 64/4 pixels wide.
@@ -214,7 +217,7 @@ def plan(
             argv += ["--data_dir", str(lay.data_dir)]
         if form.iterations is not None:
             argv += ["--iterations", str(form.iterations)]
-        steps.append(Step("erase", f"{name} on {', '.join(concepts)}", argv, skip_if=out / "erasure.safetensors"))
+        steps.append(ScriptStep("erase", f"{name} on {', '.join(concepts)}", argv, skip_if=out / "erasure.safetensors"))
     rows = table_rows(methods, concept, sepce_concepts, classes)
     for row in rows:
         argv = ["eval-scripts/generate-images.py", "--model_name", row.model_name, "--prompts_path"]
@@ -223,12 +226,12 @@ def plan(
         argv += ["--classes", str(lay.classes), *model_flags, *sample_flags]
         if row.erase is not None:
             argv += ["--erase", *row.erase]
-        steps.append(Step("generate", f"evaluation images of {row.name}", argv))
+        steps.append(ScriptStep("generate", f"evaluation images of {row.name}", argv))
     spec_path = lay.table_dir / "spec.json"
     spec = json.dumps(table_spec(rows, lay.eval_dir, spec_path), indent=2) + "\n"
-    steps.append(Step("table", "table spec", write=spec_path, content=spec))
+    steps.append(ScriptStep("table", "table spec", write=spec_path, content=spec))
     argv = ["eval-scripts/make-table.py", "--spec", str(spec_path), "--output_dir", str(lay.table_dir)]
-    steps.append(Step("table", "table", argv + ["--overwrite", "--classes", str(lay.classes)]))
+    steps.append(ScriptStep("table", "table", argv + ["--overwrite", "--classes", str(lay.classes)]))
     return steps, rows
 
 
@@ -296,7 +299,7 @@ def accuracy_results(
     return rows
 
 
-def run_metrics(lay: Layout, rows: Sequence[Row]) -> Dict[str, dict]:
+def run_metrics(lay: BenchmarkLayout, rows: Sequence[Row]) -> Dict[str, dict]:
     """Accuracy of every row, feature distance and FID of every erased row against the original."""
     classes = load_class_map(lay.classes)
     case_to_class = case_classes(read_prompt_csv(lay.prompts_path, classes, require_class=True))
@@ -320,7 +323,8 @@ def run_metrics(lay: Layout, rows: Sequence[Row]) -> Dict[str, dict]:
                 torch.device("cpu"),
                 lpips_factory=lambda: DistanceMetric(classifier),
                 fid_factory=lambda: ClassifierFeatures(classifier),
-                settings={"network": classifier_id, "lpips_is": "world classifier feature distance"},
+                fid_network=FID_WORLD_CLASSIFIER_NETWORK,
+                settings={"classifier": classifier_id, "lpips_is": "world classifier feature distance"},
                 batch_size=64,
                 lpips_image_size=IMAGE_SIZE,
                 fid_image_size=IMAGE_SIZE,
@@ -355,7 +359,7 @@ def pixel_check(original: Path, edited: Path, case_to_class: Dict[int, int], cla
     }
 
 
-def summarise(lay: Layout, rows: Sequence[Row], aim_drop: float = 50.0, aim_other: float = 10.0) -> dict:
+def summarise(lay: BenchmarkLayout, rows: Sequence[Row], aim_drop: float = 50.0, aim_other: float = 10.0) -> dict:
     """Per row: erased styles' accuracy drops, the largest drop on any other style, the aim verdict; SepCE
     restoration pixel checks."""
     classes = load_class_map(lay.classes)
@@ -461,7 +465,7 @@ def timings_csv(timings: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
-def write_report(lay: Layout, form: Form, rows, timings, presets) -> tuple[Path, dict]:
+def write_report(lay: BenchmarkLayout, form: Form, rows, timings, presets) -> tuple[Path, dict]:
     summary = summarise(lay, rows)
     table_md = (lay.table_dir / "table.md").read_text()
     text = report_markdown(form, table_md, summary, timings, presets)
