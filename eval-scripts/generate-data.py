@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import Runtime, add_classes, add_quiet, parser, run, show_progress
+from sepce.cli import EXIT_HELP, Runtime, add_classes, add_quiet, parser, run, show_progress
 from sepce.data_generation import (
     LINK_MODES,
     concept_class,
@@ -50,7 +50,7 @@ log = logging.getLogger("generate-data")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__)
+    p = parser(__doc__, EXIT_HELP)
     p.add_argument("--prompt", required=True, help="concept prompt, e.g. 'Van Gogh' ('' for the blank class)")
     p.add_argument(
         "--model_name",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import Runtime, add_classes, add_prompts_path, add_quiet, parser, run, show_progress
+from sepce.cli import EXIT_HELP, Runtime, add_classes, add_prompts_path, add_quiet, parser, run, show_progress
 from sepce.generation import (
     GenerationReport,
     Rank,
@@ -40,7 +40,7 @@ from sepce.prompts import read_prompt_csv
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__)
+    p = parser(__doc__, EXIT_HELP)
     p.add_argument(
         "--model_name",
         required=True,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import add_classes, add_device, add_prompts_path, parse_device, parser, run
+from sepce.cli import EXIT_HELP, add_classes, add_device, add_prompts_path, parse_device, parser, run
 from sepce.evaluation.common import file_signature
 from sepce.evaluation.compare import compare_folders
 from sepce.evaluation.fid import FID_INCEPTION_NETWORK, INCEPTION_IMAGE_SIZE, inception_extractor
@@ -36,7 +36,7 @@ log = logging.getLogger("lpips_eval")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__)
+    p = parser(__doc__, EXIT_HELP)
     p.add_argument(
         "--original_path",
         type=Path,

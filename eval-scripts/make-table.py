@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import add_classes, parser, run
+from sepce.cli import EXIT_HELP, add_classes, parser, run
 from sepce.evaluation.table import ModelSpec, collect, load_spec, plot_table, to_csv, to_markdown
 from sepce.io import write_text
 
@@ -31,7 +31,7 @@ def _named(value: str) -> tuple:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__)
+    p = parser(__doc__, EXIT_HELP)
     p.add_argument("--spec", type=Path, default=None, help="JSON spec of the models (instead of the flags below)")
     p.add_argument("--original", type=Path, default=None, help="model folder of the original model")
     p.add_argument("--original_name", default="ORI", help="row name of the original model")

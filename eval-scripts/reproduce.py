@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import add_classes, add_device, add_precision, add_prompts_path, add_quiet, parser, run
+from sepce.cli import EXIT_HELP, add_classes, add_device, add_precision, add_prompts_path, add_quiet, parser, run
 from sepce.paths import DATA_DIR, DEFAULT_CKPT, DEFAULT_CONFIG, REPO_ROOT
 from sepce.prompts import read_prompt_csv
 from sepce.reproduce import (
@@ -50,7 +50,7 @@ FULL = {
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__)
+    p = parser(__doc__, EXIT_HELP)
     p.add_argument("--tiny", action="store_true", help="run on the tiny random model with small settings")
     p.add_argument("--dry_run", action="store_true", help="print the steps as a shell script; run nothing")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from sepce.cli import Runtime, add_quiet, parser, run, show_progress
+from sepce.cli import EXIT_HELP, Runtime, add_quiet, parser, run, show_progress
 from sepce.generation import (
     ImageJob,
     ImageSampler,
@@ -31,7 +31,7 @@ from sepce.modeling import load_resolved, resolve_model
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__)
+    p = parser(__doc__, EXIT_HELP)
     p.add_argument("--prompt", required=True, help="text prompt ('' for the unconditional image)")
     p.add_argument(
         "--model_name",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import add_quiet, parser, run
+from sepce.cli import EXIT_HELP, add_quiet, parser, run
 from sepce.io import write_text
 from sepce.reproduce import METHODS, StepFailed, run_step
 from sepce.world.benchmark import (
@@ -50,7 +50,7 @@ def _preset(value: str) -> tuple:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__)
+    p = parser(__doc__, EXIT_HELP)
     p.add_argument("--form", choices=list(FORMS), default="short", help="how much of the protocol to run")
     p.add_argument("--work_dir", type=Path, default=None, help="output root (None: outputs/world-benchmark-<form>)")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import add_classes, add_device, add_quiet, parse_device, parser, run, show_progress
+from sepce.cli import EXIT_HELP, add_classes, add_device, add_quiet, parse_device, parser, run, show_progress
 from sepce.evaluation.classifier import accuracy_table, load_classifier, predict
 from sepce.evaluation.common import file_signature, fingerprint
 from sepce.evaluation.images import generated_images, has_class_folders, images_by_class
@@ -30,7 +30,7 @@ COLUMNS = ["class", "name", "correct", "images", "accuracy_pct"]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__)
+    p = parser(__doc__, EXIT_HELP)
     p.add_argument(
         "--path",
         type=Path,

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from sepce.classes import load_class_map
-from sepce.cli import add_classes, add_device, add_quiet, parse_device, parser, run, show_progress
+from sepce.cli import EXIT_HELP, add_classes, add_device, add_quiet, parse_device, parser, run, show_progress
 from sepce.evaluation.classifier import (
     TrainConfig,
     build_resnet18,
@@ -38,7 +38,7 @@ DEFAULT_CHECKPOINT = Path("models/artist-classifier/resnet18.pt")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__)
+    p = parser(__doc__, EXIT_HELP)
     p.add_argument("--train_dir", type=Path, default=Path("data/train"), help="training class folders 0..K-1")
     p.add_argument("--eval_dir", type=Path, default=Path("data/eval"), help="evaluation class folders 0..K-1")
     p.add_argument(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import add_classes, add_prompts_path, parser, run
+from sepce.cli import EXIT_HELP, add_classes, add_prompts_path, parser, run
 from sepce.evaluation.images import SortReport, generated_images, has_class_folders, sort_into_class_folders
 from sepce.evaluation.results import RESULTS_DIR
 from sepce.prompts import case_classes, read_prompt_csv
@@ -28,7 +28,7 @@ log = logging.getLogger("move_image")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__)
+    p = parser(__doc__, EXIT_HELP)
     p.add_argument(
         "--path",
         type=Path,
