@@ -1,41 +1,69 @@
-"""Ablating Concepts, authors' variant (Kumari et al. 2023, "Ablating Concepts in Text-to-Image Diffusion Models",
-model-based, Eq. 4, as the released SepCE baselines implement it; docs/method.md, "Ablating concepts").
+"""Ablating Concepts (Kumari et al. 2023, "Ablating Concepts in Text-to-Image Diffusion Models", model-based, Eq. 4;
+docs/method.md, "The authors' variants of FMN and Ablating Concepts" and "The original FMN and Ablating Concepts").
 
     python train-scripts/Abconcept.py --lr 1e-5 --iter_break 50 --prompt 'Van Gogh' --devices '0,1'
+    python train-scripts/Abconcept.py --variant original --prompt 'Van Gogh'
 
-Trains every UNet ``attn2`` tensor with Adam on loss = MSE(e_pn, e_n) + 10 · MSE(e_p0, e_n), where at x_t (one image
-of ``<data_dir>/<prompt>/`` per iteration, common timestep draw) e_pn and e_p0 are the trained model's predictions
-for the concept prompt (``--concept_template`` filled with ``--prompt``: "<prompt> painting") and the anchor
-(``--anchor_prompt``: "painting"), and e_n is the frozen original's for the anchor. This is the authors' variant
-that the paper's table measured, not the original Ablating Concepts (anchor images, target from the trained model,
-a prior-preservation term). For concepts that are not painters, set the prompts, e.g. ``--concept_template '{}'
---anchor_prompt ''``. Writes ``<output_dir>/erasure.safetensors`` (the changed attn2 tensors), ``args.json``,
-``losses.csv``, ``summary.json``, ``loss.png`` and, with ``--save_full``, a full CompVis checkpoint
-``Abconcept-<prompt>.ckpt`` (or ``.safetensors``).
+The concept prompt is ``--concept_template`` filled with ``--prompt`` ("<prompt> painting"), the anchor prompt
+``--anchor_prompt`` ("painting").
+
+--variant authors (default; "AC (authors' variant)", the form the paper's table measured): Adam on every UNet
+``attn2`` tensor, loss = MSE(e_pn, e_n) + 10 · MSE(e_p0, e_n), where at x_t (one image of ``<data_dir>/<prompt>/``
+per iteration, common timestep draw) e_pn and e_p0 are the trained model's predictions for the concept and the
+anchor prompt, and e_n is the frozen original's for the anchor.
+
+--variant original ("AC (original)", nupurkmr9/concept-ablation ``compvis/src/model.py``,
+``compvis/configs/finetune_style.yaml``): the training images are the ANCHOR prompt's, read from
+``<data_dir>/<anchor_prompt>/`` (``<data_dir>/blank/`` for the empty anchor, as eval-scripts/generate-data.py names
+that folder). On x_t of an anchor image, loss_abl = MSE(eps(model, x_t, t, emb(concept)), stopgrad(eps(model, x_t,
+t, emb(anchor)))) — the target comes from the model being trained, detached; loss_prior = the ordinary
+noise-prediction MSE on the same anchor image (its own timestep and noise) with the anchor prompt; loss =
+``--ablation_weight`` · loss_abl + ``--prior_weight`` · loss_prior (1 and 0.2, as the released CompVis code weighs
+them with --regularization; --prior_weight 0 is its default run without it). AdamW (weight decay 0.01, torch's
+default, as the released code), lr 2e-6, 110 iterations (finetune_style.yaml's max_steps), gradients zeroed every
+step, only the attn2 to_k/to_v weights trained; no frozen original is needed, so with two ``--devices`` only the
+first is used.
+
+For concepts that are not painters, set the prompts, e.g. ``--concept_template '{}' --anchor_prompt ''``. Writes
+``<output_dir>/erasure.safetensors`` (the trained tensors), ``args.json``, ``losses.csv``, ``summary.json``,
+``loss.png`` and, with ``--save_full``, a full CompVis checkpoint ``Abconcept-<prompt>.ckpt`` (or ``.safetensors``).
+The original variant's default run folder and checkpoint carry the suffix ``-original``
+(``models/Abconcept-VanGogh-original``).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from sepce.baseline_losses import (
+    ABLATING_ABLATION_WEIGHT,
     ABLATING_ANCHOR_PROMPT,
     ABLATING_ANCHOR_WEIGHT,
     ABLATING_CONCEPT_TEMPLATE,
+    ABLATING_PRIOR_WEIGHT,
+    ABLATING_VARIANTS,
     VARIANTS,
     ablating_loss,
+    ablating_original_loss,
     ablating_prompts,
+    check_ablating_weights,
     check_concept_names,
     check_template,
+    peek_variant,
+    prior_preservation_loss,
+    variant_help,
 )
 from sepce.cli import EXIT_HELP, parser, run
+from sepce.data_generation import data_folder_name
 from sepce.losses import l1_drift
 from sepce.modeling import prompts_embeddings
 from sepce.training import (
+    ImageFolder,
     TrainingSession,
     TrainStep,
     add_common_args,
@@ -46,40 +74,69 @@ from sepce.training import (
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    variant = peek_variant(argv)
+    spec = ABLATING_VARIANTS[variant]
     p = parser(__doc__, epilog=EXIT_HELP)
-    add_common_args(p, lr=1e-5, iterations=50)
-    p.add_argument(
-        "--anchor_weight",
-        type=float,
-        default=ABLATING_ANCHOR_WEIGHT,
-        help="weight of the term MSE(e_p0, e_n) that keeps the anchor prompt's prediction",
-    )
+    add_common_args(p, lr=spec.lr, iterations=spec.iterations, zero_grad_flag=not spec.zero_grad)
+    if variant == "authors":
+        p.add_argument(
+            "--anchor_weight",
+            type=float,
+            default=ABLATING_ANCHOR_WEIGHT,
+            help="weight of the term MSE(e_p0, e_n) that keeps the anchor prompt's prediction",
+        )
+    else:
+        p.add_argument(
+            "--ablation_weight",
+            type=float,
+            default=ABLATING_ABLATION_WEIGHT,
+            help="weight of loss_abl, the concept prompt's prediction pulled to the anchor prompt's (detached)",
+        )
+        p.add_argument(
+            "--prior_weight",
+            type=float,
+            default=ABLATING_PRIOR_WEIGHT,
+            help="weight of loss_prior, the plain noise-prediction loss on anchor images with the anchor prompt "
+            "(0: no prior term, the released code without --regularization)",
+        )
     p.add_argument(
         "--concept_template",
         default=ABLATING_CONCEPT_TEMPLATE,
-        help="concept prompt of the authors' variant: this text with {} replaced by --prompt",
+        help="concept prompt: this text with {} replaced by --prompt",
     )
     p.add_argument(
         "--anchor_prompt",
         default=ABLATING_ANCHOR_PROMPT,
-        help="anchor prompt of the authors' variant: the concept prompt's prediction is pulled to the original's "
-        "prediction for it",
+        help="anchor prompt: the concept prompt's prediction is pulled to the prediction for it (the original "
+        "variant also trains on its images, <data_dir>/<anchor_prompt>/ or <data_dir>/blank/ for '')",
     )
     p.add_argument(
         "--variant",
         choices=VARIANTS,
         default="authors",
-        help="authors: the authors' variant of the released baselines, which the paper's table measured (the "
-        "original Ablating Concepts is not offered yet)",
+        help=variant_help(
+            ABLATING_VARIANTS,
+            {
+                "authors": ", images of the concept prompt, --anchor_weight",
+                "original": ", images of the anchor prompt, --ablation_weight, --prior_weight",
+            },
+        ),
     )
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    if not (math.isfinite(args.anchor_weight) and args.anchor_weight >= 0):
+    if args.variant == "authors" and not (math.isfinite(args.anchor_weight) and args.anchor_weight >= 0):
         raise ValueError(f"--anchor_weight {args.anchor_weight!r}: expected a finite number >= 0")
+    if args.variant == "original":
+        check_ablating_weights(args.ablation_weight, args.prior_weight)
     check_concept_names([args.prompt])
     check_template(args.concept_template)
+    return train_original(args) if args.variant == "original" else train_authors(args)
+
+
+def train_authors(args: argparse.Namespace) -> dict:
+    """The authors' variant (docs/method.md, "The authors' variants of FMN and Ablating Concepts")."""
     session = TrainingSession(settings_from_args(args), "Abconcept", [args.prompt])
     model = session.load_model()
     params = select_parameters(model, "attn2")
@@ -110,10 +167,91 @@ def main(args: argparse.Namespace) -> dict:
         settings={
             "prompt": args.prompt,
             "variant": args.variant,
+            "label": ABLATING_VARIANTS["authors"].label,
             "concept_template": args.concept_template,
             "concept_prompt": concept_text,
             "anchor_prompt": anchor_text,
             "anchor_weight": args.anchor_weight,
+        },
+    )
+    print(finished_message(summary))
+    return summary
+
+
+def anchor_images(data_dir: Path, anchor_text: str, image_size: int) -> tuple[str, ImageFolder]:
+    """The anchor prompt's image folder (generate-data.py's folder name for it) and its images, checked before
+    any model loads (one-line error when missing or empty)."""
+    try:
+        name = data_folder_name(anchor_text)
+    except ValueError:
+        raise ValueError(
+            f"--anchor_prompt {anchor_text!r} cannot name an image folder under --data_dir (no '/', no leading '.')"
+        ) from None
+    folder = Path(data_dir) / name
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"anchor image folder {folder} does not exist: the original Ablating Concepts trains on images of the "
+            f"anchor prompt {anchor_text!r} (eval-scripts/generate-data.py --prompt {anchor_text!r} --save_path "
+            f"{data_dir})"
+        )
+    return name, ImageFolder(folder, image_size)
+
+
+def train_original(args: argparse.Namespace) -> dict:
+    """The original Ablating Concepts, model-based (docs/method.md, "The original FMN and Ablating Concepts")."""
+    spec = ABLATING_VARIANTS["original"]
+    settings = settings_from_args(args)
+    concept_text, anchor_text = ablating_prompts(args.prompt, args.concept_template, args.anchor_prompt)
+    session = TrainingSession(settings, "Abconcept", [args.prompt], images=False, suffix="original")
+    folder_name, folder = anchor_images(settings.data_dir, anchor_text, settings.image_size)
+    session.folders[folder_name] = folder  # the training images are the anchor's
+    model = session.load_model()
+    params = select_parameters(model, spec.parameter_rule)
+    originals = {k: p.detach().clone() for k, p in params.items()}  # for the logged drift only
+    concept_cond, anchor_cond = prompts_embeddings(model, [concept_text]), prompts_embeddings(model, [anchor_text])
+    session.start_run({"concept_prompt": concept_text, "anchor_folder": folder_name})
+    model.train()
+
+    def step(i: int) -> TrainStep:
+        z = session.latent(folder_name)
+        _, t = session.timesteps()
+        ablation = ablating_original_loss(model, session.noisy(z, t), t, concept_cond, anchor_cond)
+        loss = args.ablation_weight * ablation
+        values = {"ablation_mse": ablation.item()}
+        if args.prior_weight > 0:
+            _, t_prior = session.timesteps()
+            prior = prior_preservation_loss(model, z, t_prior, anchor_cond, session.device_generator)
+            loss = loss + args.prior_weight * prior
+            values["prior_mse"] = prior.item()
+        with torch.no_grad():
+            values["l1_drift"] = l1_drift(params, originals).item()
+        return TrainStep(loss, values)
+
+    optimizer = spec.optimizer_for(params.values(), settings.lr)
+    trainer = session.trainer(params, desc=f"Abconcept (original) {args.prompt}", zero_grad=True, optimizer=optimizer)
+    result = trainer.fit(step)
+    model.eval()
+    summary = session.finish(
+        result,
+        session.tensor_record(params),
+        reference="none (the target is the trained model's own prediction for the anchor prompt, detached)",
+        concepts={args.prompt: {"iterations": result.iterations, "stop_reason": result.stop_reason}},
+        settings={
+            "prompt": args.prompt,
+            "variant": args.variant,
+            "label": spec.label,
+            "concept_template": args.concept_template,
+            "concept_prompt": concept_text,
+            "anchor_prompt": anchor_text,
+            "anchor_folder": folder_name,
+            "ablation_weight": args.ablation_weight,
+            "prior_weight": args.prior_weight,
+            "trained_parameters": spec.parameters,
+            "trained_tensors": len(params),
+            "optimizer": spec.optimizer,
+            "weight_decay": spec.weight_decay,
+            "zero_grad": True,
+            "variant_defaults": spec.as_dict(),
         },
     )
     print(finished_message(summary))

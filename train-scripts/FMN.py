@@ -1,19 +1,30 @@
-"""Forget-Me-Not attention re-steering, authors' variant (FMN; Zhang et al. 2023, "Forget-Me-Not: Learning to
-Forget in Text-to-Image Diffusion Models", Sec. 3.1, as the released SepCE baselines implement it; docs/method.md,
-"FMN").
+"""Forget-Me-Not attention re-steering (FMN; Zhang et al. 2023, "Forget-Me-Not: Learning to Forget in
+Text-to-Image Diffusion Models", Sec. 3.1; docs/method.md, "The authors' variants of FMN and Ablating Concepts" and
+"The original FMN and Ablating Concepts").
 
     python train-scripts/FMN.py --lr 1e-5 --iter_break 10 --prompt 'Van Gogh' --devices '0,1'
+    python train-scripts/FMN.py --variant original --prompt 'Van Gogh'
 
-Trains every UNet ``attn2`` tensor with Adam on loss = Σ over the cross-attention layers of
-MSE(q·k_cᵀ/√d − q·k_c2ᵀ/√d, 0), c = emb(``--concept_template`` filled with ``--prompt``: "a painting of <prompt>"),
-c2 = emb(``--neutral_prompt``: "a painting of"), the queries q coming from the UNet forward at x_t (one image of
-``<data_dir>/<prompt>/`` per iteration, common timestep draw) with c. This is the authors' variant that the
-paper's table measured, not the original Forget-Me-Not (which drives the post-softmax attention to the concept
-tokens to zero). For concepts that are not painters, set the prompts, e.g. ``--prompt 'in the style of waves'
---concept_template '{}' --neutral_prompt 'in the style of'``. FMN needs no frozen original: with two
-``--devices`` only the first is used. Writes ``<output_dir>/erasure.safetensors`` (the changed attn2 tensors),
-``args.json``, ``losses.csv`` (with the L1 drift of the weights, logged only), ``summary.json``, ``loss.png`` and,
-with ``--save_full``, a full CompVis checkpoint ``FMN-<prompt>.ckpt`` (or ``.safetensors``).
+Both variants train on one image of ``<data_dir>/<prompt>/`` per iteration (common timestep draw, x_t) with the
+concept prompt c = ``--concept_template`` filled with ``--prompt`` ("a painting of <prompt>").
+
+--variant authors (default; "FMN (authors' variant)", the form the paper's table measured): Adam on every UNet
+``attn2`` tensor, loss = Σ over the cross-attention layers of MSE(q·k_cᵀ/√d − q·k_c2ᵀ/√d, 0), c2 = emb(
+``--neutral_prompt``: "a painting of"), the queries q from the UNet forward at x_t with c.
+
+--variant original ("FMN (original)", SHI-Labs/Forget-Me-Not ``src/train_attn.py``, ``configs/attn.yaml``): in every
+attn2 layer the post-softmax attention probabilities at the token positions of the concept's words in c (found by
+tokenizing; ``--use_pooler`` adds the end-of-text token and its padding copies), for every head and query; loss =
+the L2 norm of all of them. AdamW (weight decay 0.01), lr 2e-6, 35 iterations, gradients zeroed every step, the
+whole UNet trained (``--only_cross_attention``: attn2 only, gradient norm clipped to 1 as the original does then).
+The original's optional textual-inversion pre-stage is NOT implemented: the concept is named by its words.
+
+For concepts that are not painters, set the prompts, e.g. ``--prompt 'in the style of waves' --concept_template
+'{}' --neutral_prompt 'in the style of'``. FMN needs no frozen original: with two ``--devices`` only the first is
+used. Writes ``<output_dir>/erasure.safetensors`` (the trained tensors), ``args.json``, ``losses.csv`` (with the L1
+drift of the weights, logged only), ``summary.json``, ``loss.png`` and, with ``--save_full``, a full CompVis
+checkpoint ``FMN-<prompt>.ckpt`` (or ``.safetensors``). The original variant's default run folder and checkpoint
+carry the suffix ``-original`` (``models/FMN-VanGogh-original``).
 """
 
 from __future__ import annotations
@@ -23,14 +34,21 @@ from typing import Optional, Sequence
 
 import torch
 
+from sepce.attack import tokenizer_from_config
 from sepce.baseline_losses import (
     FMN_CONCEPT_TEMPLATE,
     FMN_NEUTRAL_PROMPT,
+    FMN_VARIANTS,
     VARIANTS,
     check_concept_names,
     check_template,
+    concept_token_positions,
+    fmn_attention_loss,
     fmn_loss,
+    fmn_original_defaults,
     fmn_prompts,
+    peek_variant,
+    variant_help,
 )
 from sepce.cli import EXIT_HELP, parser, run
 from sepce.losses import l1_drift
@@ -44,26 +62,50 @@ from sepce.training import (
     settings_from_args,
 )
 
+TEXTUAL_INVERSION = "not implemented (the original's optional pre-stage; the concept is named by its words)"
+
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    variant = peek_variant(argv)
+    spec = FMN_VARIANTS[variant]
     p = parser(__doc__, epilog=EXIT_HELP)
-    add_common_args(p, lr=1e-5, iterations=10)
+    add_common_args(p, lr=spec.lr, iterations=spec.iterations, zero_grad_flag=not spec.zero_grad)
     p.add_argument(
         "--concept_template",
         default=FMN_CONCEPT_TEMPLATE,
-        help="concept context c of the authors' variant: this text with {} replaced by --prompt",
+        help="concept prompt c: this text with {} replaced by --prompt",
     )
-    p.add_argument(
-        "--neutral_prompt",
-        default=FMN_NEUTRAL_PROMPT,
-        help="concept-free context c2 of the authors' variant, whose attention logits c is steered to",
-    )
+    if variant == "authors":
+        p.add_argument(
+            "--neutral_prompt",
+            default=FMN_NEUTRAL_PROMPT,
+            help="concept-free context c2 of the authors' variant, whose attention logits c is steered to",
+        )
+    else:
+        p.add_argument(
+            "--use_pooler",
+            action="store_true",
+            help="also drive to zero the attention to the end-of-text token and its padding copies (the "
+            "original's use_pooler)",
+        )
+        p.add_argument(
+            "--only_cross_attention",
+            action="store_true",
+            help="train every attn2 tensor instead of the whole UNet, the gradient norm clipped to 1 (the "
+            "original's only_optimize_ca)",
+        )
     p.add_argument(
         "--variant",
         choices=VARIANTS,
         default="authors",
-        help="authors: the authors' variant of the released baselines, which the paper's table measured (the "
-        "original FMN is not offered yet)",
+        help=variant_help(
+            FMN_VARIANTS,
+            {
+                "authors": ", --neutral_prompt",
+                "original": ", --use_pooler, --only_cross_attention; its textual-inversion pre-stage is not "
+                "implemented",
+            },
+        ),
     )
     return p.parse_args(argv)
 
@@ -71,6 +113,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     check_concept_names([args.prompt])
     check_template(args.concept_template)
+    return train_original(args) if args.variant == "original" else train_authors(args)
+
+
+def train_authors(args: argparse.Namespace) -> dict:
+    """The authors' variant (docs/method.md, "The authors' variants of FMN and Ablating Concepts")."""
     session = TrainingSession(settings_from_args(args), "FMN", [args.prompt])
     model = session.load_model()
     params = select_parameters(model, "attn2")
@@ -99,10 +146,70 @@ def main(args: argparse.Namespace) -> dict:
         settings={
             "prompt": args.prompt,
             "variant": args.variant,
+            "label": FMN_VARIANTS["authors"].label,
             "concept_template": args.concept_template,
             "neutral_prompt": neutral_text,
             "concept_prompt": concept_text,
             "attention_layers": len(layers),
+        },
+    )
+    print(finished_message(summary))
+    return summary
+
+
+def train_original(args: argparse.Namespace) -> dict:
+    """The original Forget-Me-Not (docs/method.md, "The original FMN and Ablating Concepts")."""
+    spec = fmn_original_defaults(args.only_cross_attention)
+    settings = settings_from_args(args)
+    session = TrainingSession(settings, "FMN", [args.prompt], suffix="original")
+    concept_text, _ = fmn_prompts(args.prompt, args.concept_template)
+    tokenizer = tokenizer_from_config(settings.config_path)  # positions are checked before the model loads
+    positions = concept_token_positions(tokenizer, concept_text, args.prompt, args.use_pooler)
+    ids = tokenizer([concept_text])[0].tolist()
+    model = session.load_model()
+    params = select_parameters(model, spec.parameter_rule)
+    originals = {k: p.detach().clone() for k, p in params.items()}  # for the logged drift only
+    layers = attn2_modules(model)
+    context = prompts_embeddings(model, [concept_text])
+    session.start_run({"concept_prompt": concept_text, "concept_positions": positions})
+    model.train()
+
+    def step(i: int) -> TrainStep:
+        _, t = session.timesteps()
+        x = session.noisy(session.latent(args.prompt), t)
+        loss, mean_attention = fmn_attention_loss(model, x, t, context, positions, layers)
+        with torch.no_grad():
+            drift = l1_drift(params, originals)
+        return TrainStep(loss, {"concept_attention": mean_attention.item(), "l1_drift": drift.item()})
+
+    optimizer = spec.optimizer_for(params.values(), settings.lr)
+    trainer = session.trainer(params, desc=f"FMN (original) {args.prompt}", zero_grad=True, optimizer=optimizer)
+    result = trainer.fit(step)
+    model.eval()
+    summary = session.finish(
+        result,
+        session.tensor_record(params),
+        reference="none (the loss reads the trained model's own attention)",
+        concepts={args.prompt: {"iterations": result.iterations, "stop_reason": result.stop_reason}},
+        settings={
+            "prompt": args.prompt,
+            "variant": args.variant,
+            "label": spec.label,
+            "concept_template": args.concept_template,
+            "concept_prompt": concept_text,
+            "concept_positions": positions,
+            "concept_tokens": [tokenizer.decode([ids[i]]) for i in positions],
+            "use_pooler": args.use_pooler,
+            "only_cross_attention": args.only_cross_attention,
+            "attention_layers": len(layers),
+            "trained_parameters": spec.parameters,
+            "trained_tensors": len(params),
+            "optimizer": spec.optimizer,
+            "weight_decay": spec.weight_decay,
+            "max_grad_norm": spec.max_grad_norm,
+            "zero_grad": True,
+            "variant_defaults": spec.as_dict(),
+            "textual_inversion": TEXTUAL_INVERSION,
         },
     )
     print(finished_message(summary))
