@@ -12,9 +12,11 @@ place of the concept's words (``in the style of <v*>``), with the same seeds and
 generate-images.py (<case>_<k>.png), so they pair with the model's own-prompt images.
 
 Writes, under <save_path>/<output name>/ (the model's folder of generate-images.py):
-  attack/embedding.safetensors   v*, its loss history and how it was learned (reused when the inputs match)
-  attack/<case>_<k>.png          the attack images (and attack/generation.json, the sampling settings)
-  results/attack.csv, .json      with --classifier: the accuracy on the attack images (make-table.py: ATK)
+  attack/embedding-<concept>.safetensors  v*, its loss history and how it was learned (reused when the inputs
+                                         match; one per concept, so several concepts can be attacked per model)
+  attack/<case>_<k>.png                  the attack images (and attack/generation.json, the sampling settings)
+  results/attack.csv, .json              with --classifier: the accuracy on every attack image of the folder,
+                                         per class (make-table.py: ATK), with each image's prediction
 
 --model_name is what generate-images.py takes: SD-v1-4/original, a run folder under --models_dir, a SepCE
 record with --erase, a checkpoint or an imported diffusers UNet. Steps, learning rate, batch size, seed and the

@@ -31,11 +31,12 @@ model's own-prompt image of the same name.
 
 Files
 -----
-``<model folder>/attack/embedding.safetensors`` (:func:`save_word` / :func:`load_word`): the tensor
-``embedding`` (D,), the loss history ``losses`` and metadata (init word, token width, preset, templates, the
-model it was learned on, its base checkpoint digest, a loss summary). ``<model folder>/attack/<case>_<k>.png``:
-the attack images. ``<model folder>/results/attack.csv/json`` (:mod:`sepce.evaluation.results`): the
-classifier's accuracy on them, with each image's true and predicted class.
+``<model folder>/attack/embedding-<concept>.safetensors`` (:func:`embedding_path`, :func:`save_word` /
+:func:`load_word`; one per attacked concept): the tensor ``embedding`` (D,), the loss history ``losses`` and
+metadata (init word, token width, preset, templates, the model it was learned on, its base checkpoint digest, a
+loss summary). ``<model folder>/attack/<case>_<k>.png``: the attack images of every attacked concept (cases are
+distinct). ``<model folder>/results/attack.csv/json`` (:mod:`sepce.evaluation.results`): the classifier's
+accuracy on all of them per class, with each image's true and predicted class and each word's preset.
 """
 
 from __future__ import annotations
@@ -48,17 +49,26 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
 from sepce.classes import ConceptClass
 from sepce.cli import Runtime
-from sepce.generation import ImageSampler, SamplingSettings, folder_settings, plan_jobs, png_text, run_jobs
+from sepce.generation import (
+    ImageSampler,
+    SamplingSettings,
+    folder_settings,
+    image_name,
+    plan_jobs,
+    png_text,
+    run_jobs,
+)
 from sepce.generation import check_folder_settings as check_generation_settings
 from sepce.io import atomic_write
 from sepce.modeling import ResolvedModel, load_resolved
-from sepce.prompts import PromptRow
+from sepce.paths import concept_slug
+from sepce.prompts import PromptRow, case_classes
 from sepce.training import ImageFolder, ParameterTrainer, TrainStep
 
 log = logging.getLogger(__name__)
@@ -66,7 +76,7 @@ log = logging.getLogger(__name__)
 PLACEHOLDER = "<v*>"
 EMBEDDING_FORMAT = "sepce-attack-embedding-v1"
 ATTACK_DIR = "attack"
-EMBEDDING_NAME = "embedding.safetensors"
+EMBEDDING_PREFIX = "embedding-"
 RESULTS_METRIC = "attack"
 RESULT_COLUMNS = ["class", "name", "correct", "images", "accuracy_pct"]
 DOMAINS = ("sd", "world")
@@ -101,11 +111,11 @@ class AttackPreset:
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"attack {name} {value!r}: expected a positive integer")
+                raise ValueError(f"--attack_{name} {value!r}: expected a positive integer")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"attack lr {self.lr!r}: expected a positive number")
+            raise ValueError(f"--attack_lr {self.lr!r}: expected a positive number")
         if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"attack seed {self.seed!r}: expected a non-negative integer")
+            raise ValueError(f"--attack_seed {self.seed!r}: expected a non-negative integer")
         if not str(self.init_word).strip() or PLACEHOLDER in self.init_word:
             raise ValueError(f"--init_word {self.init_word!r}: expected one word (a single CLIP token)")
         return self
@@ -367,7 +377,7 @@ def train_word(
 
 # ------------------------------------------------------------------------------------------------ files
 def save_word(path: Path, word: LearnedWord, overwrite: bool = True) -> Path:
-    """``embedding.safetensors``: ``embedding`` (D,), ``losses`` (steps,) and JSON metadata (atomic write)."""
+    """A learned word's file: ``embedding`` (D,), ``losses`` (steps,) and JSON metadata (atomic write)."""
     from safetensors.torch import save_file
 
     tensors = {
@@ -531,6 +541,7 @@ class AttackPlan:
     classes: List[ConceptClass]
     images: ImageFolder
     rows: List[PromptRow]  # the concept's rows, prompts with PLACEHOLDER
+    case_classes: Dict[int, int]  # class of every case of the CSV (labels of every attack image of the folder)
     domain: str
     templates: tuple
     preset: AttackPreset
@@ -546,11 +557,25 @@ class AttackPlan:
 
     @property
     def folder(self) -> Path:
-        return self.model_folder / ATTACK_DIR
+        return attack_folder(self.model_folder)
 
     @property
     def embedding_path(self) -> Path:
-        return self.folder / EMBEDDING_NAME
+        return embedding_path(self.model_folder, self.concept)
+
+    def image_names(self) -> List[str]:
+        return [image_name(row.case_number, k) for row in self.rows for k in range(self.num_samples)]
+
+
+def attack_folder(model_folder: Path) -> Path:
+    """``<model folder>/attack/``: the attack images of every concept attacked on this model, and their words."""
+    return Path(model_folder) / ATTACK_DIR
+
+
+def embedding_path(model_folder: Path, concept: ConceptClass) -> Path:
+    """``<model folder>/attack/embedding-<concept>.safetensors`` (``embedding-VanGogh``, ``embedding-waves``): one
+    learned word per attacked concept, so several concepts can be attacked on one model (SepCE)."""
+    return attack_folder(model_folder) / f"{EMBEDDING_PREFIX}{concept_slug(concept.name)}.safetensors"
 
 
 def plan_attack(
@@ -573,7 +598,8 @@ def plan_attack(
 ) -> AttackPlan:
     """Validate an attack without loading a model: the concept's rows and prompts, the training images, the init
     word and the prompts against the model's tokenizer, the classifier file, and what already exists in the
-    model folder (a learned word or attack results made from other inputs need ``overwrite``)."""
+    model folder (this concept's word or images made from other inputs, attack results of another classifier:
+    ``overwrite`` is needed)."""
     from sepce.evaluation.common import file_signature
 
     domain = domain or domain_of(concept)
@@ -606,6 +632,7 @@ def plan_attack(
         list(classes),
         images,
         chosen,
+        case_classes(rows),
         domain,
         templates,
         preset,
@@ -625,7 +652,7 @@ def plan_attack(
 
 
 def _reusable(plan: AttackPlan) -> Optional[LearnedWord]:
-    """The stored learned word when it was learned from exactly this plan's inputs."""
+    """The stored learned word of the plan's concept when it was learned from exactly this plan's inputs."""
     if not plan.embedding_path.is_file():
         return None
     word = load_word(plan.embedding_path)
@@ -636,6 +663,7 @@ def _reusable(plan: AttackPlan) -> Optional[LearnedWord]:
 
 def _check_existing(plan: AttackPlan) -> None:
     from sepce.evaluation.results import metric_paths
+    from sepce.records import file_digest
 
     if plan.embedding_path.is_file() and _reusable(plan) is None:
         raise FileExistsError(
@@ -643,18 +671,40 @@ def _check_existing(plan: AttackPlan) -> None:
             "early; pass --overwrite to learn it again"
         )
     if not plan.embedding_path.is_file():
-        made = [p for p in (plan.folder.iterdir() if plan.folder.is_dir() else []) if p.suffix == ".png"]
-        results = [p for p in metric_paths(plan.model_folder, RESULTS_METRIC) if p.exists()]
-        if made or results:
+        made = [n for n in plan.image_names() if (plan.folder / n).exists()]
+        if made:
             raise FileExistsError(
-                f"{plan.folder} holds attack images or results but no {EMBEDDING_NAME}; pass --overwrite to "
-                "learn the word and make them again"
+                f"{plan.folder} holds attack images of {plan.concept.name!r} ({made[0]}, ...) but not the word they "
+                f"were made with ({plan.embedding_path.name}); pass --overwrite to learn it and make them again"
+            )
+    _, json_path = metric_paths(plan.model_folder, RESULTS_METRIC)
+    if plan.classifier is not None and json_path.is_file():
+        stored = (json.loads(json_path.read_text()).get("classifier") or {}).get("sha256")
+        if stored is not None and stored != file_digest(plan.classifier):
+            raise FileExistsError(
+                f"{json_path} holds attack results of another classifier; pass --overwrite to replace them"
             )
 
 
+def attack_images(plan: AttackPlan) -> tuple[List[Path], List[int]]:
+    """Every attack image of the model folder whose case is in the prompt CSV (any attacked concept), with the
+    class of its case."""
+    from sepce.evaluation.images import index_images, parse_image_name
+
+    index, _ = index_images(plan.folder)
+    paths, labels = [], []
+    for name in sorted(index):
+        parsed = parse_image_name(name)
+        if parsed is not None and parsed[0] in plan.case_classes:
+            paths.append(index[name])
+            labels.append(plan.case_classes[parsed[0]])
+    return paths, labels
+
+
 def run_attack(plan: AttackPlan) -> dict:
-    """Learn ``v*`` (or reuse an identical stored one), generate the attack images of the concept's rows,
-    and, given a classifier, write ``results/attack.csv/json``. Returns a summary."""
+    """Learn ``v*`` (or reuse an identical stored one), generate the attack images of the concept's rows, and,
+    given a classifier, write ``results/attack.csv/json`` over every attack image of the model folder (each
+    attacked concept's row of the table). Returns a summary."""
     from sepce.evaluation.classifier import accuracy_table
     from sepce.evaluation.common import file_signature, fingerprint
     from sepce.evaluation.results import stored_rows, write_metric
@@ -664,6 +714,8 @@ def run_attack(plan: AttackPlan) -> dict:
     summary: dict = {"folder": str(plan.folder), "embedding": str(plan.embedding_path), "concept": plan.concept.name}
     word = None if plan.overwrite else _reusable(plan)
     jobs, skipped = plan_jobs(plan.rows, plan.num_samples, plan.folder, overwrite=plan.overwrite)
+    settings = folder_settings(plan.resolved, plan.sampling, plan.runtime.precision)
+    check_generation_settings(plan.folder, settings, plan.overwrite)  # what every concept's images share
     model = None
     if word is None or jobs:
         model = load_resolved(plan.resolved, device)
@@ -683,16 +735,12 @@ def run_attack(plan: AttackPlan) -> dict:
         save_word(plan.embedding_path, word)
         summary.update(trained=True, seconds=round(result.seconds, 2), ok=result.ok, stop_reason=result.stop_reason)
         if not result.ok:
-            summary["ok"] = False
             return summary
     else:
         log.info("%s: learned from the same inputs; reusing it", plan.embedding_path)
         summary["trained"] = False
     summary["loss"] = word.meta.get("loss")
     digest = file_digest(plan.embedding_path)
-    settings = folder_settings(plan.resolved, plan.sampling, plan.runtime.precision)
-    settings["attack"] = {"embedding_sha256": digest, "init_word": word.init_word}
-    check_generation_settings(plan.folder, settings, plan.overwrite, {"concept": plan.concept.name})
     if jobs:
         sampler = AttackSampler(model, plan.sampling, device, dtype, word)
         text = {**png_text(plan.resolved, plan.sampling), "attack_embedding": digest[:16]}
@@ -703,8 +751,7 @@ def run_attack(plan: AttackPlan) -> dict:
     if plan.classifier is None:
         return summary
 
-    names = [f"{row.case_number}_{k}.png" for row in plan.rows for k in range(plan.num_samples)]
-    paths = [plan.folder / n for n in names]
+    paths, labels = attack_images(plan)
     key = fingerprint(
         {
             "images": file_signature(paths, plan.folder),
@@ -712,22 +759,31 @@ def run_attack(plan: AttackPlan) -> dict:
             "classes": [c.name for c in plan.classes],
         }
     )
-    rows = stored_rows(plan.model_folder, RESULTS_METRIC, key, plan.overwrite)
+    # the results summarise the folder's attack images: new images (another concept attacked) update them
+    rows = stored_rows(plan.model_folder, RESULTS_METRIC, key, overwrite=True)
     if rows is None:
         predictions, info = classify(plan.classifier, paths, plan.classes, device)
-        labels = [plan.concept.index] * len(paths)
         rows, confusion = accuracy_table(plan.classes, labels, predictions)
+        words = {}
+        for path in sorted(plan.folder.glob(f"{EMBEDDING_PREFIX}*.safetensors")):
+            learned = load_word(path)
+            identity = learned.meta.get("identity", {})
+            words[path.name] = {
+                "concept": identity.get("concept"),
+                "sha256": file_digest(path),
+                "preset": learned.meta.get("preset"),
+                "domain": identity.get("domain"),
+                "templates": learned.meta.get("templates"),
+            }
+        presets = {json.dumps(w["preset"], sort_keys=True) for w in words.values()}
         meta = {
             "model_folder": str(plan.model_folder),
             "attack_folder": str(plan.folder),
-            "concept": plan.concept.name,
             "classifier": info,
             "fingerprint": key,
-            "embedding_sha256": digest,
-            "preset": plan.preset.to_dict(),
-            "domain": plan.domain,
-            "templates": list(plan.templates),
-            "predictions": {n: [plan.concept.index, int(p)] for n, p in zip(names, predictions)},
+            "preset": json.loads(presets.pop()) if len(presets) == 1 else None,  # None: the words' presets differ
+            "embeddings": words,
+            "predictions": {p.name: [label, int(pred)] for p, label, pred in zip(paths, labels, predictions)},
             "confusion": confusion,
         }
         write_metric(plan.model_folder, RESULTS_METRIC, rows, RESULT_COLUMNS, meta)

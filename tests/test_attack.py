@@ -162,8 +162,8 @@ def test_one_line_errors(tiny_model, tmp_path):
         (ValueError, r"--init_word 'Van Gogh' is 2 CLIP tokens", attack.word_token, tokenizer, "Van Gogh"),
         (ValueError, "must stand as a separate word", attack.slot_prompts, tokenizer, ["paintings<v*>"], "art"),
         (ValueError, "falls beyond", attack.slot_prompts, tokenizer, ["word " * 80 + "<v*>"], "art"),
-        (ValueError, "attack steps 0", attack.AttackPreset(steps=0).validate),
-        (ValueError, "attack lr nan", attack.AttackPreset(lr=float("nan")).validate),
+        (ValueError, "--attack_steps 0", attack.AttackPreset(steps=0).validate),
+        (ValueError, "--attack_lr nan", attack.AttackPreset(lr=float("nan")).validate),
         (ValueError, "--init_word ''", attack.AttackPreset(init_word="").validate),
         (FileNotFoundError, "image folder .* does not exist", ImageFolder, tmp_path / "nowhere", 64),
         (ValueError, "needs the placeholder", attack.train_word, tiny_model, None, ["a painting by art"], FAST),
@@ -212,6 +212,7 @@ def inputs(tmp_path, tiny_ckpt):
     from sepce.evaluation.classifier import classifier_checkpoint
 
     write_images(tmp_path / "data" / "Van Gogh", n=2)
+    write_images(tmp_path / "data" / "Picasso", n=2, seed=1)
     (tmp_path / "eval.csv").write_text(
         "case_number,prompt,evaluation_seed,class\n0,Van Gogh,11,0\n1,Picasso,12,1\n2,a painting by Van Gogh,13,0\n"
     )
@@ -237,7 +238,7 @@ def test_script_learns_generates_classifies_and_resumes(inputs, load_script):
     assert sorted(p.name for p in folder.glob("*.png")) == ["0_0.png", "2_0.png"]  # the concept's rows only
     with Image.open(folder / "2_0.png") as im:
         assert im.text["prompt"] == "a painting by <v*>" and im.text["seed"] == "13"
-    word = attack.load_word(folder / "embedding.safetensors")
+    word = attack.load_word(folder / "embedding-VanGogh.safetensors")
     assert word.meta["preset"]["steps"] == 2 and word.meta["identity"]["domain"] == "sd" and len(word.losses) == 2
     assert len(word.meta["base_sha256"]) == 64 and word.meta["model_name"] == "original"
     stored = json.loads((root / "out" / "ori" / "results" / "attack.json").read_text())
@@ -255,7 +256,31 @@ def test_script_learns_generates_classifies_and_resumes(inputs, load_script):
         script.main(changed)
     redone = script.main(script.parse_args([*flags, "--attack_steps", "3", "--overwrite"]))
     assert redone["trained"] and redone["written"] == 2
-    assert attack.load_word(folder / "embedding.safetensors").meta["preset"]["steps"] == 3
+    assert attack.load_word(folder / "embedding-VanGogh.safetensors").meta["preset"]["steps"] == 3
+
+    # a second concept on the same model: its own word, its rows' images, one result over both
+    picasso = [*flags, "--attack_steps", "3", "--prompt", "Picasso", "--classifier", str(root / "cls.pt")]
+    other = script.main(script.parse_args(picasso))
+    assert other["trained"] and other["written"] == 1 and other["accuracy"]["images"] == 1
+    assert sorted(p.name for p in folder.glob("embedding-*.safetensors")) == [
+        "embedding-Picasso.safetensors",
+        "embedding-VanGogh.safetensors",
+    ]
+    stored = json.loads((root / "out" / "ori" / "results" / "attack.json").read_text())
+    assert {n: label for n, (label, _) in stored["predictions"].items()} == {"0_0.png": 0, "1_0.png": 1, "2_0.png": 0}
+    assert stored["preset"]["steps"] == 3 and set(stored["embeddings"]) == {
+        p.name for p in folder.glob("embedding-*.safetensors")
+    }
+    counts = {r["name"]: r["images"] for r in csv.DictReader((root / "out" / "ori" / "results" / "attack.csv").open())}
+    assert counts["Van Gogh"] == "2" and counts["Picasso"] == "1" and counts["overall"] == "3"
+
+    # images whose word is gone, or results of another classifier, are not replaced without --overwrite
+    (folder / "embedding-Picasso.safetensors").unlink()
+    with pytest.raises(FileExistsError, match="holds attack images of 'Picasso'"):
+        script.main(script.parse_args(picasso))
+    torch.save(torch.load(root / "cls.pt") | {"note": "retrained"}, root / "cls2.pt")
+    with pytest.raises(FileExistsError, match="another classifier"):
+        script.main(script.parse_args([*flags, "--attack_steps", "3", "--classifier", str(root / "cls2.pt")]))
 
 
 def test_script_checks_inputs_before_loading(inputs, load_script, monkeypatch):
@@ -281,7 +306,7 @@ def test_script_checks_inputs_before_loading(inputs, load_script, monkeypatch):
         (flag("--prompts_path", str(root / "nowords.csv")), ValueError, "line 2: prompt 'a starry night' does not"),
         (flag("--prompt", "blank"), ValueError, "empty prompt"),
         ([*flags, "--init_word", "Van Gogh"], ValueError, "is 2 CLIP tokens"),
-        ([*flags, "--attack_lr", "-1"], ValueError, "attack lr -1"),
+        ([*flags, "--attack_lr", "-1"], ValueError, "--attack_lr -1.0"),
         ([*flags, "--classifier", str(root / "none.pt")], FileNotFoundError, "--classifier .* does not exist"),
         (flag("--model_name", "CiE-Nothing"), ValueError, "unknown model 'CiE-Nothing'"),
     ]
@@ -312,9 +337,8 @@ def test_script_world_classifier_and_templates(tmp_path, tiny_ckpt, load_script)
     ]  # fmt: skip
     summary = script.main(script.parse_args(argv))
     stored = json.loads((tmp_path / "out" / "original" / "results" / "attack.json").read_text())
-    assert stored["classifier"]["kind"] == "world" and stored["domain"] == "world"
-    assert (
-        stored["templates"] == list(attack.TEMPLATES["world"]) and stored["preset"]["lr"] == attack.PRESETS["world"].lr
-    )
+    word = stored["embeddings"]["embedding-waves.safetensors"]
+    assert stored["classifier"]["kind"] == "world" and word["domain"] == "world" and word["concept"] == "waves"
+    assert word["templates"] == list(attack.TEMPLATES["world"]) and stored["preset"]["lr"] == attack.PRESETS["world"].lr
     assert sorted(stored["predictions"]) == ["0_0.png", "0_1.png"] and summary["accuracy"]["images"] == 2
     assert all(label == 3 and 0 <= pred < 8 for label, pred in stored["predictions"].values())
