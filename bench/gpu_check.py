@@ -25,7 +25,7 @@ torchrun  `torchrun --nproc_per_node N eval-scripts/generate-images.py` (N = vis
           rank wrote exactly its shard (sepce.prompts.shard_rows), the images equal a single-process run's;
           wall times of both.
 
-    python bench/gpu_check.py                          # full check on the GPU(s); about 5 min on one H200
+    python bench/gpu_check.py                          # full check on the GPU(s); planned for < 8 min on an H200
     python bench/gpu_check.py --tiny                   # the same on the CPU with the tiny model, seconds (CI)
     python bench/gpu_check.py --tiny --device cuda     # the tiny model on the GPU: every CUDA path, seconds
     python bench/gpu_check.py --sections gen train     # a subset
@@ -1011,6 +1011,9 @@ def main(args: argparse.Namespace) -> dict:
             "checkpoint": str(weights.ckpt) if weights else None,
             "prepare_s": weights.seconds if weights else None,
         }
+        if weights is None:
+            report["model"].update(error=setup["error"], traceback=setup["traceback"])
+        save()
         runners = {"gen": section_gen, "train": section_train, "torchrun": section_torchrun}
         for name in s.sections:
             if weights is None:
@@ -1025,7 +1028,7 @@ def main(args: argparse.Namespace) -> dict:
     print(f"JSON: {s.output}")
     bad = failures(report)
     if bad:
-        print(f"gpu_check.py: failed: {', '.join(bad)}", file=sys.stderr)
+        print(f"gpu_check.py: failed: {'; '.join(bad)} (see {s.output})", file=sys.stderr)
         raise SystemExit(EXIT_CHECK_FAILED)
     return report
 

@@ -121,6 +121,29 @@ def test_tiny_prints_one_table(tiny_run, gpu_check):
     assert "ERROR" not in text and "FAILED" not in text
 
 
+def test_a_failing_part_is_reported_and_the_rest_still_runs(gpu_check, tmp_path, capsys):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_text("not a checkpoint")
+    out = tmp_path / "report.json"
+    argv = ["--tiny", "--ckpt_path", str(broken), "--sections", "gen", "train", "--output", str(out)]
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            gpu_check.main(gpu_check.parse_args(argv))
+    finally:
+        torch.set_num_threads(threads)
+    assert exit_info.value.code == gpu_check.EXIT_CHECK_FAILED == 4
+    saved = json.loads(out.read_text())
+    assert saved["sections"]["gen"]["status"] == "error" and "broken.ckpt" in saved["sections"]["gen"]["error"]
+    assert saved["sections"]["gen"]["traceback"]  # for the rare GPU run: where it broke
+    cases = saved["sections"]["train"]["cases"]
+    assert [c["status"] for c in cases.values()] == ["error", "error", "error", "skipped"]  # each case tried
+    assert saved["sections"]["torchrun"] == {"status": "skipped", "reason": "not in --sections"}
+    printed = capsys.readouterr()
+    assert printed.out.count("ERROR") == 4 and "\n" not in saved["sections"]["gen"]["error"]
+    assert printed.err.strip().splitlines()[-1].startswith("gpu_check.py: failed: gen; train.cases.CiE, 1 device")
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 def test_alternate_runs_ours_then_theirs_and_drops_the_warmup(gpu_check):
     calls: list[str] = []
