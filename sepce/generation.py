@@ -416,7 +416,7 @@ def generate_rows(
     report = GenerationReport(folder, rank, len(jobs), 0, skipped, mine)
     if not jobs:
         return report
-    if runtime.device.type == "cuda":
+    if runtime.device.type == "cuda" and runtime.device.index is not None:  # set_device refuses a bare "cuda"
         torch.cuda.set_device(runtime.device)
     model = load_resolved(resolved, runtime.device)
     sampler = ImageSampler(model, settings, runtime.device, runtime.dtype)

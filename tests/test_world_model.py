@@ -11,6 +11,7 @@ import torch
 from conftest import REPO, run_script
 from omegaconf import OmegaConf
 
+import sepce.world.model as model_module
 from sepce.world import STYLES, build_prompt
 from sepce.world.model import (
     SHIPPED_CKPT,
@@ -26,6 +27,7 @@ from sepce.world.model import (
     null_space_sizes,
     posterior_sample,
     sample_images,
+    summary,
 )
 
 SD_CONFIG = REPO / "configs" / "stable-diffusion" / "v1-inference.yaml"
@@ -180,3 +182,32 @@ def test_script_refuses_bad_input_and_changed_settings(tmp_path):
     }
     changed = run_script("train-scripts/train-world-model.py", *args, "--lr", "1e-3", check=False)
     assert changed.returncode != 0 and "other settings" in changed.stderr and "lr" in changed.stderr
+
+
+def test_style_weights_and_finish_at_and_exported_init(tmp_path):
+    """--style_weights draws weak styles more often; --finish_at ends the UNet phase early (schedule unchanged);
+    --init_from also takes an exported model folder (model.ckpt + config.yaml, like assets/world)."""
+    assert WorldTrainSettings(style_weights="checker=3, waves=1.5").style_weight_map() == {"checker": 3.0, "waves": 1.5}
+    for bad in ("chequer=3", "checker=0", "checker", "checker=x"):
+        with pytest.raises(ValueError, match="--style_weights"):
+            WorldTrainSettings(style_weights=bad).validate()
+    config = tiny_config(tmp_path)
+    weighted = WorldTrainSettings(**{**TINY_SETTINGS, "steps": 6, "style_weights": "checker=1000"})
+    cut = WorldTrainer(tmp_path / "cut", weighted, config, progress=False, finish_at=3)
+    drawn = []
+    original_prompt = model_module.sample_prompt
+    model_module.sample_prompt = lambda style, obj, rng: drawn.append(style) or original_prompt(style, obj, rng)
+    try:
+        assert cut.run()
+    finally:
+        model_module.sample_prompt = original_prompt
+    assert [r["phase"] for r in cut.state.history].count("unet") == 3 and cut.state.phase == "done"
+    present = set(STYLES[k] for k in cut.pool.style.tolist())
+    if "checker" in present:  # a 32-image pool holds every style with overwhelming probability
+        assert drawn.count("checker") >= len(drawn) - 1
+    assert summary(cut)["unet_steps_run"] == 3 and summary(cut)["finished_at"] == 3
+    ckpt, cfg = export_model(cut.model, config, tmp_path / "export", global_step=3)
+    more = WorldTrainSettings(**{**TINY_SETTINGS, "steps": 1, "init_from": str(tmp_path / "export")})
+    again = WorldTrainer(tmp_path / "again", more, config, progress=False)
+    assert again.state.phase == "unet" and again.state.scale_factor == pytest.approx(cut.model.scale_factor, rel=1e-5)
+    assert again.run()

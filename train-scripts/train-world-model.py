@@ -76,6 +76,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=DEFAULTS.init_from,
         help="a finished run folder to continue from (its autoencoder and UNet; no autoencoder phase)",
     )
+    p.add_argument(
+        "--finish_at",
+        type=int,
+        default=None,
+        help="end the UNet phase after this many steps and export (the learning-rate schedule still spans --steps); "
+        "how a resumed run is cut short on purpose",
+    )
+    p.add_argument(
+        "--style_weights",
+        default=DEFAULTS.style_weights,
+        help="draw the UNet's training images of some styles more often, e.g. 'checker=3,waves=1.5' (styles the "
+        "model draws worst; the others weigh 1)",
+    )
     p.add_argument("--grid_steps", type=int, default=50, help="DDIM steps of samples.png")
     p.add_argument("--grid_guidance", type=float, default=5.0, help="guidance scale of samples.png")
     add_quiet(p)
@@ -97,7 +110,8 @@ def main(args: argparse.Namespace) -> dict:
     out = args.output_dir
     state_path = out / STATE_FILE
     if state_path.is_file():
-        stored = load_state(state_path).settings
+        # settings added since the run started read as their defaults
+        stored = WorldTrainSettings.from_dict(load_state(state_path).settings).to_dict()
         if stored != settings.to_dict():
             if not args.overwrite:
                 changed = {k: (stored.get(k), v) for k, v in settings.to_dict().items() if stored.get(k) != v}
@@ -121,7 +135,9 @@ def main(args: argparse.Namespace) -> dict:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        trainer = WorldTrainer(out, settings, args.config_path, show_progress(args.quiet), lambda: stop["asked"])
+        trainer = WorldTrainer(
+            out, settings, args.config_path, show_progress(args.quiet), lambda: stop["asked"], args.finish_at
+        )
         finished = trainer.run()
     finally:
         signal.signal(signal.SIGINT, previous)

@@ -82,6 +82,24 @@ class WorldTrainSettings:
     ema_decay: float = 0.998
     checkpoint_every: int = 100
     init_from: str = ""  # a finished run folder or an exported model folder: continue its autoencoder and UNet
+    style_weights: str = ""  # "checker=3,waves=1.5": draw the UNet's training images of these styles more often
+
+    def style_weight_map(self) -> dict[str, float]:
+        """``style_weights`` parsed (styles not named weigh 1)."""
+        out: dict[str, float] = {}
+        for part in (p.strip() for p in self.style_weights.split(",") if p.strip()):
+            name, sep, value = part.partition("=")
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = math.nan
+            if not sep or name.strip() not in STYLES or not (math.isfinite(weight) and weight > 0):
+                raise ValueError(
+                    f"--style_weights {self.style_weights!r}: expected STYLE=WEIGHT pairs (weights > 0) with styles "
+                    f"from {list(STYLES)}, e.g. checker=3,waves=1.5"
+                )
+            out[name.strip()] = weight
+        return out
 
     def validate(self) -> WorldTrainSettings:
         positive_ints = ("pool_images", "vae_batch_size", "batch_size", "checkpoint_every")
@@ -107,6 +125,7 @@ class WorldTrainSettings:
                 raise ValueError(f"--{name} {value!r}: expected a number in [0, 1]")
         if self.vae_crop < 8 or self.vae_crop > 64 or self.vae_crop % 8:
             raise ValueError(f"--vae_crop {self.vae_crop!r}: expected a multiple of 8 in [8, 64]")
+        self.style_weight_map()
         if self.init_from:
             source = Path(self.init_from)
             exported = (source / "model.ckpt").is_file() and (source / "config.yaml").is_file()
@@ -264,9 +283,15 @@ class WorldTrainer:
         config_path: Path = WORLD_CONFIG,
         progress: bool = True,
         should_stop: Callable[[], bool] = lambda: False,
+        finish_at: Optional[int] = None,
     ):
+        """``finish_at``: end the UNet phase after this many steps (the learning-rate schedule still spans
+        ``settings.steps``): how a run is cut short on purpose, recorded in its summary."""
         self.run_dir = Path(run_dir)
         self.settings = settings.validate()
+        if finish_at is not None and finish_at < 1:
+            raise ValueError(f"--finish_at {finish_at}: expected a positive number of UNet steps")
+        self.finish_at = finish_at
         self.config_path = Path(config_path)
         self.progress = progress
         self.should_stop = should_stop
@@ -434,11 +459,19 @@ class WorldTrainer:
             ema.load_state_dict(self.state.ema)
         embed = CaptionEmbeddings(model)
         styles, objects = self.pool.style, self.pool.object
+        weights = cfg.style_weight_map()
+        # the UNet's images: uniform over the pool, or each image weighted by its style (--style_weights)
+        draw_probs = None
+        if weights:
+            draw_probs = torch.tensor([weights.get(STYLES[k], 1.0) for k in styles.tolist()], dtype=torch.float64)
 
         def step(i: int) -> dict:
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_at(i, cfg.steps, cfg.warmup, cfg.min_lr_ratio)
-            idx = torch.randint(len(self.moments), (cfg.batch_size,), generator=self.generator)
+            if draw_probs is None:
+                idx = torch.randint(len(self.moments), (cfg.batch_size,), generator=self.generator)
+            else:
+                idx = torch.multinomial(draw_probs, cfg.batch_size, replacement=True, generator=self.generator)
             z = model.scale_factor * posterior_sample(self.moments[idx], self.generator)  # B 4 h w
             captions = [sample_prompt(STYLES[styles[k]], OBJECTS[objects[k]], self.rng) for k in idx.tolist()]
             t = torch.randint(model.num_timesteps, (cfg.batch_size,), generator=self.generator)
@@ -451,7 +484,8 @@ class WorldTrainer:
             ema(wrapper)
             return {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"]}
 
-        done = self._loop(cfg.steps, step, lambda: self.save(unet_opt=opt, ema=ema))
+        total = cfg.steps if self.finish_at is None else min(cfg.steps, self.finish_at)
+        done = self._loop(total, step, lambda: self.save(unet_opt=opt, ema=ema))
         wrapper.eval()
         for p in wrapper.parameters():
             p.requires_grad_(False)
@@ -581,6 +615,8 @@ def summary(trainer: WorldTrainer) -> dict:
         "final_unet_loss": float(np.mean([r["loss"] for r in by_phase["unet"][-100:]])) if by_phase["unet"] else None,
         "parameters": counts,
         "torch_threads": torch.get_num_threads(),
+        "unet_steps_run": len(by_phase["unet"]),
+        "finished_at": trainer.finish_at,
     }
 
 
