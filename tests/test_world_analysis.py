@@ -17,13 +17,13 @@ CLASSES = [ConceptClass(i, n, f"in the style of {n}") for i, n in enumerate(["a"
 SEEDS = 16
 
 
-def write(folder, correct: dict):
+def write(folder, correct: dict, metric: str = "accuracy"):
     """correct[style] = 0/1 array over seeds; image names k*10+class index so styles never share a name."""
     predictions = {}
     for c in CLASSES:
         for k, hit in enumerate(correct[c.name]):
             predictions[f"{k * 10 + c.index}_0.png"] = [c.index, c.index if hit else (c.index + 1) % len(CLASSES)]
-    write_metric(folder, "accuracy", [], ["class"], {"predictions": predictions})
+    write_metric(folder, metric, [], ["class"], {"predictions": predictions})
     return folder
 
 
@@ -40,7 +40,7 @@ def sweep(tmp_path):
         for seed in (0, 1):
             acc = {c.name: draw(rng, 0.1 if c.name == style else 0.9) for c in CLASSES}
             folder = write(tmp_path / f"m-{style}-{seed}", acc)
-            attack = write(tmp_path / f"atk-{style}-{seed}", {c.name: draw(rng, 0.6) for c in CLASSES})
+            attack = write(folder, {c.name: draw(rng, 0.6) for c in CLASSES}, "attack")
             models.append(Evaluated(f"M {style}", "M", folder, (style,), (), style, seed, attack))
     return tmp_path, ori, models
 

@@ -17,10 +17,17 @@ from sepce.world.benchmark import (
     CLASS_MAP,
     DEFAULT_SEPCE,
     FORMS,
+    HELD_OUT,
     PRESETS,
+    SWEEP_SEEDS,
+    SWEEP_TRIPLES,
+    WORLD_METHODS,
     benchmark_layout,
     concept_prompts,
     plan_benchmark,
+    reported_styles,
+    single_cells,
+    sweep_cells,
 )
 from sepce.world.classifier import (
     accuracies,
@@ -93,29 +100,73 @@ def test_shipped_model_still_reaches_its_original_accuracy(classifier):
 
 def test_plan_names_the_presets_and_the_model_geometry(tmp_path):
     lay = benchmark_layout(tmp_path / "work")
-    steps, rows = plan_benchmark(lay, FORMS["short"], list(PRESETS), "waves", ["waves", "dots", "rings"])
+    cells = single_cells(list(WORLD_METHODS), "waves", ["waves", "dots", "rings"])
+    plan = plan_benchmark(lay, FORMS["full"], cells)
+    steps = plan.steps
     by_name = {s.name: s for s in steps}
-    esd = next(s for s in steps if s.name.startswith("ESD"))
+    esd = next(s for s in steps if s.stage == "erase" and s.name.startswith("ESD"))
     assert esd.argv[esd.argv.index("--image_size") + 1] == "128"  # ESD samples image_size/8 = 16-px latents
-    cie = next(s for s in steps if s.name.startswith("CiE"))
-    assert all(flag in cie.argv for flag in PRESETS["CiE"])
-    assert [r.name for r in rows] == [
+    cie = next(s for s in steps if s.stage == "erase" and s.name.startswith("CiE"))
+    assert all(flag in cie.argv for flag in PRESETS["CiE"]) and cie.argv[cie.argv.index("--seed") + 1] == "0"
+    assert [c.label for c in plan.cells] == [
         "ORI",
         "CiE",
         "SepCE",
         "SepCE (restore rings)",
         "SepCE (restore dots+rings)",
         "ESD",
-        "FMN",
-        "AC",
+        "FMN (authors' variant)",
+        "AC (authors' variant)",
+        "UCE",
+        "FMN (original)",
+        "AC (original)",
     ]
     outputs = [Path(s.argv[s.argv.index("--output_dir") + 1]).name for s in steps if s.stage == "erase"]
-    assert outputs == ["CiE-waves", "SepCE-waves+dots+rings", "ESD-waves-xattn", "FMN-waves", "Abconcept-waves"]
-    restore = next(r for r in rows if r.name == "SepCE (restore rings)")
-    assert restore.model_name == "SepCE-waves+dots+rings"
-    assert restore.erase == concept_prompts(load_class_map(CLASS_MAP), ["waves", "dots"])
+    assert outputs[:3] == ["CiE-waves-seed0", "SepCE-waves+dots+rings-seed0", "ESD-waves-seed0"]
+    # world templates: FMN compares the class prompt with it minus the style word; AC anchors to the blank caption
+    fmn = next(s for s in steps if s.stage == "erase" and s.name.startswith("FMN-waves"))
+    assert fmn.argv[fmn.argv.index("--prompt") + 1] == "in the style of waves"
+    assert fmn.argv[fmn.argv.index("--neutral_prompt") + 1] == "in the style of"
+    ac = next(s for s in steps if s.stage == "erase" and s.name.startswith("AC-original"))
+    assert ac.argv[ac.argv.index("--anchor_prompt") + 1] == "" and "--variant" in ac.argv
+    uce = next(s for s in steps if s.stage == "erase" and s.name.startswith("UCE"))
+    preserved = uce.argv[uce.argv.index("--preserve_concepts") + 1].split(";")
+    assert "in the style of waves" not in preserved and len(preserved) == len(STYLES) - 1 and "--seed" not in uce.argv
+    restore = next(c for c in plan.cells if c.label == "SepCE (restore rings)")
+    gen = by_name[f"evaluation images of {restore.folder}"]
+    assert gen.argv[gen.argv.index("--model_name") + 1] == "SepCE-waves+dots+rings-seed0"
+    erase = gen.argv[gen.argv.index("--erase") + 1 : gen.argv.index("--erase") + 3]
+    assert erase == concept_prompts(load_class_map(CLASS_MAP), ["waves", "dots"])
+    # every erased style of every model is attacked, and each of them on the original (the ceiling)
+    assert plan.attacked["default"] == ["waves", "dots", "rings"]
+    assert plan.attacked[restore.folder] == ["waves", "dots"]
+    data = {s.argv[s.argv.index("--prompt") + 1] for s in plan.setup if s.stage == "data"}
+    assert data == {"", "in the style of waves", "in the style of dots", "in the style of rings"}
     csv_text = by_name["evaluation CSV"].content.splitlines()
-    assert len(csv_text) == 1 + len(STYLES) * FORMS["short"].seeds_per_class
+    assert len(csv_text) == 1 + len(STYLES) * FORMS["full"].seeds_per_class
+    short = plan_benchmark(lay, FORMS["short"], cells)
+    assert not short.attacked and not any(s.stage == "attack" for s in short.steps)
+
+
+def test_sweep_covers_every_reported_style_seed_and_triple(tmp_path):
+    lay = benchmark_layout(tmp_path / "work")
+    classes = load_class_map(CLASS_MAP)
+    styles = reported_styles(classes)
+    assert not set(styles) & set(HELD_OUT) and len(styles) == len(STYLES) - len(HELD_OUT)
+    assert not set(SWEEP_TRIPLES[0]) & set(SWEEP_TRIPLES[1])  # disjoint triples of reported styles
+    cells = sweep_cells(["CiE", "UCE", "SepCE"], styles, SWEEP_TRIPLES, SWEEP_SEEDS)
+    runs = {c.run for c in cells if not c.original}
+    assert len(runs) == len(styles) * len(SWEEP_SEEDS) + len(styles) + len(SWEEP_TRIPLES) * len(SWEEP_SEEDS)
+    assert sum(c.original for c in cells) == 1  # the original's images are generated once and shared
+    plan = plan_benchmark(lay, FORMS["sweep"], cells)
+    assert not plan.table and len(plan.chains) == len(runs) + 1
+    for chain in plan.chains:  # a chain trains first, then generates and attacks that run's models
+        names = [s.name for s in chain]
+        assert chain[0].stage == "erase" or chain[0].name == "evaluation images of default"
+        for i, step in enumerate(chain):
+            if step.stage == "attack":
+                folder = step.argv[step.argv.index("--output_name") + 1]
+                assert f"evaluation images of {folder}" in names[:i]
 
 
 def test_benchmark_refuses_bad_input(tmp_path):
@@ -133,9 +184,15 @@ def test_benchmark_smoke_form_prints_the_table_and_restores_exactly(tmp_path):
     assert "| ORI |" in run.stdout and all(f"| {row} |" in run.stdout for row in restore_rows)
     summary = json.loads((work / "summary.json").read_text())
     assert set(summary["original_accuracy"]) == set(STYLES)
-    for name in restore_rows:
-        for check in summary["rows"][name]["restoration"].values():
-            assert check["images"] >= 1 and check["max_abs_diff"] <= 1, (name, check)
-    for row in ("cie", "esd", "fmn", "ac", "sepce"):
-        assert (work / "images" / row / "results" / "fid.csv").is_file()
-    assert (work / "table" / "table.png").is_file() and (work / "report.md").is_file()
+    assert all({"value", "low", "high"} <= set(e) for e in summary["original_accuracy"].values())
+    for row in summary["rows"].values():
+        for check in summary["restoration"].get(row["folder"], {}).values():
+            assert check["images"] >= 1 and check["max_abs_diff"] <= 1, (row, check)
+        assert set(row["attack"]) == set(row["erased"])  # the attack ran on every erased style
+    assert set(summary["original_attack"]) == set(DEFAULT_SEPCE)
+    for folder in ("CiE-waves-seed0", "ESD-waves-seed0", "UCE-waves-seed0", "SepCE-waves+dots+gradient-seed0"):
+        assert (work / "images" / folder / "results" / "fid.csv").is_file()
+    report = (work / "report.md").read_text()
+    assert "contact.png" in report and (work / "contact.png").is_file()
+    assert "FMN (authors' variant)" in report and "AC (original)" in report and "[" in report
+    assert (work / "table" / "table.png").is_file()

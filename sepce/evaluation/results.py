@@ -137,11 +137,11 @@ def read_counts(model_folder: str | Path) -> Optional[Dict[str, tuple]]:
     return counts
 
 
-def read_predictions(model_folder: str | Path) -> Optional[Dict[str, tuple]]:
-    """``{image file name: (true class index, predicted class index)}`` recorded in ``accuracy.json`` (key
-    ``predictions``) by the accuracy writers, or ``None`` when absent. Paired drops between two models use the
-    images both have under the same name (same case and seed)."""
-    _, json_path = metric_paths(model_folder, "accuracy")
+def read_predictions(model_folder: str | Path, metric: str = "accuracy") -> Optional[Dict[str, tuple]]:
+    """``{image file name: (true class index, predicted class index)}`` recorded in ``<metric>.json`` (key
+    ``predictions``; ``accuracy`` or ``attack``) by the accuracy writers, or ``None`` when absent. Paired drops
+    between two models use the images both have under the same name (same case and seed)."""
+    _, json_path = metric_paths(model_folder, metric)
     if not json_path.is_file():
         return None
     stored = json.loads(json_path.read_text()).get("predictions")

@@ -37,7 +37,8 @@ class Evaluated:
 
     ``method`` is the key results are pooled under, ``unit`` the erasure it belongs to (the erased style, or a
     SepCE triple), ``seed`` the training seed. ``attack`` is the folder of images generated with the learned word of
-    the concept-inversion attack (styles = the erased ones), if the attack was run."""
+    the concept-inversion attack (styles = the erased ones), if the attack was run: a model folder whose
+    ``results/attack.json`` records the attack images' predictions."""
 
     label: str
     method: str
@@ -49,11 +50,14 @@ class Evaluated:
     attack: Optional[Path] = None
 
 
-def outcomes(folder: Path, classes: Sequence[ConceptClass]) -> Dict[str, Dict[str, float]]:
-    """``{style: {image name: 1.0 if classified as its style else 0.0}}`` from a folder's recorded predictions."""
-    predictions = read_predictions(folder)
+def outcomes(folder: Path, classes: Sequence[ConceptClass], metric: str = "accuracy") -> Dict[str, Dict[str, float]]:
+    """``{style: {image name: 1.0 if classified as its style else 0.0}}`` from a folder's recorded predictions
+    (``metric`` ``accuracy``: the model's own images; ``attack``: the concept-inversion attack's images)."""
+    predictions = read_predictions(folder, metric)
     if predictions is None:
-        raise FileNotFoundError(f"{folder} has no recorded predictions (results/accuracy.json); run the metrics stage")
+        raise FileNotFoundError(
+            f"{folder} has no recorded predictions (results/{metric}.json); run the metrics/attack stage"
+        )
     by_index = {c.index: c.name for c in classes}
     out: Dict[str, Dict[str, float]] = {c.name: {} for c in classes}
     for name, (label, predicted) in predictions.items():
@@ -106,8 +110,10 @@ def model_report(
     original: Dict[str, Dict[str, float]],
     classes: Sequence[ConceptClass],
     held_out: Sequence[str] = (),
+    attacked: Optional[Sequence[str]] = None,
 ) -> ModelReport:
-    """Per-style accuracy and paired drop of one model, its verdicts, and (if run) the attack's accuracy.
+    """Per-style accuracy and paired drop of one model, its verdicts, and (if run) the attack's accuracy on the
+    ``attacked`` styles (default: the erased ones; the original model's attack is the ceiling for any style).
     The "spared" verdict covers every style neither erased, restored nor in ``held_out``."""
     names = [c.name for c in classes]
     mine = outcomes(model.folder, classes)
@@ -122,9 +128,9 @@ def model_report(
         "damaged" if "damaged" in verdicts else "spared" if verdicts and set(verdicts) == {"spared"} else "undecided"
     )
     attack = {}
-    if model.attack is not None and Path(model.attack).is_dir():
-        attacked = outcomes(Path(model.attack), classes)
-        attack = {s: accuracy(attacked[s]) for s in model.erased if attacked[s]}
+    if model.attack is not None and read_predictions(model.attack, "attack") is not None:
+        found = outcomes(Path(model.attack), classes, "attack")
+        attack = {s: accuracy(found[s]) for s in (model.erased if attacked is None else attacked) if found[s]}
     return ModelReport(
         model.label,
         tuple(model.erased),
@@ -205,10 +211,10 @@ def summarise_method(
         tree = _tree(models, lambda m: matrices[m.folder][:, cols(m, which)] if cols(m, which) else None)
         return hierarchical_bootstrap(tree, statistic, draws=draws, seed=seed)
 
-    def accuracy_leaf(m: Evaluated, folder: Optional[Path]):
-        if folder is None or not Path(folder).is_dir() or not m.erased:
+    def accuracy_leaf(m: Evaluated, folder: Optional[Path], metric: str = "accuracy"):
+        if folder is None or not m.erased or read_predictions(folder, metric) is None:
             return None
-        out = outs[folder] if folder in outs else outcomes(Path(folder), classes)
+        out = outs[folder] if metric == "accuracy" else outcomes(Path(folder), classes, metric)
         columns = [np.array([100.0 * v for _, v in sorted(out[s].items())]) for s in m.erased if out[s]]
         if not columns:
             return None
@@ -236,7 +242,7 @@ def summarise_method(
             _tree(models, lambda m: accuracy_leaf(m, m.folder)), np.mean, draws=draws, seed=seed
         ),
         attack_accuracy=hierarchical_bootstrap(
-            _tree(models, lambda m: accuracy_leaf(m, m.attack)), np.mean, draws=draws, seed=seed
+            _tree(models, lambda m: accuracy_leaf(m, m.attack, "attack")), np.mean, draws=draws, seed=seed
         ),
         per_style_collateral=collateral,
     )

@@ -1,60 +1,59 @@
-"""The paper's protocol on the concept-world model: erase styles with every method, measure, tabulate (issue 6).
+"""The paper's protocol on the concept-world model: erase styles with every method, attack, measure, report.
 
 Stages (``eval-scripts/world-benchmark.py``; each a repository script as a user would run it, except the metrics,
 which this module computes in-process with the world classifier):
 
-1. ``data`` -- ``generate-data.py``: training images of each erased style from the ORIGINAL world model
-   (``assets/world/``), ``<work>/data/<prompt>/``.
-2. ``erase`` -- CiE, SepCE (several styles at once), ESD, FMN and Ablating Concepts with the world presets
-   (:data:`PRESETS`), one run folder each under ``<work>/models/``.
+1. ``data`` -- ``generate-data.py``: training images from the ORIGINAL world model (``assets/world/``) of every
+   style that is erased or attacked, and of the blank anchor ``""`` when the original Ablating Concepts runs,
+   under ``<work>/data/<prompt>/``.
+2. ``erase`` -- every method of :data:`WORLD_METHODS` with its world preset (:data:`PRESETS`), one run folder per
+   (method, erased styles, training seed) under ``<work>/models/`` (:func:`sepce.paths.run_name`).
 3. ``generate`` -- ``generate-images.py`` from the evaluation CSV (the first ``seeds_per_class`` seeds of each
-   style in ``data/world/evaluate.csv``, prompt ``in the style of <style>``) for the original (folder
-   ``default``), every erased model and the SepCE subsets (erase the first i styles, the others restored).
-4. ``metrics`` -- per model folder, in ``results/`` (the layout of :mod:`sepce.evaluation.results`):
-   ``accuracy.csv`` (the world classifier's style accuracy per class), and for erased models ``lpips.csv`` and
-   ``fid.csv`` against ``default`` through :func:`sepce.evaluation.compare.compare_folders`. The "LPIPS" column
-   holds the world classifier's feature distance (:func:`sepce.world.classifier.feature_distance`, the LPIPS
-   construction on features trained for this world), and FID uses the classifier's pooled features -- LPIPS and
+   style in ``data/world/evaluate.csv``, prompt ``in the style of <style>``) for the original (folder ``default``,
+   generated once and shared), every erased model and SepCE's subsets (erase the first i styles, restore the rest).
+4. ``attack`` -- ``attack-inversion.py``: the concept-inversion attack (docs/method.md) on every erased style of
+   every model, and on the original for every such style (the ceiling), one preset for all
+   (:data:`sepce.attack.PRESETS` ``world``); results in each model folder's ``results/attack.*``.
+5. ``metrics`` -- per model folder, in ``results/`` (:mod:`sepce.evaluation.results`): ``accuracy.csv`` (the
+   world classifier's style accuracy per class, each image's prediction in ``accuracy.json``), and for erased models
+   ``lpips.csv`` and ``fid.csv`` against ``default`` through :func:`sepce.evaluation.compare.compare_folders`. The
+   "LPIPS" column holds the world classifier's feature distance (the LPIPS construction on features trained for
+   this world); FID uses the classifier's pooled features ("FID (world classifier features)") -- LPIPS and
    Inception with random weights would be meaningless, and no pretrained weights can be downloaded.
-5. ``table`` -- ``make-table.py`` (``table.md``, ``table.csv``, ``table.png``) and ``report.md``: the table, the
-   original's accuracy per style, each method's erased-style drop and largest drop on another style, the SepCE
-   restoration check (restored styles' images against the original's, pixel by pixel) and the run times.
+6. ``table`` -- single-erasure forms: ``make-table.py`` (``table.md``, ``table.csv``, ``table.png``) and
+   ``report.md`` (:func:`report_markdown`): accuracies and drops with 95 % intervals and the verdicts read off them
+   (:mod:`sepce.world.analysis`), the attack, the SepCE restoration check, a contact sheet, presets, run times.
+   The ``sweep`` form writes ``sweep.md`` instead (:func:`sweep_markdown`): every method pooled over its erasures.
 
-Every stage resumes (finished runs, images and unchanged metrics are skipped). Forms (:data:`FORMS`): ``full``
-(the documented table), ``short`` (a few minutes: the README quick start), ``tune`` (what the presets were chosen
-with, on held-out styles) and ``smoke`` (CI: seconds, numbers meaningless).
+Every stage resumes (finished runs, images, attacks and unchanged metrics are skipped). Forms (:data:`FORMS`):
+``full`` (one erasure per method, the documented table), ``sweep`` (every method erases every reported style with
+two training seeds; SepCE two disjoint triples), ``short`` (a few minutes: the README quick start), ``tune``
+(preset selection on the held-out styles) and ``smoke`` (CI: seconds, numbers meaningless).
 
-Presets were chosen on held-out styles (:data:`HELD_OUT`), never on the reported ones; docs/world-benchmark.md
-lists the candidates tried and what they gave.
+Presets were chosen on the held-out styles (:data:`HELD_OUT`) only, by the rule in docs/world-benchmark.md.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import math
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
-from sepce.classes import ConceptClass, class_by_name, classes_by_names, load_class_map
+from sepce.classes import ConceptClass, classes_by_names, load_class_map
 from sepce.evaluation.classifier import accuracy_table
 from sepce.evaluation.common import fingerprint
 from sepce.evaluation.compare import compare_folders
 from sepce.evaluation.fid import FID_WORLD_CLASSIFIER_NETWORK
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.evaluation.loading import load_images
-from sepce.evaluation.results import read_metric, stored_rows, write_metric
-from sepce.io import write_text
-from sepce.paths import REPO_ROOT
+from sepce.evaluation.results import stored_rows, write_metric
+from sepce.paths import REPO_ROOT, run_name
 from sepce.prompts import case_classes, read_prompt_csv
-from sepce.reproduce import METHODS, ORIGINAL_FOLDER, Row, ScriptStep, table_spec, tiny_inputs
+from sepce.reproduce import ORIGINAL_FOLDER, ScriptStep, tiny_inputs
 from sepce.world.classifier import SHIPPED_CLASSIFIER, WorldClassifier, feature_distance, load_classifier, predict
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 
@@ -62,13 +61,19 @@ log = logging.getLogger(__name__)
 
 CLASS_MAP = REPO_ROOT / "data" / "world" / "classes.csv"
 EVAL_CSV = REPO_ROOT / "data" / "world" / "evaluate.csv"
-STAGES = ("data", "erase", "generate", "metrics", "table")
+STAGES = ("data", "erase", "generate", "attack", "metrics", "table")
 ACCURACY_COLUMNS = ["class", "name", "correct", "images", "accuracy_pct"]
 IMAGE_SIZE = 64
-#: Styles the presets were tuned on; the reported erasures use other styles.
-HELD_OUT = ("grid", "noise", "stripes")
+#: Styles the presets were tuned on (single-concept methods erased ``grid``; SepCE erased both); every other style
+#: is reported. Fixed before any result of the retrained model was seen (docs/world-benchmark.md).
+HELD_OUT = ("grid", "stripes")
+TUNE_CONCEPT = "grid"
 DEFAULT_CONCEPT = "waves"
 DEFAULT_SEPCE = ("waves", "dots", "gradient")
+#: The sweep: SepCE erases each of two disjoint triples of reported styles; every method trains with these seeds.
+SWEEP_TRIPLES = (("waves", "dots", "gradient"), ("checker", "rings", "noise"))
+SWEEP_SEEDS = (0, 1)
+ANCHOR_PROMPT = ""  # the world's generic caption: Ablating Concepts' anchor (docs/method.md)
 
 
 @dataclass(frozen=True)
@@ -83,22 +88,84 @@ class Form:
     steps: int
     guidance: float
     iterations: Optional[int] = None  # overrides every preset's iteration count (smoke only)
+    attack: bool = False  # run the concept-inversion attack
+    attack_steps: Optional[int] = None  # overrides the attack preset's steps (smoke only)
+    sweep: bool = False  # every reported style x training seeds, SepCE triples
 
 
 FORMS: Dict[str, Form] = {
-    "full": Form("full", 25, 1, 128, "ddim", 50, 7.5),
+    "full": Form("full", 25, 1, 128, "ddim", 50, 7.5, attack=True),
+    "sweep": Form("sweep", 16, 1, 128, "ddim", 50, 7.5, attack=True, sweep=True),
     "short": Form("short", 8, 1, 64, "ddim", 25, 7.5),
     "tune": Form("tune", 16, 1, 64, "ddim", 50, 7.5),
-    "smoke": Form("smoke", 1, 2, 2, "ddim", 4, 7.5, iterations=2),
+    "smoke": Form("smoke", 1, 2, 2, "ddim", 4, 7.5, iterations=2, attack=True, attack_steps=2),
 }
 
-#: World presets: flags of each training script (see docs/world-benchmark.md for how they were chosen).
+
+@dataclass(frozen=True)
+class WorldMethod:
+    """A row of the benchmark: a training script, how it names its concepts and which images it trains on."""
+
+    key: str  # --methods name and run-folder prefix
+    label: str  # row label in tables
+    script: str
+    concept_flag: str = "--prompt"  # "--prompt" (one), "--prompts" (several), "--edit_concepts" (';'-joined)
+    data: str = "concept"  # training images: "concept", "anchor" (the blank caption) or "none"
+    seeded: bool = True  # False: deterministic (closed form), one run whatever the seed
+    latent_image_size: bool = False  # ESD: --image_size is 8x the latent side (its sampler assumes f = 8)
+    image_size: bool = True  # the script takes --image_size
+
+    @property
+    def multi(self) -> bool:
+        return self.concept_flag != "--prompt"
+
+    def concept_argv(self, prompts: Sequence[str]) -> List[str]:
+        if self.concept_flag == "--prompt":
+            if len(prompts) != 1:
+                raise ValueError(f"{self.label} erases one concept at a time, got {list(prompts)}")
+            return ["--prompt", prompts[0]]
+        if self.concept_flag == "--edit_concepts":
+            return ["--edit_concepts", ";".join(prompts)]
+        return [self.concept_flag, *prompts]
+
+
+WORLD_METHODS: Dict[str, WorldMethod] = {
+    m.key: m
+    for m in (
+        WorldMethod("CiE", "CiE", "train-scripts/CiE.py"),
+        WorldMethod("SepCE", "SepCE", "train-scripts/SepCE.py", concept_flag="--prompts"),
+        WorldMethod("ESD", "ESD", "train-scripts/Esd.py", data="none", latent_image_size=True),
+        WorldMethod("FMN", "FMN (authors' variant)", "train-scripts/FMN.py"),
+        WorldMethod("AC", "AC (authors' variant)", "train-scripts/Abconcept.py"),
+        WorldMethod(
+            "UCE",
+            "UCE",
+            "train-scripts/UCE.py",
+            concept_flag="--edit_concepts",
+            data="none",
+            seeded=False,
+            image_size=False,
+        ),
+        WorldMethod("FMN-original", "FMN (original)", "train-scripts/FMN.py"),
+        WorldMethod("AC-original", "AC (original)", "train-scripts/Abconcept.py", data="anchor"),
+    )
+}
+#: The paper's five methods, then the later baselines; --methods default.
+DEFAULT_METHODS = tuple(WORLD_METHODS)
+
+#: World presets: flags of each training script besides the concepts, seed and paths (docs/world-benchmark.md
+#: says how they were chosen). FMN/AC build their prompts from world templates fixed before any result was seen:
+#: the class prompt itself (``in the style of waves``), FMN's neutral prompt without the style word, AC's anchor the
+#: blank caption (docs/method.md). ``{others}`` expands to the ';'-joined prompts of every style not erased.
 PRESETS: Dict[str, tuple] = {
     "CiE": ("--lr", "1e-5", "--threshold", "0", "--reg_beta", "3e-5", "--iterations", "120"),
     "SepCE": ("--lr", "1e-2", "--scale_factor", "0.01", "--reg_beta", "3e-5", "--iterations", "200"),
     "ESD": ("--train_method", "xattn", "--lr", "5e-5", "--iterations", "100"),
-    "FMN": ("--lr", "1e-3", "--iter_break", "20"),
-    "AC": ("--lr", "3e-5", "--iter_break", "50"),
+    "FMN": ("--lr", "1e-3", "--iter_break", "20", "--concept_template", "{}", "--neutral_prompt", "in the style of"),
+    "AC": ("--lr", "3e-5", "--iter_break", "50", "--concept_template", "{}", "--anchor_prompt", ANCHOR_PROMPT),
+    "UCE": ("--erase_scale", "1", "--preserve_scale", "1", "--lamb", "0.5", "--preserve_concepts", "{others}"),
+    "FMN-original": ("--variant", "original", "--concept_template", "{}"),
+    "AC-original": ("--variant", "original", "--concept_template", "{}", "--anchor_prompt", ANCHOR_PROMPT),
 }
 
 
@@ -150,24 +217,88 @@ def concept_prompts(classes: Sequence[ConceptClass], names: Sequence[str]) -> Li
     return [c.prompt for c in classes_by_names(classes, names, "unknown style")]
 
 
-def table_rows(methods: Sequence[str], concept: str, sepce_concepts: Sequence[str], classes) -> List[Row]:
-    """The original, one row per single-concept method, and the SepCE subsets: erase the first i styles, the
-    others restored (i = n..1). Rows name styles; ``erase``/``erased``/``restored`` hold their prompts. Run
-    folders are :meth:`sepce.reproduce.Method.run_name` of the style names (``SepCE-waves+dots+gradient``)."""
-    single = concept_prompts(classes, [concept])[0]
-    multi = concept_prompts(classes, sepce_concepts)
-    rows = [Row("ORI", ORIGINAL_FOLDER, "original")]
-    for name in methods:
-        method = METHODS[name]
-        if not method.multi:
-            rows.append(Row(name, name.lower(), method.run_name([concept]), erased=[single]))
-            continue
-        for i in range(len(multi), 0, -1):
-            erased, restored = multi[:i], multi[i:]
-            label = name if not restored else f"{name} (restore {'+'.join(sepce_concepts[i:])})"
-            folder = name.lower() if not restored else f"{name.lower()}-restore-{'-'.join(sepce_concepts[i:])}"
-            rows.append(Row(label, folder, method.run_name(sepce_concepts), erased, erased, restored))
-    return rows
+def reported_styles(classes: Sequence[ConceptClass]) -> List[str]:
+    """Every style except the held-out ones (what the sweep erases)."""
+    return [c.name for c in classes if c.name not in HELD_OUT]
+
+
+# ------------------------------------------------------------------------------------------------ cells
+@dataclass(frozen=True)
+class Cell:
+    """One evaluated model: a run (method, the styles it was trained to erase, training seed), the subset of them
+    erased at generation time (SepCE), the restored rest, and the images folder under ``images/``."""
+
+    label: str
+    method: str  # WORLD_METHODS key, or "ORI"
+    styles: tuple = ()  # every style the run erases
+    seed: int = 0
+    erased: tuple = ()  # styles erased in this model (== styles except for SepCE subsets)
+    restored: tuple = ()
+
+    @property
+    def original(self) -> bool:
+        return self.method == "ORI"
+
+    @property
+    def run(self) -> str:
+        """The run folder under ``models/``: ``CiE-waves-seed0``, ``SepCE-waves+dots+gradient-seed1``."""
+        return "" if self.original else run_name(self.method, self.styles, f"seed{self.seed}")
+
+    @property
+    def folder(self) -> str:
+        """The images folder under ``images/``."""
+        if self.original:
+            return ORIGINAL_FOLDER
+        return self.run + (f"-restore-{'+'.join(self.restored)}" if self.restored else "")
+
+    @property
+    def unit(self) -> str:
+        """What the sweep pools over: the erased style, or SepCE's triple."""
+        return "+".join(self.styles)
+
+
+def method_cells(method: WorldMethod, styles: Sequence[str], seed: int) -> List[Cell]:
+    """The evaluated models of one run: the run itself, and for several styles (SepCE) the subsets that erase
+    the first i styles and restore the rest (i = n-1..1)."""
+    styles = tuple(styles)
+    cells = [Cell(method.label, method.key, styles, seed, styles)]
+    if method.key == "SepCE":
+        for i in range(len(styles) - 1, 0, -1):
+            restored = styles[i:]
+            label = f"{method.label} (restore {'+'.join(restored)})"
+            cells.append(Cell(label, method.key, styles, seed, styles[:i], restored))
+    return cells
+
+
+def single_cells(methods: Sequence[str], concept: str, sepce_concepts: Sequence[str]) -> List[Cell]:
+    """The single-erasure forms: the original, each single-concept method on ``concept``, SepCE on
+    ``sepce_concepts`` with its subsets; training seed 0."""
+    cells = [Cell("ORI", "ORI")]
+    for key in methods:
+        method = WORLD_METHODS[key]
+        styles = sepce_concepts if key == "SepCE" else [concept]
+        if method.concept_flag == "--prompt" and len(styles) != 1:
+            raise ValueError(f"{method.label} erases one style at a time")
+        cells += method_cells(method, styles, 0)
+    return cells
+
+
+def sweep_cells(
+    methods: Sequence[str],
+    styles: Sequence[str],
+    triples: Sequence[Sequence[str]] = SWEEP_TRIPLES,
+    seeds: Sequence[int] = SWEEP_SEEDS,
+) -> List[Cell]:
+    """The sweep: every single-concept method erases each of ``styles`` with each training seed (deterministic
+    methods once), SepCE each triple with each seed (and its restore subsets); the original once."""
+    cells = [Cell("ORI", "ORI")]
+    for key in methods:
+        method = WORLD_METHODS[key]
+        groups = [tuple(t) for t in triples] if key == "SepCE" else [(s,) for s in styles]
+        for group in groups:
+            for seed in seeds if method.seeded else seeds[:1]:
+                cells += method_cells(method, group, seed)
+    return cells
 
 
 def eval_csv_text(classes: Sequence[ConceptClass], seeds_per_class: int, source: Path = EVAL_CSV) -> str:
@@ -176,63 +307,163 @@ def eval_csv_text(classes: Sequence[ConceptClass], seeds_per_class: int, source:
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ plan
+@dataclass
+class BenchmarkPlan:
+    """The script steps of a benchmark and the models they produce. ``setup`` (the evaluation CSV, training
+    images) runs first; each chain (one training run: erase, then generate and attack its models; or the
+    original's images and attacks) depends only on the setup, so chains may run side by side (``--jobs``);
+    ``table`` runs last."""
+
+    setup: List[ScriptStep]
+    chains: List[List[ScriptStep]]
+    table: List[ScriptStep]
+    cells: List[Cell]
+    attacked: Dict[str, List[str]] = field(default_factory=dict)  # images folder -> styles attacked there
+
+    @property
+    def steps(self) -> List[ScriptStep]:
+        return [*self.setup, *(step for chain in self.chains for step in chain), *self.table]
+
+
+def expand_preset(flags: Sequence[str], classes: Sequence[ConceptClass], erased: Sequence[str]) -> List[str]:
+    """A preset's flags with ``{others}`` replaced by the ';'-joined prompts of the styles not erased."""
+    others = ";".join(c.prompt for c in classes if c.name not in erased)
+    return [f.replace("{others}", others) for f in flags]
+
+
+def attack_plan(cells: Sequence[Cell]) -> Dict[str, List[str]]:
+    """Styles attacked in each images folder: every erased style of every erased model, and all of them on the
+    original (the ceiling)."""
+    attacked: Dict[str, List[str]] = {}
+    for cell in cells:
+        if not cell.original:
+            attacked[cell.folder] = list(cell.erased)
+    ceiling = list(dict.fromkeys(s for styles in attacked.values() for s in styles))
+    if ceiling:
+        attacked[ORIGINAL_FOLDER] = ceiling
+    return attacked
+
+
+def data_prompts(cells: Sequence[Cell], attacked: Dict[str, List[str]], prompt_of: Dict[str, str]) -> List[str]:
+    """Prompts whose training images (from the original model) some step reads."""
+    needed = {prompt_of[s] for styles in attacked.values() for s in styles}
+    for cell in cells:
+        if cell.original:
+            continue
+        method = WORLD_METHODS[cell.method]
+        if method.data == "concept":
+            needed |= {prompt_of[s] for s in cell.styles}
+        elif method.data == "anchor":
+            needed.add(ANCHOR_PROMPT)
+    return sorted(needed)
+
+
 def plan_benchmark(
     lay: BenchmarkLayout,
     form: Form,
-    methods: Sequence[str],
-    concept: str,
-    sepce_concepts: Sequence[str],
+    cells: Sequence[Cell],
     presets: Optional[Dict[str, tuple]] = None,
     batch_size: int = 32,
     quiet: bool = False,
-) -> tuple[List[ScriptStep], List[Row]]:
-    """The script steps (stages data, erase, generate and the table files) and the table rows."""
+) -> BenchmarkPlan:
+    """Every script step (stages data, erase, generate, attack and the table files) for ``cells``."""
     classes = load_class_map(lay.classes)
     presets = {**PRESETS, **(presets or {})}
-    single = concept_prompts(classes, [concept])[0]
-    multi = concept_prompts(classes, sepce_concepts)
+    prompt_of = {c.name: c.prompt for c in classes}
     model_flags = ["--ckpt_path", str(lay.ckpt_path), "--config_path", str(lay.config_path)]
     sample_flags = ["--sampler", form.sampler, "--ddim_steps", str(form.steps)]
     sample_flags += ["--guidance_scale", str(form.guidance), "--image_size", str(IMAGE_SIZE), "--device", "cpu"]
     sample_flags += ["--batch_size", str(batch_size)] + (["--quiet"] if quiet else [])
-    steps = [
-        ScriptStep(
-            "generate", "evaluation CSV", write=lay.prompts_path, content=eval_csv_text(classes, form.seeds_per_class)
-        )
-    ]
-    needed = sorted({p for m in methods if METHODS[m].uses_data for p in (multi if METHODS[m].multi else [single])})
-    for prompt in needed:
+    content = eval_csv_text(classes, form.seeds_per_class)
+    setup = [ScriptStep("generate", "evaluation CSV", write=lay.prompts_path, content=content)]
+    attacked = attack_plan(cells) if form.attack else {}
+    for prompt in data_prompts(cells, attacked, prompt_of):
         argv = ["eval-scripts/generate-data.py", "--prompt", prompt, "--model_name", "none", "--link", "none"]
         argv += ["--save_path", str(lay.data_dir), "--num_cases", str(form.train_images), "--classes", str(lay.classes)]
-        steps.append(ScriptStep("data", f"training images of {prompt!r}", argv + model_flags + sample_flags))
-    for name in methods:
-        method = METHODS[name]
-        concepts = multi if method.multi else [single]
-        out = lay.models_dir / method.run_name(sepce_concepts if method.multi else [concept])
-        argv = [method.script, *(["--prompts", *concepts] if method.multi else ["--prompt", single])]
-        argv += [*presets[name], *model_flags, "--devices", "cpu", "--output_dir", str(out)]
-        # ESD samples latents of image_size/8 pixels; the world model's latents are 16 = 64/4 pixels wide.
-        argv += ["--image_size", str(IMAGE_SIZE * 8 // 4 if name == "ESD" else IMAGE_SIZE)]
-        if method.uses_data:
-            argv += ["--data_dir", str(lay.data_dir)]
-        if form.iterations is not None:
-            argv += ["--iterations", str(form.iterations)]
-        steps.append(ScriptStep("erase", f"{name} on {', '.join(concepts)}", argv, skip_if=out / "erasure.safetensors"))
-    rows = table_rows(methods, concept, sepce_concepts, classes)
-    for row in rows:
-        argv = ["eval-scripts/generate-images.py", "--model_name", row.model_name, "--prompts_path"]
-        argv += [str(lay.prompts_path), "--save_path", str(lay.eval_dir), "--output_name", row.folder]
-        argv += ["--num_samples", str(form.num_samples), "--models_dir", str(lay.models_dir)]
+        setup.append(ScriptStep("data", f"training images of {prompt!r}", argv + model_flags + sample_flags))
+    chains: Dict[str, List[ScriptStep]] = {}
+    for cell in cells:
+        chain = chains.setdefault(cell.run, [])
+        if not chain and not cell.original:
+            chain.append(erase_step(lay, form, cell, presets[cell.method], classes, model_flags, quiet))
+        argv = ["eval-scripts/generate-images.py", *model_argv(lay, cell), "--prompts_path", str(lay.prompts_path)]
+        argv += ["--save_path", str(lay.eval_dir), "--output_name", cell.folder, "--num_samples", str(form.num_samples)]
         argv += ["--classes", str(lay.classes), *model_flags, *sample_flags]
-        if row.erase is not None:
-            argv += ["--erase", *row.erase]
-        steps.append(ScriptStep("generate", f"evaluation images of {row.name}", argv))
-    spec_path = lay.table_dir / "spec.json"
-    spec = json.dumps(table_spec(rows, lay.eval_dir, spec_path), indent=2) + "\n"
-    steps.append(ScriptStep("table", "table spec", write=spec_path, content=spec))
-    argv = ["eval-scripts/make-table.py", "--spec", str(spec_path), "--output_dir", str(lay.table_dir)]
-    steps.append(ScriptStep("table", "table", argv + ["--overwrite", "--classes", str(lay.classes)]))
-    return steps, rows
+        chain.append(ScriptStep("generate", f"evaluation images of {cell.folder}", argv))
+        for style in attacked.get(cell.folder, []):
+            argv = ["eval-scripts/attack-inversion.py", *model_argv(lay, cell), "--prompt", prompt_of[style]]
+            argv += ["--data_dir", str(lay.data_dir), "--prompts_path", str(lay.prompts_path)]
+            argv += ["--classes", str(lay.classes), "--save_path", str(lay.eval_dir), "--output_name", cell.folder]
+            argv += ["--num_samples", str(form.num_samples), "--classifier", str(lay.classifier)]
+            argv += ["--domain", "world", *model_flags, *sample_flags]
+            if form.attack_steps is not None:
+                argv += ["--attack_steps", str(form.attack_steps)]
+            chain.append(ScriptStep("attack", f"attack on {style} in {cell.folder}", argv))
+    table: List[ScriptStep] = []
+    if not form.sweep:
+        spec_path = lay.table_dir / "spec.json"
+        spec = json.dumps(table_spec(cells, lay.eval_dir, spec_path), indent=2) + "\n"
+        table.append(ScriptStep("table", "table spec", write=spec_path, content=spec))
+        argv = ["eval-scripts/make-table.py", "--spec", str(spec_path), "--output_dir", str(lay.table_dir)]
+        table.append(ScriptStep("table", "table", argv + ["--overwrite", "--classes", str(lay.classes)]))
+    return BenchmarkPlan(setup, list(chains.values()), table, list(cells), attacked)
+
+
+def erase_step(
+    lay: BenchmarkLayout,
+    form: Form,
+    cell: Cell,
+    preset: Sequence[str],
+    classes: Sequence[ConceptClass],
+    model_flags: Sequence[str],
+    quiet: bool,
+) -> ScriptStep:
+    """The training script call of a cell's run (skipped once its erasure record exists)."""
+    method = WORLD_METHODS[cell.method]
+    prompt_of = {c.name: c.prompt for c in classes}
+    out = lay.models_dir / cell.run
+    argv = [method.script, *method.concept_argv([prompt_of[s] for s in cell.styles])]
+    argv += [*expand_preset(preset, classes, cell.styles), *model_flags, "--devices", "cpu", "--output_dir", str(out)]
+    if method.seeded:
+        argv += ["--seed", str(cell.seed)]
+    if method.image_size:
+        # ESD samples latents of image_size/8 pixels; the world model's latents are 16 = 64/4 pixels wide.
+        argv += ["--image_size", str(IMAGE_SIZE * 8 // 4 if method.latent_image_size else IMAGE_SIZE)]
+    if method.data != "none":
+        argv += ["--data_dir", str(lay.data_dir)]
+    if form.iterations is not None and method.seeded:
+        argv += ["--iterations", str(form.iterations)]
+    if quiet:
+        argv += ["--quiet"]
+    return ScriptStep("erase", cell.run, argv, skip_if=out / "erasure.safetensors")
+
+
+def model_argv(lay: BenchmarkLayout, cell: Cell) -> List[str]:
+    """``--model_name`` (+ ``--models_dir``, ``--erase``) of a cell for generate-images.py / attack-inversion.py."""
+    if cell.original:
+        return ["--model_name", "original"]
+    classes = load_class_map(lay.classes)
+    argv = ["--model_name", cell.run, "--models_dir", str(lay.models_dir)]
+    if cell.restored:
+        argv += ["--erase", *concept_prompts(classes, cell.erased)]
+    return argv
+
+
+def table_spec(cells: Sequence[Cell], eval_dir: Path, spec_path: Path) -> dict:
+    """The make-table.py spec (paths relative to the spec file; concepts by style name)."""
+    import os
+
+    def where(cell: Cell) -> str:
+        return os.path.relpath((eval_dir / cell.folder).resolve(), spec_path.parent.resolve())
+
+    original, others = cells[0], cells[1:]
+    return {
+        "original": {"name": original.label, "path": where(original)},
+        "models": [
+            {"name": c.label, "path": where(c), "erased": list(c.erased), "restored": list(c.restored)} for c in others
+        ],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -283,7 +514,8 @@ def classify_paths(classifier: WorldClassifier, paths: Sequence[Path], batch_siz
 def accuracy_results(
     folder: Path, classifier: WorldClassifier, classifier_id: str, case_to_class: Dict[int, int], classes
 ) -> List[dict]:
-    """Style accuracy per class of a model folder → ``results/accuracy.csv`` (reused when inputs are unchanged)."""
+    """Style accuracy per class of a model folder → ``results/accuracy.csv``, each image's true and predicted
+    style in ``accuracy.json`` (reused when inputs are unchanged)."""
     paths, labels = folder_images(folder, case_to_class)
     if not paths:
         raise ValueError(f"{folder} holds no generated images of the evaluation CSV")
@@ -293,28 +525,35 @@ def accuracy_results(
     stored = stored_rows(folder, "accuracy", key, overwrite=True)
     if stored is not None:
         return stored
-    rows, confusion = accuracy_table(classes, labels, classify_paths(classifier, paths))
-    meta = {"classifier": classifier_id, "images": len(paths), "confusion": confusion, "fingerprint": key}
+    predicted = classify_paths(classifier, paths)
+    rows, confusion = accuracy_table(classes, labels, predicted)
+    meta = {
+        "classifier": classifier_id,
+        "images": len(paths),
+        "confusion": confusion,
+        "predictions": {p.name: [label, pred] for p, label, pred in zip(paths, labels, predicted)},
+        "fingerprint": key,
+    }
     write_metric(folder, "accuracy", rows, ACCURACY_COLUMNS, meta)
     return rows
 
 
-def run_metrics(lay: BenchmarkLayout, rows: Sequence[Row]) -> Dict[str, dict]:
-    """Accuracy of every row, feature distance and FID of every erased row against the original."""
-    classes = load_class_map(lay.classes)
-    case_to_class = case_classes(read_prompt_csv(lay.prompts_path, classes, require_class=True))
-    classifier, info = load_classifier(lay.classifier)
+def run_metrics(lay: BenchmarkLayout, cells: Sequence[Cell]) -> Dict[str, dict]:
+    """Accuracy of every model, feature distance and FID of every erased model against the original."""
     from sepce.records import file_digest
 
+    classes = load_class_map(lay.classes)
+    case_to_class = case_classes(read_prompt_csv(lay.prompts_path, classes, require_class=True))
+    classifier, _ = load_classifier(lay.classifier)
     classifier_id = f"world classifier {lay.classifier.name} sha256 {file_digest(lay.classifier)[:16]}"
     original = lay.eval_dir / ORIGINAL_FOLDER
     out = {}
-    for row in rows:
-        folder = lay.eval_dir / row.folder
-        out[row.name] = {"accuracy": accuracy_results(folder, classifier, classifier_id, case_to_class, classes)}
-        if row.folder == ORIGINAL_FOLDER:
+    for cell in cells:
+        folder = lay.eval_dir / cell.folder
+        out[cell.folder] = {"accuracy": accuracy_results(folder, classifier, classifier_id, case_to_class, classes)}
+        if cell.original:
             continue
-        out[row.name].update(
+        out[cell.folder].update(
             compare_folders(
                 original,
                 folder,
@@ -332,155 +571,3 @@ def run_metrics(lay: BenchmarkLayout, rows: Sequence[Row]) -> Dict[str, dict]:
             )
         )
     return out
-
-
-# ------------------------------------------------------------------------------------------------ report
-def pixel_check(original: Path, edited: Path, case_to_class: Dict[int, int], class_index: int) -> dict:
-    """Largest and mean absolute uint8 difference of same-named images of one class (restoration check)."""
-    from PIL import Image
-
-    left, _ = index_images(original)
-    right, _ = index_images(edited)
-    diffs = []
-    for name in sorted(set(left) & set(right)):
-        parsed = parse_image_name(name)
-        if parsed is None or case_to_class.get(parsed[0]) != class_index:
-            continue
-        a = np.asarray(Image.open(left[name]).convert("RGB"), np.int16)
-        b = np.asarray(Image.open(right[name]).convert("RGB"), np.int16)
-        diffs.append(np.abs(a - b))
-    if not diffs:
-        return {"images": 0, "max_abs_diff": math.nan, "mean_abs_diff": math.nan, "identical": 0}
-    return {
-        "images": len(diffs),
-        "max_abs_diff": int(max(d.max() for d in diffs)),
-        "mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
-        "identical": int(sum(int(d.max() == 0) for d in diffs)),
-    }
-
-
-def summarise(lay: BenchmarkLayout, rows: Sequence[Row], aim_drop: float = 50.0, aim_other: float = 10.0) -> dict:
-    """Per row: erased styles' accuracy drops, the largest drop on any other style, the aim verdict; SepCE
-    restoration pixel checks."""
-    classes = load_class_map(lay.classes)
-    by_prompt = {c.prompt: c for c in classes}
-    case_to_class = case_classes(read_prompt_csv(lay.prompts_path, classes, require_class=True))
-    accuracy = {row.name: read_metric(lay.eval_dir / row.folder, "accuracy") or {} for row in rows}
-    ori = accuracy[rows[0].name]
-    out = {"original_accuracy": {c.name: ori.get(c.name, math.nan) for c in classes}, "rows": {}}
-    for row in rows[1:]:
-        acc = accuracy[row.name]
-        erased = [by_prompt[p].name for p in row.erased]
-        restored = [by_prompt[p].name for p in row.restored]
-        drops = {c.name: ori.get(c.name, math.nan) - acc.get(c.name, math.nan) for c in classes}
-        others = [d for n, d in drops.items() if n not in erased and not math.isnan(d)]
-        entry = {
-            "erased": erased,
-            "restored": restored,
-            "erased_drop": {n: drops[n] for n in erased},
-            "largest_other_drop": max(others) if others else math.nan,
-        }
-        entry["meets_aim"] = bool(
-            all(d >= aim_drop for d in entry["erased_drop"].values()) and entry["largest_other_drop"] <= aim_other
-        )
-        if restored:
-            entry["restoration"] = {
-                n: pixel_check(
-                    lay.eval_dir / ORIGINAL_FOLDER,
-                    lay.eval_dir / row.folder,
-                    case_to_class,
-                    class_by_name(list(classes), n).index,
-                )
-                for n in restored
-            }
-        out["rows"][row.name] = entry
-    return out
-
-
-def _num(value: float, fmt: str = "{:.1f}") -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
-
-
-def report_markdown(
-    form: Form, table_md: str, summary: dict, timings: Sequence[dict], presets: Dict[str, tuple]
-) -> str:
-    """``report.md``: the table, the original's accuracy, the drops and aim verdicts, restoration, run times."""
-    lines = [
-        f"# Concept-world benchmark ({form.name} form)",
-        "",
-        f"{form.seeds_per_class} seeds x {form.num_samples} image(s) per style, {form.sampler.upper()} {form.steps} "
-        f"steps, guidance {form.guidance:g}, 64x64. ACC = world classifier style accuracy; the LPIPS column is the "
-        "world classifier's feature distance (LPIPS construction, unit weights); FID uses the classifier's pooled "
-        "features.",
-        "",
-        table_md.rstrip(),
-        "",
-        "## Original model accuracy per style (%)",
-        "",
-        "| " + " | ".join(summary["original_accuracy"]) + " |",
-        "|" + "|".join([":---:"] * len(summary["original_accuracy"])) + "|",
-        "| " + " | ".join(_num(v) for v in summary["original_accuracy"].values()) + " |",
-        "",
-        "## Erasure: accuracy drop of the erased styles vs. the largest drop of any other style (points)",
-        "",
-        "Aim: every erased style drops by >= 50 points, no other style by more than 10.",
-        "",
-        "| Model | erased (drop) | restored | largest other drop | aim met |",
-        "|---|---|---|:---:|:---:|",
-    ]
-    for name, entry in summary["rows"].items():
-        erased = ", ".join(f"{n} ({_num(d)})" for n, d in entry["erased_drop"].items())
-        lines.append(
-            f"| {name} | {erased} | {', '.join(entry['restored']) or '–'} | {_num(entry['largest_other_drop'])} | "
-            f"{'yes' if entry['meets_aim'] else 'no'} |"
-        )
-    checks = [(n, s, c) for n, e in summary["rows"].items() for s, c in e.get("restoration", {}).items()]
-    if checks:
-        lines += [
-            "",
-            "## SepCE restoration: restored styles' images vs. the original's (same seeds, uint8 pixels)",
-            "",
-            "| Model | restored style | images | identical | max abs diff | mean abs diff |",
-            "|---|---|:---:|:---:|:---:|:---:|",
-        ]
-        for name, style, c in checks:
-            lines.append(
-                f"| {name} | {style} | {c['images']} | {c['identical']} | {c['max_abs_diff']} | "
-                f"{_num(c['mean_abs_diff'], '{:.4f}')} |"
-            )
-    lines += ["", "## Presets", "", "| Method | flags |", "|---|---|"]
-    lines += [f"| {m} | `{' '.join(f)}` |" for m, f in presets.items()]
-    lines += ["", "## Run times (wall clock, this machine)", "", "| Stage | Step | seconds |", "|---|---|---:|"]
-    lines += [f"| {t['stage']} | {t['name']} | {t['seconds']:.0f} |" for t in timings]
-    total = sum(t["seconds"] for t in timings)
-    lines += [f"| | **total** | **{total:.0f}** |", ""]
-    return "\n".join(lines)
-
-
-def timings_csv(timings: Sequence[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["stage", "name", "status", "seconds"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(timings)
-    return buf.getvalue()
-
-
-def write_report(lay: BenchmarkLayout, form: Form, rows, timings, presets) -> tuple[Path, dict]:
-    summary = summarise(lay, rows)
-    table_md = (lay.table_dir / "table.md").read_text()
-    text = report_markdown(form, table_md, summary, timings, presets)
-    write_text(lay.work / "report.md", text)
-    write_text(lay.work / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    write_text(lay.work / "timings.csv", timings_csv(timings))
-    return lay.work / "report.md", summary
-
-
-class Timer:
-    """Wall-clock seconds of a block."""
-
-    def __enter__(self) -> Timer:
-        self.start = time.monotonic()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.monotonic() - self.start
