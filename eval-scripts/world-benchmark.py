@@ -88,7 +88,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", nargs="+", type=int, default=list(SWEEP_SEEDS), help="sweep: training seeds")
     p.add_argument(
-        "--preset", type=_preset, action="append", default=[], metavar="METHOD=FLAGS", help="replace a method's preset"
+        "--preset",
+        type=_preset,
+        action="append",
+        default=[],
+        metavar="METHOD=FLAGS",
+        help="replace a method's preset; given several times for one method (weakest first), each is a tuning "
+        "candidate with its own run, and report.md applies the preset rule (docs/world-benchmark.md)",
     )
     p.add_argument("--ckpt_path", type=Path, default=SHIPPED_CKPT, help="the world model (original)")
     p.add_argument("--config_path", type=Path, default=SHIPPED_CONFIG, help="its config")
@@ -131,11 +137,16 @@ def main(args: argparse.Namespace) -> Optional[dict]:
     ):
         if not Path(path).is_file():
             raise FileNotFoundError(f"{what} {path} does not exist")
+    candidates: dict = {}
+    for method, flags in args.preset:
+        candidates.setdefault(method, []).append(flags)
+    presets = {**PRESETS, **{m: flags[0] for m, flags in candidates.items() if len(flags) == 1}}
     if form.sweep:
+        if any(len(flags) > 1 for flags in candidates.values()):
+            raise ValueError("--preset candidates (one method given several presets) need a single-erasure form")
         cells = sweep_cells(args.methods, styles, args.triples, args.seeds)
     else:
-        cells = single_cells(args.methods, args.concept, args.sepce_concepts)
-    presets = {**PRESETS, **dict(args.preset)}
+        cells = single_cells(args.methods, args.concept, args.sepce_concepts, candidates)
     plan = plan_benchmark(lay, form, cells, presets, args.batch_size, args.quiet)
     if args.dry_run:
         print("#!/usr/bin/env bash\nset -euo pipefail")

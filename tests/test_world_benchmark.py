@@ -196,3 +196,26 @@ def test_benchmark_smoke_form_prints_the_table_and_restores_exactly(tmp_path):
     assert "contact.png" in report and (work / "contact.png").is_file()
     assert "FMN (authors' variant)" in report and "AC (original)" in report and "[" in report
     assert (work / "table" / "table.png").is_file()
+
+
+def test_tuning_candidates_get_their_own_runs_and_the_rule_picks_the_weakest_that_erases(tmp_path):
+    from sepce.world.report import choose_presets
+
+    lay = benchmark_layout(tmp_path / "work")
+    weak, strong = ("--lr", "1e-6", "--iterations", "5"), ("--lr", "1e-4", "--iterations", "5")
+    cells = single_cells(["CiE", "ESD"], "grid", ["grid", "stripes"], {"CiE": [weak, strong]})
+    assert [c.label for c in cells] == ["ORI", "CiE [c1]", "CiE [c2]", "ESD"]
+    erase = {s.name: s for s in plan_benchmark(lay, FORMS["tune"], cells).steps if s.stage == "erase"}
+    assert set(erase) == {"CiE-grid-seed0-c1", "CiE-grid-seed0-c2", "ESD-grid-seed0"}
+    assert "1e-6" in erase["CiE-grid-seed0-c1"].argv and "1e-4" in erase["CiE-grid-seed0-c2"].argv
+    assert all(f in erase["ESD-grid-seed0"].argv for f in PRESETS["ESD"])
+
+    def row(verdict, value):
+        return {"erased": ["grid"], "erased_verdicts": {"grid": verdict}, "drop": {"grid": {"value": value}}}
+
+    both = {"rows": {"CiE [c1]": row("erased", 80.0), "CiE [c2]": row("erased", 100.0)}}
+    assert choose_presets(both, cells)["CiE"]["tag"] == "c1"
+    none = {"rows": {"CiE [c1]": row("undecided", 40.0), "CiE [c2]": row("not erased", 20.0)}}
+    assert (
+        choose_presets(none, cells)["CiE"]["tag"] == "c1" and "largest" in choose_presets(none, cells)["CiE"]["reason"]
+    )

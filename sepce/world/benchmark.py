@@ -234,6 +234,8 @@ class Cell:
     seed: int = 0
     erased: tuple = ()  # styles erased in this model (== styles except for SepCE subsets)
     restored: tuple = ()
+    preset: Optional[tuple] = None  # a candidate's flags (tune form); None: the method's preset
+    tag: str = ""  # names the candidate in run folders and labels ("c2")
 
     @property
     def original(self) -> bool:
@@ -241,8 +243,10 @@ class Cell:
 
     @property
     def run(self) -> str:
-        """The run folder under ``models/``: ``CiE-waves-seed0``, ``SepCE-waves+dots+gradient-seed1``."""
-        return "" if self.original else run_name(self.method, self.styles, f"seed{self.seed}")
+        """The run folder under ``models/``: ``CiE-waves-seed0``, ``SepCE-waves+dots+gradient-seed1``,
+        ``CiE-grid-seed0-c2`` (candidate 2 of a tuning run)."""
+        suffix = f"seed{self.seed}" + (f"-{self.tag}" if self.tag else "")
+        return "" if self.original else run_name(self.method, self.styles, suffix)
 
     @property
     def folder(self) -> str:
@@ -257,29 +261,38 @@ class Cell:
         return "+".join(self.styles)
 
 
-def method_cells(method: WorldMethod, styles: Sequence[str], seed: int) -> List[Cell]:
+def method_cells(
+    method: WorldMethod, styles: Sequence[str], seed: int, preset: Optional[tuple] = None, tag: str = ""
+) -> List[Cell]:
     """The evaluated models of one run: the run itself, and for several styles (SepCE) the subsets that erase
     the first i styles and restore the rest (i = n-1..1)."""
     styles = tuple(styles)
-    cells = [Cell(method.label, method.key, styles, seed, styles)]
+    name = method.label + (f" [{tag}]" if tag else "")
+    cells = [Cell(name, method.key, styles, seed, styles, (), preset, tag)]
     if method.key == "SepCE":
         for i in range(len(styles) - 1, 0, -1):
             restored = styles[i:]
-            label = f"{method.label} (restore {'+'.join(restored)})"
-            cells.append(Cell(label, method.key, styles, seed, styles[:i], restored))
+            label = f"{name} (restore {'+'.join(restored)})"
+            cells.append(Cell(label, method.key, styles, seed, styles[:i], restored, preset, tag))
     return cells
 
 
-def single_cells(methods: Sequence[str], concept: str, sepce_concepts: Sequence[str]) -> List[Cell]:
+def single_cells(
+    methods: Sequence[str],
+    concept: str,
+    sepce_concepts: Sequence[str],
+    candidates: Optional[Dict[str, List[tuple]]] = None,
+) -> List[Cell]:
     """The single-erasure forms: the original, each single-concept method on ``concept``, SepCE on
-    ``sepce_concepts`` with its subsets; training seed 0."""
+    ``sepce_concepts`` with its subsets; training seed 0. A method with several ``candidates`` presets (the tune
+    form) gets one run per candidate, tagged ``c1``, ``c2``, ... in their order."""
     cells = [Cell("ORI", "ORI")]
     for key in methods:
         method = WORLD_METHODS[key]
         styles = sepce_concepts if key == "SepCE" else [concept]
-        if method.concept_flag == "--prompt" and len(styles) != 1:
-            raise ValueError(f"{method.label} erases one style at a time")
-        cells += method_cells(method, styles, 0)
+        options = (candidates or {}).get(key) or [None]
+        for k, preset in enumerate(options, 1):
+            cells += method_cells(method, styles, 0, preset, f"c{k}" if len(options) > 1 else "")
     return cells
 
 
@@ -386,7 +399,8 @@ def plan_benchmark(
     for cell in cells:
         chain = chains.setdefault(cell.run, [])
         if not chain and not cell.original:
-            chain.append(erase_step(lay, form, cell, presets[cell.method], classes, model_flags, quiet))
+            preset = presets[cell.method] if cell.preset is None else cell.preset
+            chain.append(erase_step(lay, form, cell, preset, classes, model_flags, quiet))
         argv = ["eval-scripts/generate-images.py", *model_argv(lay, cell), "--prompts_path", str(lay.prompts_path)]
         argv += ["--save_path", str(lay.eval_dir), "--output_name", cell.folder, "--num_samples", str(form.num_samples)]
         argv += ["--classes", str(lay.classes), *model_flags, *sample_flags]

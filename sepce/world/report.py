@@ -246,6 +246,10 @@ def report_markdown(
             f"![contact sheet]({sheet})",
         ]
     lines += ["", "## Presets", "", *preset_lines(presets)]
+    candidates = [c for c in summary["rows"] if "[c" in c and "(restore" not in c]
+    if candidates:
+        lines += ["", "Candidates (flags in the runs' args.json): " + ", ".join(candidates)]
+    lines += choice_lines(summary.get("preset_choice", {}))
     lines += ["", "## Run times (wall clock, this machine)", "", *timing_lines(timings), ""]
     return "\n".join(lines)
 
@@ -278,9 +282,44 @@ def timings_csv(timings: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
+def choose_presets(summary: dict, cells: Sequence[Cell]) -> Dict[str, dict]:
+    """The preset rule (docs/world-benchmark.md), per method with several candidates (tags ``c1``, ``c2``, ...,
+    listed weakest first): the first candidate whose every erased style is ``erased`` (95 % lower bound of the drop
+    >= 50 points); if none is, the candidate with the largest mean erased drop. Returns, per method, the chosen
+    tag, its flags and why."""
+    by_method: Dict[str, List[Cell]] = {}
+    for cell in cells:
+        if cell.tag and not cell.restored:
+            by_method.setdefault(cell.method, []).append(cell)
+    out = {}
+    for method, options in by_method.items():
+        rows = [(c, summary["rows"][c.label]) for c in options]
+        passing = [(c, r) for c, r in rows if all(v == "erased" for v in r["erased_verdicts"].values())]
+        if passing:
+            chosen, reason = passing[0][0], "weakest candidate whose erased drop has its lower bound >= 50"
+        else:
+            mean = {c.label: np.mean([r["drop"][s]["value"] for s in r["erased"]]) for c, r in rows}
+            chosen = max(options, key=lambda c: mean[c.label])
+            reason = "no candidate reaches the 50-point lower bound: the one with the largest mean erased drop"
+        out[method] = {"tag": chosen.tag, "label": chosen.label, "flags": list(chosen.preset or ()), "reason": reason}
+    return out
+
+
+def choice_lines(choices: Dict[str, dict]) -> List[str]:
+    if not choices:
+        return []
+    lines = ["", "## Preset rule: the chosen candidate per method", "", "| Method | chosen | flags | why |"]
+    lines.append("|---|---|---|---|")
+    for method, c in choices.items():
+        lines.append(f"| {WORLD_METHODS[method].label} | {c['tag']} | `{' '.join(c['flags'])}` | {c['reason']} |")
+    return lines
+
+
 def write_report(lay: BenchmarkLayout, form: Form, plan: BenchmarkPlan, timings, presets) -> tuple[Path, dict]:
-    """``report.md``, ``summary.json``, ``timings.csv`` and ``contact.png`` of a single-erasure form."""
+    """``report.md``, ``summary.json``, ``timings.csv`` and ``contact.png`` of a single-erasure form (with the
+    preset rule's choice when methods had several candidates)."""
     summary = summarise(lay, plan)
+    summary["preset_choice"] = choose_presets(summary, plan.cells)
     table_md = (lay.table_dir / "table.md").read_text()
     sheet = write_contact_sheet(lay, plan.cells, lay.work / "contact.png")
     text = report_markdown(form, table_md, summary, timings, presets, sheet.name)
