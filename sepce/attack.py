@@ -66,7 +66,7 @@ from sepce.generation import (
 )
 from sepce.generation import check_folder_settings as check_generation_settings
 from sepce.io import atomic_write
-from sepce.modeling import ResolvedModel, load_resolved
+from sepce.modeling import ResolvedModel, load_resolved, tokenizer_from_config
 from sepce.paths import concept_slug
 from sepce.prompts import PromptRow, case_classes
 from sepce.training import ImageFolder, ParameterTrainer, TrainStep
@@ -149,25 +149,6 @@ def text_encoder(model: torch.nn.Module) -> torch.nn.Module:
 def token_table(model: torch.nn.Module) -> torch.nn.Embedding:
     """The token-embedding table ``cond_stage_model.transformer.embeddings.token_embedding`` (vocab × D)."""
     return text_encoder(model).transformer.embeddings.token_embedding
-
-
-def tokenizer_from_config(config_path: Path):
-    """The CLIP tokenizer a model config's text encoder uses, built without loading any weights (to validate the
-    init word and the prompts before the model loads)."""
-    from ldm.checkpoint import load_config
-    from ldm.modules.encoders.modules import BUILTIN_VIT_L14, resolve_text_encoder
-
-    cond = load_config(config_path).model.params.cond_stage_config
-    if not str(cond.target).endswith("FrozenCLIPEmbedder"):
-        raise ValueError(f"{config_path}: the attack needs a FrozenCLIPEmbedder text encoder, not {cond.target}")
-    params = dict(cond.get("params") or {})
-    text_config = params.get("text_config")
-    _, tokenizer, _ = resolve_text_encoder(
-        params.get("version", BUILTIN_VIT_L14[0]),
-        int(params.get("max_length", 77)),
-        dict(text_config) if text_config is not None else None,
-    )
-    return tokenizer
 
 
 def word_token(tokenizer, word: str) -> int:
@@ -608,7 +589,6 @@ def plan_attack(
     preset = (preset or PRESETS[domain]).validate()
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"--num_samples {num_samples} and --batch_size {batch_size} must be >= 1")
-    sampling.validate()
     templates = TEMPLATES[domain]
     chosen = attack_rows(rows, concept)
     images = ImageFolder(data_folder, sampling.image_size)

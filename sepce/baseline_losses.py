@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from ldm.models.diffusion.sampling import cfg, ddim_sample, ddim_timesteps
 
+from sepce import records
+
 #: The released (authors' variant) prompts: FMN compares ``a painting of <prompt>`` with ``a painting of``,
 #: Ablating Concepts maps ``<prompt> painting`` onto the anchor ``painting``. The original variants use the same
 #: concept templates and anchor by default.
@@ -220,13 +222,12 @@ def split_concepts(prompt: str, separator: Optional[str]) -> list[str]:
 
 
 def check_concept_names(concepts: list[str]) -> list[str]:
-    """Concept names go into the erasure record (:mod:`sepce.records`), which refuses ``'.'`` in them: check
-    before any model is loaded instead of failing at the save after training."""
+    """``--prompt``'s concepts, non-empty and as erasure records accept them (:func:`sepce.records.check_concept_name`):
+    checked before any model is loaded instead of failing at the save after training."""
     for c in concepts:
         if not c.strip():
             raise ValueError("--prompt is empty; expected a concept name such as 'Van Gogh'")
-        if "." in c:
-            raise ValueError(f"--prompt {c!r} contains '.', which erasure records do not allow in concept names")
+        records.check_concept_name(c, "--prompt")
     return concepts
 
 

@@ -86,10 +86,6 @@ class SamplingSettings:
     image_size: int = 512
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> SamplingSettings:
-        """The checks (run when the settings are built); returns ``self``."""
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler {self.sampler!r} is not supported; expected one of {list(SAMPLERS)}")
         limit = 500 if self.sampler in ("ddim", "plms") else 1000
@@ -107,7 +103,6 @@ class SamplingSettings:
             raise ValueError(f"--guidance_scale {self.guidance_scale} must be a finite number")
         if self.image_size < 8 or self.image_size % 8:
             raise ValueError(f"--image_size {self.image_size} must be a positive multiple of 8")
-        return self
 
 
 # -------------------------------------------------------------------------------------------------- sampling

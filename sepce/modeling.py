@@ -36,7 +36,7 @@ from ldm.checkpoint import load_config, load_model_from_config
 
 from sepce import convert
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR, run_name
-from sepce.records import RECORD_NAME, ErasureRecord, apply_record, check_base, file_digest, load_record
+from sepce.records import RECORD_NAME, ErasureRecord, apply_record, check_base, file_digest, load_record, match_concepts
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,26 @@ def prompts_embeddings(model: torch.nn.Module, prompts: Sequence[str]) -> torch.
     """``get_learned_conditioning`` without gradients."""
     with torch.no_grad():
         return model.get_learned_conditioning(list(prompts))
+
+
+def tokenizer_from_config(config_path: Union[str, Path]):
+    """The CLIP tokenizer of a model config's text encoder, built without loading any weights (to check prompts
+    and words before the model loads)."""
+    from ldm.modules.encoders.modules import BUILTIN_VIT_L14, resolve_text_encoder
+
+    cond = load_config(config_path).model.params.cond_stage_config
+    if not str(cond.target).endswith("FrozenCLIPEmbedder"):
+        raise ValueError(
+            f"{config_path}: expected a FrozenCLIPEmbedder text encoder (a CLIP tokenizer), not {cond.target}"
+        )
+    params = dict(cond.get("params") or {})
+    text_config = params.get("text_config")
+    _, tokenizer, _ = resolve_text_encoder(
+        params.get("version", BUILTIN_VIT_L14[0]),
+        int(params.get("max_length", 77)),
+        dict(text_config) if text_config is not None else None,
+    )
+    return tokenizer
 
 
 # ------------------------------------------------------------------------------------------ model resolution
@@ -169,24 +189,6 @@ def _weight_files(folder: Path) -> List[Path]:
     )
 
 
-def _match_concepts(record: ErasureRecord, erase: Sequence[str]) -> List[str]:
-    """Map ``--erase`` names onto the record's concept names (exact, else ignoring case and spaces)."""
-
-    def key(name: str) -> str:
-        return name.replace(" ", "").lower()
-
-    by_key = {key(c): c for c in record.concepts}
-    chosen = []
-    for name in erase:
-        concept = name if name in record.concepts else by_key.get(key(name))
-        if concept is None:
-            raise ValueError(f"--erase {name!r} is not a concept of {record.path}; it holds {record.concepts}")
-        if concept not in chosen:
-            chosen.append(concept)
-    record.check_concepts(chosen)  # a subset of a non-separable record is refused here
-    return chosen
-
-
 def resolve_model(
     model_name: str,
     ckpt_path: Path = DEFAULT_CKPT,
@@ -264,7 +266,7 @@ def resolve_model(
         return ResolvedModel(name, "original" if target is None else "checkpoint", path, config_path, folder_name)
 
     record = load_record(record_path)
-    chosen = _match_concepts(record, erase) if erase else list(record.concepts)
+    chosen = match_concepts(record, erase) if erase else list(record.concepts)
     if not ckpt_path.is_file():
         raise FileNotFoundError(
             f"base checkpoint {ckpt_path} of erasure record {record_path} does not exist "

@@ -91,6 +91,11 @@ class ErasureRecord:
     def separable(self) -> bool:
         return bool(self.coefs)
 
+    @property
+    def changed_keys(self) -> set[str]:
+        """The state-dict keys of every tensor the record changes (replaced tensors and increment layers)."""
+        return set(self.tensors) | {k for layers in self.coefs.values() for k in layers}
+
     def increments(self, concepts: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
         """Σ_{c ∈ concepts} A_{c,l} (β S_c) per layer key l (all concepts when None)."""
         chosen = self.check_concepts(concepts)
@@ -114,9 +119,21 @@ class ErasureRecord:
         return chosen
 
 
+def check_concept_name(name: str, flag: str) -> str:
+    """A concept name as erasure records store it: the tensor names ``basis.<c>`` / ``coef.<c>.<layer>`` use ``.``
+    as separator, so ``'.'`` in a name is refused (one-line ``RecordError`` naming ``flag``). Scripts call it on
+    their flags before any model loads; :func:`save_record` checks again."""
+    if "." in name:
+        raise RecordError(f"{flag} {name!r} contains '.', which erasure records do not allow in concept names")
+    return name
+
+
 def save_record(path: PathLike, record: ErasureRecord, overwrite: bool = False) -> Path:
     """Write ``record`` atomically as safetensors with JSON metadata."""
     from safetensors.torch import save_file
+
+    for c in record.concepts:
+        check_concept_name(c, "concept name")
 
     tensors = {f"tensor.{k}": v for k, v in record.tensors.items()}
     tensors.update({f"basis.{c}": b for c, b in record.bases.items()})
@@ -130,9 +147,6 @@ def save_record(path: PathLike, record: ErasureRecord, overwrite: bool = False) 
         "beta": record.beta,
         "meta": record.meta,
     }
-    for c in record.concepts:
-        if "." in c:
-            raise RecordError(f"concept name {c!r} may not contain '.'")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp), metadata={"sepce": json.dumps(header, default=str)})
@@ -206,8 +220,8 @@ def changed_tensors(
     return dict(record.tensors)
 
 
-def match_concepts(record: ErasureRecord, names: Sequence[str]) -> list[str]:
-    """``--erase`` names → the record's concept names (exact, else ignoring case and spaces: ``vangogh`` finds
+def match_concepts(record: ErasureRecord, names: Sequence[str], flag: str = "--erase") -> list[str]:
+    """``flag``'s names → the record's concept names (exact, else ignoring case and spaces: ``vangogh`` finds
     ``Van Gogh``); a subset of a non-separable record is refused."""
 
     def key(name: str) -> str:
@@ -219,7 +233,7 @@ def match_concepts(record: ErasureRecord, names: Sequence[str]) -> list[str]:
         concept = name if name in record.concepts else by_key.get(key(name))
         if concept is None:
             raise RecordError(
-                f"--erase {name!r} is not a concept of {record.path or 'the record'}; it holds {record.concepts}"
+                f"{flag} {name!r} is not a concept of {record.path or 'the record'}; it holds {record.concepts}"
             )
         if concept not in chosen:
             chosen.append(concept)
@@ -227,12 +241,13 @@ def match_concepts(record: ErasureRecord, names: Sequence[str]) -> list[str]:
     return chosen
 
 
-def erased_state_dict(
+def erased_tensors(
     state_dict: Mapping[str, torch.Tensor], record: ErasureRecord, erase: Optional[Sequence[str]] = None
 ) -> dict[str, torch.Tensor]:
-    """``state_dict`` (CompVis keys, the record's base) with the record's erasure applied (all its concepts, or
-    the subset ``erase``); the other tensors are shared, not copied."""
-    keys = set(record.tensors) | {k for layers in record.coefs.values() for k in layers}
+    """The erased values (in the base's dtypes) of every tensor the record changes, given ``state_dict`` (CompVis
+    keys, the record's base): all its concepts, or the subset ``erase``. A tensor the base lacks or whose shape
+    differs is a one-line ``RecordError``."""
+    keys = record.changed_keys
     missing = sorted(k for k in keys if k not in state_dict)
     if missing:
         raise RecordError(
@@ -242,7 +257,15 @@ def erased_state_dict(
     for k, v in changed.items():
         if tuple(v.shape) != tuple(state_dict[k].shape):
             raise RecordError(f"record tensor {k!r} has shape {list(v.shape)}, the base {list(state_dict[k].shape)}")
-    return {**state_dict, **{k: v.to(state_dict[k].dtype) for k, v in changed.items()}}
+    return {k: v.to(state_dict[k].dtype) for k, v in changed.items()}
+
+
+def erased_state_dict(
+    state_dict: Mapping[str, torch.Tensor], record: ErasureRecord, erase: Optional[Sequence[str]] = None
+) -> dict[str, torch.Tensor]:
+    """``state_dict`` (CompVis keys, the record's base) with the record's erasure applied (all its concepts, or
+    the subset ``erase``; :func:`erased_tensors`); the other tensors are shared, not copied."""
+    return {**state_dict, **erased_tensors(state_dict, record, erase)}
 
 
 @torch.no_grad()
@@ -256,10 +279,10 @@ def apply_record(
     (pass them back as ``base`` to switch subsets, or to :func:`restore` to undo)."""
     params = dict(model.named_parameters())
     originals = dict(base) if base is not None else {}
-    missing = [k for k in list(record.tensors) + [k for c in record.coefs.values() for k in c] if k not in params]
+    keys = record.changed_keys
+    missing = sorted(k for k in keys if k not in params)
     if missing:
         raise RecordError(f"record changes {missing[0]!r}, which this model does not have")
-    keys = set(record.tensors) | {k for c in record.coefs.values() for k in c}
     for k in keys:
         originals.setdefault(k, params[k].detach().clone())
     for k, v in changed_tensors(record, originals, erase).items():

@@ -70,8 +70,7 @@ class SepCESettings:
         for c in concepts:
             if not c.strip():
                 raise ValueError("--prompts: the blank prompt cannot be erased (every basis is orthogonal to it)")
-            if "." in c:
-                raise ValueError(f"--prompts {c!r}: concept names may not contain '.'")
+            records.check_concept_name(c, "--prompts")
         dup = sorted({c for c in concepts if concepts.count(c) > 1})
         if dup:
             raise ValueError(f"--prompts names {dup} more than once")
@@ -157,12 +156,10 @@ class ConceptDirections:
         return products, [p.mean() for p in products]
 
 
-class JointTraining:
-    """All ``concepts`` trained together (their increments active in ``inc``), per iteration the loss
-    Σ_c flag_c (w_c d_c + reg_beta Σ_l mean|A_{c,l}|) / Σ_c flag_c. The first concept stays in the batch after it
-    stopped (it sets the balancing weights w_c). A concept whose momentum rule fires stops after that iteration's
-    optimizer step: flag 0 and its coefficients snapshotted (:attr:`snapshots`, what is saved — with accumulated
-    gradients Adam keeps moving them afterwards). Training ends once every concept stopped."""
+class ConceptTraining:
+    """What both training modes hold: the increments ``inc``, the new ``concepts`` with one momentum stop each
+    (threshold, iteration cap), the regulariser weight, the direction function, and per concept the coefficients
+    to save (:attr:`snapshots`) and its iterations and stop reason (:attr:`info`)."""
 
     def __init__(
         self,
@@ -178,10 +175,21 @@ class JointTraining:
         self.reg_beta = reg_beta
         self.directions = directions
         self.stoppers = {c: MomentumStop(th, iterations) for c, th in zip(self.concepts, thresholds)}
-        self.flags = dict.fromkeys(self.concepts, True)
-        self.pending: dict[str, str] = {}
         self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
         self.info: dict[str, dict] = {}
+
+
+class JointTraining(ConceptTraining):
+    """All ``concepts`` trained together (their increments active in ``inc``), per iteration the loss
+    Σ_c flag_c (w_c d_c + reg_beta Σ_l mean|A_{c,l}|) / Σ_c flag_c. The first concept stays in the batch after it
+    stopped (it sets the balancing weights w_c). A concept whose momentum rule fires stops after that iteration's
+    optimizer step: flag 0 and its coefficients snapshotted (:attr:`snapshots`, what is saved — with accumulated
+    gradients Adam keeps moving them afterwards). Training ends once every concept stopped."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.flags = dict.fromkeys(self.concepts, True)
+        self.pending: dict[str, str] = {}
 
     def step(self, i: int) -> TrainStep:
         batch = [c for c in self.concepts if self.flags[c] or c == self.concepts[0]]
@@ -216,28 +224,11 @@ class JointTraining:
         return [result]
 
 
-class SequentialTraining:
+class SequentialTraining(ConceptTraining):
     """The ``concepts`` trained one after another, each with only its own increment active (plus none of the
     others: with the null-space bases they do not change its loss) and a fresh optimizer, on
     d_c + reg_beta Σ_l mean|A_{c,l}|, until its momentum rule fires. Iterations are numbered on across concepts;
     a failed concept (non-finite loss, Ctrl-C) ends the run, later concepts stay untrained."""
-
-    def __init__(
-        self,
-        inc: SeparableIncrements,
-        concepts: Sequence[str],
-        thresholds: Sequence[float],
-        iterations: int,
-        reg_beta: float,
-        directions: DirectionFn,
-    ):
-        self.inc = inc
-        self.concepts = list(concepts)
-        self.reg_beta = reg_beta
-        self.directions = directions
-        self.stoppers = {c: MomentumStop(th, iterations) for c, th in zip(self.concepts, thresholds)}
-        self.snapshots: dict[str, dict[str, torch.Tensor]] = {}
-        self.info: dict[str, dict] = {}
 
     def _step(self, c: str) -> Callable[[int], TrainStep]:
         def step(i: int) -> TrainStep:

@@ -2,11 +2,12 @@
 
 Everything the five training scripts have in common lives here, so each script only holds its flags and its loss:
 
-* :func:`add_common_args` — the flags every script takes (``--prompt``, ``--lr``, ``--iterations``/``--iter_break``,
-  ``--ddim_steps``, ``--image_size``, ``--data_dir``, ``--devices``, ``--ckpt_path``, ``--config_path``,
-  ``--output_dir``, ``--overwrite``, ``--seed``, ``--zero_grad``, ``--save_full``, ``--gradient_checkpointing``,
-  ``--precision``, ``--quiet``); :func:`settings_from_args` turns them, once, into a validated
-  :class:`TrainingSettings` — the only place that reads those flags off an ``argparse.Namespace``.
+* :func:`add_common_args` — the flags every training script takes (``--prompt``, ``--lr``,
+  ``--iterations``/``--iter_break``, ``--ddim_steps``, ``--image_size``, ``--data_dir``, ``--seed``, ``--zero_grad``,
+  ``--gradient_checkpointing``, ``--precision``) and the run flags of :func:`add_run_args` (``--devices``,
+  ``--ckpt_path``, ``--config_path``, ``--output_dir``, ``--overwrite``, ``--save_full``, ``--quiet``), which UCE's
+  closed form takes alone; :func:`settings_from_args` turns them, once, into a validated :class:`TrainingSettings`
+  — the only place that reads those flags off an ``argparse.Namespace``.
 * :class:`TrainingSession` — checks the image folders and the output folder BEFORE any model is loaded (bad input →
   one-line ``ValueError``/``FileNotFoundError``/``FileExistsError``), then loads the model, draws the common
   training step of docs/method.md (one image per iteration, Resize+CenterCrop, [-1, 1]; ``z`` = posterior sample ×
@@ -92,7 +93,8 @@ def add_common_args(
     zero_grad_flag: bool = True,
     devices: str = "0,1",
 ) -> argparse.ArgumentParser:
-    """Add the flags shared by every training script to ``parser`` (see the module docstring).
+    """Add the flags shared by every training script to ``parser`` (see the module docstring), the run flags of
+    :func:`add_run_args` included.
 
     ``prompt=False`` leaves ``--prompt`` out (SepCE adds ``--prompts``, ESD its own ``--prompt``); ``images=False``
     leaves ``--data_dir`` out (ESD samples its own latents); ``zero_grad_flag=False`` leaves ``--zero_grad`` out
@@ -106,7 +108,7 @@ def add_common_args(
             default=prompt_default,
             help="concept prompt to erase; training images are read from <data_dir>/<prompt>/",
         )
-    parser.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    parser.add_argument("--lr", type=float, default=lr, help="learning rate")
     parser.add_argument(
         "--iterations",
         "--iter_break",
@@ -138,25 +140,6 @@ def add_common_args(
             help="folder holding one image folder per concept prompt: <data_dir>/<prompt>/",
         )
     parser.add_argument(
-        "--devices",
-        type=str,
-        default=devices,
-        help="'0,1': trained model on GPU 0, frozen original on GPU 1 (as released); one device "
-        "('0', 'cuda:0', 'cpu'): one model copy, the original's outputs from the same weights",
-    )
-    parser.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="base CompVis checkpoint")
-    parser.add_argument("--config_path", type=Path, default=DEFAULT_CONFIG, help="CompVis model config (YAML)")
-    parser.add_argument(
-        "--output_dir",
-        type=Path,
-        default=None,
-        help="run folder (default: <repository>/models/<run name>, e.g. models/CiE-VanGogh, whatever the working "
-        "directory); a non-empty folder needs --overwrite",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="reuse a non-empty --output_dir, replacing its run files"
-    )
-    parser.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -170,6 +153,40 @@ def add_common_args(
             "as in the released scripts, which never called zero_grad()",
         )
     parser.add_argument(
+        "--gradient_checkpointing",
+        choices=tuple(GRADIENT_CHECKPOINTING),
+        default="config",
+        help="recompute activations in backward (less memory, slower); 'config' keeps the "
+        "model config's use_checkpoint (on for v1-inference.yaml)",
+    )
+    add_precision(parser, help="autocast dtype of forward passes; weights and optimizer state stay fp32")
+    return add_run_args(parser, devices=devices)
+
+
+def add_run_args(
+    parser: argparse.ArgumentParser,
+    *,
+    devices: str = "0,1",
+    devices_help: str = "'0,1': trained model on GPU 0, frozen original on GPU 1 (as released); one device "
+    "('0', 'cuda:0', 'cpu'): one model copy, the original's outputs from the same weights",
+) -> argparse.ArgumentParser:
+    """Add the flags of a run's model and run folder to ``parser``: ``--devices``, ``--ckpt_path``,
+    ``--config_path``, ``--output_dir``, ``--overwrite``, ``--save_full`` and ``--quiet`` — every erasure script
+    takes them, the closed-form UCE (no optimiser, no training images) only them."""
+    parser.add_argument("--devices", type=str, default=devices, help=devices_help)
+    parser.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="base CompVis checkpoint")
+    parser.add_argument("--config_path", type=Path, default=DEFAULT_CONFIG, help="CompVis model config (YAML)")
+    parser.add_argument(
+        "--output_dir",
+        type=Path,
+        default=None,
+        help="run folder (default: <repository>/models/<run name>, e.g. models/CiE-VanGogh, whatever the working "
+        "directory); a non-empty folder needs --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="reuse a non-empty --output_dir, replacing its run files"
+    )
+    parser.add_argument(
         "--save_full",
         nargs="?",
         const="ckpt",
@@ -178,14 +195,6 @@ def add_common_args(
         help="also write full CompVis checkpoints (several GB each) beside erasure.safetensors, as .ckpt (the "
         "flag alone) or .safetensors (--save_full safetensors)",
     )
-    parser.add_argument(
-        "--gradient_checkpointing",
-        choices=tuple(GRADIENT_CHECKPOINTING),
-        default="config",
-        help="recompute activations in backward (less memory, slower); 'config' keeps the "
-        "model config's use_checkpoint (on for v1-inference.yaml)",
-    )
-    add_precision(parser, help="autocast dtype of forward passes; weights and optimizer state stay fp32")
     add_quiet(parser)
     return parser
 
@@ -197,13 +206,15 @@ class TrainingSettings:
     method's own dataclass, e.g. :class:`sepce.sepce_training.SepCESettings`).
 
     ``output_dir`` None means the default run folder ``MODELS_DIR / run_name(method, concepts[, suffix])``;
-    ``data_dir`` None means the method reads no training images; ``gradient_checkpointing`` None keeps the
-    config's ``use_checkpoint``; ``save_full`` is None or the full checkpoints' format (:data:`FULL_FORMATS`);
-    ``command_line`` is what ``args.json`` records (the flags as parsed)."""
+    ``lr`` None means the method has no optimiser (UCE's closed form: :meth:`TrainingSession.trainer` refuses it
+    and the record leaves ``lr`` out); ``data_dir`` None means the method reads no training images;
+    ``gradient_checkpointing`` None keeps the config's ``use_checkpoint``; ``save_full`` is None or the full
+    checkpoints' format (:data:`FULL_FORMATS`); ``command_line`` is what ``args.json`` records (the flags as
+    parsed)."""
 
-    lr: float
-    iterations: int
     devices: tuple[torch.device, ...]
+    lr: Optional[float] = None
+    iterations: int = 1
     ckpt_path: Path = DEFAULT_CKPT
     config_path: Path = DEFAULT_CONFIG
     data_dir: Optional[Path] = DATA_DIR
@@ -220,7 +231,8 @@ class TrainingSettings:
     command_line: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_positive("--lr", self.lr)
+        if self.lr is not None:
+            check_positive("--lr", self.lr)
         check_positive("--iterations", self.iterations, integer=True)
         check_positive("--image_size", self.image_size, integer=True)
         if (
@@ -245,29 +257,35 @@ class TrainingSettings:
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainingSettings:
-    """The :class:`TrainingSettings` of a training script's parsed flags (:func:`add_common_args`), validated —
-    the one place that reads them off the ``Namespace``. Flags a script left out take their neutral value
-    (no ``--data_dir``: no training images; no ``--zero_grad``: accumulate)."""
+    """The :class:`TrainingSettings` of a script's parsed flags (:func:`add_common_args`, or :func:`add_run_args`
+    alone), validated — the one place that reads them off the ``Namespace``. Flags a script left out take their
+    neutral value (no ``--lr``: no optimiser, one iteration, the defaults of the training step; no ``--data_dir``:
+    no training images; no ``--zero_grad``: accumulate)."""
     data_dir = getattr(args, "data_dir", None)
     output_dir = args.output_dir
+    training = {}
+    if hasattr(args, "lr"):  # the training flags of add_common_args
+        training = dict(
+            lr=args.lr,
+            iterations=args.iterations,
+            ddim_steps=args.ddim_steps,
+            image_size=args.image_size,
+            seed=args.seed,
+            gradient_checkpointing=GRADIENT_CHECKPOINTING[args.gradient_checkpointing],
+            precision=args.precision,
+        )
     return TrainingSettings(
-        lr=args.lr,
-        iterations=args.iterations,
         devices=tuple(parse_devices(args.devices)),
         ckpt_path=Path(args.ckpt_path),
         config_path=Path(args.config_path),
         data_dir=None if data_dir is None else Path(data_dir),
         output_dir=None if output_dir is None else Path(output_dir),
-        ddim_steps=args.ddim_steps,
-        image_size=args.image_size,
-        seed=args.seed,
         zero_grad=bool(getattr(args, "zero_grad", False)),
         save_full=args.save_full,
-        gradient_checkpointing=GRADIENT_CHECKPOINTING[args.gradient_checkpointing],
-        precision=args.precision,
         overwrite=args.overwrite,
         progress=show_progress(args.quiet),
         command_line=dict(vars(args)),
+        **training,
     )
 
 
@@ -809,9 +827,11 @@ class TrainingSession:
     training step, and the one way every run ends (:meth:`finish`).
 
     Construction checks (before any model is loaded) that every ``<data_dir>/<concept>/`` image folder holds
-    readable images (when ``images``) and that the output folder is empty or ``overwrite`` was given. The output
-    folder is ``settings.output_dir`` or ``MODELS_DIR / run_name(method, concepts, folder_suffix or suffix)``;
-    full checkpoints are named ``run_name(method, <concepts>, suffix)`` (``ESD-VanGogh-xattn.ckpt``)."""
+    readable images (when ``images``) and that the output folder is empty or ``overwrite`` was given.
+    ``image_folders`` are training images of other names (the original Ablating Concepts trains on its anchor
+    prompt's images), drawn with :meth:`image` / :meth:`latent` under their key and counted in the summary. The
+    output folder is ``settings.output_dir`` or ``MODELS_DIR / run_name(method, concepts, folder_suffix or
+    suffix)``; full checkpoints are named ``run_name(method, <concepts>, suffix)`` (``ESD-VanGogh-xattn.ckpt``)."""
 
     def __init__(
         self,
@@ -821,6 +841,7 @@ class TrainingSession:
         images: bool = True,
         suffix: Optional[str] = None,
         folder_suffix: Optional[str] = None,
+        image_folders: Optional[Mapping[str, ImageFolder]] = None,
     ):
         self.settings = settings
         self.method = method
@@ -828,7 +849,7 @@ class TrainingSession:
         self.suffix = suffix
         self.output_dir = settings.output_dir or MODELS_DIR / run_name(method, self.concepts, folder_suffix or suffix)
         check_output_dir(self.output_dir, settings.overwrite)
-        self.folders: dict[str, ImageFolder] = {}
+        self.folders: dict[str, ImageFolder] = dict(image_folders or {})
         if images:
             if settings.data_dir is None:
                 raise ValueError(f"{method} trains on images, but no --data_dir was given")
@@ -890,7 +911,9 @@ class TrainingSession:
         **kw: Any,
     ) -> ParameterTrainer:
         """A :class:`ParameterTrainer` wired to this run's learning rate, iterations, ``zero_grad``, precision,
-        progress display and ``losses.csv``."""
+        progress display and ``losses.csv``; refused for a run without a learning rate (``lr`` None)."""
+        if self.settings.lr is None:
+            raise ValueError(f"{self.method}: the run's settings have no learning rate (lr None), so no optimiser")
         return ParameterTrainer(
             params,
             lr=self.settings.lr,
@@ -903,6 +926,22 @@ class TrainingSession:
             progress=self.settings.progress,
             **kw,
         )
+
+    def fit(
+        self,
+        params: Union[Mapping[str, torch.Tensor], Sequence[torch.Tensor]],
+        step_fn: Callable[[int], TrainStep],
+        desc: Optional[str] = None,
+        **kw: Any,
+    ) -> FitResult:
+        """Train ``params`` with ``step_fn`` (:meth:`trainer`'s loop; ``kw`` goes to it): the model in train mode
+        for the loop, in eval mode after it, whatever stopped it."""
+        model = self._model()
+        model.train()
+        try:
+            return self.trainer(params, desc, **kw).fit(step_fn)
+        finally:
+            model.eval()
 
     # -- the common training step ----------------------------------------------------------------------
     def timesteps(self) -> tuple[int, torch.Tensor]:
@@ -946,30 +985,33 @@ class TrainingSession:
         record: records.ErasureRecord,
         *,
         reference: str,
-        concepts: Mapping[str, Mapping[str, Any]],
         settings: Mapping[str, Any],
+        concepts: Optional[Mapping[str, Mapping[str, Any]]] = None,
         stop_reason: Optional[str] = None,
     ) -> dict:
         """End the run: save ``record`` (``erasure.safetensors``), the full checkpoints ``--save_full`` asks for,
         ``loss.png`` and ``summary.json``; return the summary.
 
-        ``concepts`` is per concept at least ``iterations`` and ``stop_reason``; ``settings`` the method's own
-        settings and derived values (prompts built, sampling mode, ...). Both go into the record's metadata (keys
-        the record already holds win, e.g. SepCE's per-concept bases) and into the summary, whose keys are
-        :data:`SUMMARY_KEYS` for every method. ``results`` is one :class:`FitResult` or several (SepCE trained
-        one concept at a time); ``stop_reason`` overrides the joined stop reasons. Full checkpoints: one of the
-        record's tensors, or for a separable record one per non-empty subset of its concepts."""
+        ``concepts`` is per concept at least ``iterations`` and ``stop_reason`` (None: every concept of the run
+        with the run's iterations and stop reason); ``settings`` the method's own settings and derived values
+        (prompts built, sampling mode, ...). Both go into the record's metadata (keys the record already holds
+        win, e.g. SepCE's per-concept bases; ``lr`` only when the run has one) and into the summary, whose keys
+        are :data:`SUMMARY_KEYS` for every method. ``results`` is one :class:`FitResult` or several (SepCE
+        trained one concept at a time); ``stop_reason`` overrides the joined stop reasons. Full checkpoints: one
+        of the record's tensors, or for a separable record one per non-empty subset of its concepts."""
         if self.run is None:
             raise RuntimeError("start_run() first")
         results = [results] if isinstance(results, FitResult) else list(results)
         iterations = sum(r.iterations for r in results)
         reason = stop_reason or "; ".join(r.stop_reason for r in results)
         ok = all(r.ok for r in results)
+        if concepts is None:
+            concepts = {c: {"iterations": iterations, "stop_reason": reason} for c in self.concepts}
         common = {
             "iterations": iterations,
             "stop_reason": reason,
             "ok": ok,
-            "lr": self.settings.lr,
+            **({} if self.settings.lr is None else {"lr": self.settings.lr}),
             "reference": reference,
             "concepts": {c: dict(v) for c, v in concepts.items()},
         }

@@ -1,10 +1,12 @@
-"""Shared fixtures: the CompVis reference fixture, the tiny model, a helper to run scripts."""
+"""Shared fixtures: the CompVis reference fixture, the tiny model, helpers to run scripts and check their errors."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 COMPVIS_TINY = FIXTURES / "compvis-tiny"
+WIDE_CONFIG = REPO / "configs" / "tiny" / "v1-tiny-wide.yaml"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -76,7 +79,7 @@ def run_script(
     return proc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_script(relative: str):
     """Import a repository script (``eval-scripts/generate-images.py``) as a module, once per session."""
     path = REPO / relative
@@ -91,3 +94,53 @@ def load_script():
     """``load_script("train-scripts/CiE.py")`` → the script imported as a module (cached), to call its
     ``parse_args`` / ``main`` in-process."""
     return _load_script
+
+
+@pytest.fixture(scope="session")
+def wide_ckpt(tmp_path_factory) -> Path:
+    """A tiny random checkpoint of ``configs/tiny/v1-tiny-wide.yaml`` (a text context wide enough for SepCE's
+    null-space bases); its config sits beside it."""
+    from sepce.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-wide"), config_path=WIDE_CONFIG)
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Any attempt to load a model fails the test: bad input must be refused before."""
+    import sepce.training
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(sepce.training, "load_model", refuse)
+
+
+def assert_one_line_error(
+    result: subprocess.CompletedProcess | tuple[int, str], *needles: str, pattern: str | None = None
+) -> str:
+    """``result`` (a finished script process, or ``(exit status, stderr)`` of an in-process run) ended as
+    ``sepce.cli.run`` ends bad input: exit status 1, exactly ONE ``<script>: error: ...`` line on stderr and no
+    traceback; that line holds every one of ``needles`` and matches the regular expression ``pattern``. Returns
+    the line."""
+    from sepce.cli import EXIT_USER_ERROR
+
+    code, stderr = (result.returncode, result.stderr) if hasattr(result, "returncode") else result
+    assert code == EXIT_USER_ERROR, f"exit status {code}, expected {EXIT_USER_ERROR}:\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if ": error: " in line]
+    assert len(lines) == 1, stderr[-3000:]
+    assert all(needle in lines[0] for needle in needles), (needles, lines[0])
+    assert pattern is None or re.search(pattern, lines[0]), (pattern, lines[0])
+    return lines[0]
+
+
+@contextlib.contextmanager
+def one_line_error(capsys, *needles: str, pattern: str | None = None):
+    """The block runs a script in-process through ``sepce.cli.run`` and must end with bad input's exit
+    (:func:`assert_one_line_error`); the yielded list holds the error line afterwards."""
+    found: list[str] = []
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        yield found
+    found.append(assert_one_line_error((info.value.code, capsys.readouterr().err), *needles, pattern=pattern))

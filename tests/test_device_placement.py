@@ -449,16 +449,6 @@ WIDE_CONCEPTS = ["VanGogh", "Picasso"]
 
 
 @pytest.fixture(scope="module")
-def wide_ckpt(tmp_path_factory):
-    """The tiny model with a 256-wide text context (SepCE's null-space bases are empty at 32)."""
-    from sepce.paths import REPO_ROOT
-    from sepce.tiny import write_tiny_checkpoint
-
-    config = REPO_ROOT / "configs" / "tiny" / "v1-tiny-wide.yaml"
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-wide"), config_path=config)
-
-
-@pytest.fixture(scope="module")
 def wide_cpu(wide_ckpt):
     from sepce.modeling import load_model
 

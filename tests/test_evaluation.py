@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import assert_one_line_error
 from PIL import Image
 
 from sepce.classes import load_class_map
-from sepce.cli import EXIT_USER_ERROR
 from sepce.cli import run as run_cli
 from sepce.evaluation.classifier import build_resnet18, load_classifier, predict, split_per_class, triangular_lr
 from sepce.evaluation.fid import (
@@ -66,10 +66,7 @@ def error_of(run):
         stderr = io.StringIO()
         with pytest.raises(SystemExit) as info, contextlib.redirect_stderr(stderr):
             run(script, *argv)
-        assert info.value.code == EXIT_USER_ERROR
-        lines = [line for line in stderr.getvalue().splitlines() if ": error: " in line]
-        assert len(lines) == 1, stderr.getvalue()
-        return lines[0]
+        return assert_one_line_error((info.value.code, stderr.getvalue()))
 
     return error
 

@@ -6,7 +6,6 @@ processes."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -19,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, assert_one_line_error, one_line_error
 from ldm.checkpoint import read_state_dict
 from PIL import Image
 
 import sepce.data_generation as D
 import sepce.generation as G
 import sepce.modeling as M
-from sepce.cli import EXIT_USER_ERROR, parse_device
+from sepce.cli import parse_device
 from sepce.cli import run as run_cli
 from sepce.prompts import PromptRow, read_prompt_csv
 from sepce.records import ErasureRecord, base_info, changed_tensors, save_record, write_full_checkpoint
@@ -54,17 +53,6 @@ def txt2img(load_script):
 def run(module, *argv):
     """Run a script in-process as its ``__main__`` does (:func:`sepce.cli.run`)."""
     return run_cli(module.parse_args, module.main, [str(a) for a in argv], prog=Path(module.__file__).name)
-
-
-@contextlib.contextmanager
-def script_error(capsys, pattern: str):
-    """The block must end the script with exit status 1 and ONE ``error:`` line on stderr matching ``pattern``."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        yield
-    assert info.value.code == EXIT_USER_ERROR
-    lines = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), lines
 
 
 def tiny_args(ckpt: Path, steps: int = STEPS) -> list:
@@ -258,7 +246,7 @@ def test_resume_skips_existing_and_recovers_from_interruption(tmp_path, tiny_ckp
 def test_folder_settings_mismatch_is_refused(tmp_path, tiny_ckpt, prompts, gen_images, capsys):
     args = ["--model_name", "SD-v1-4", "--prompts_path", prompts, "--save_path", tmp_path, "--num_samples", 1]
     run(gen_images, *args, *tiny_args(tiny_ckpt, 4))
-    with script_error(capsys, r"other settings \(guidance_scale: 7.5 -> 3.0\)"):
+    with one_line_error(capsys, pattern=r"other settings \(guidance_scale: 7.5 -> 3.0\)"):
         run(gen_images, *args, *tiny_args(tiny_ckpt, 4), "--guidance_scale", 3)
     report = run(gen_images, *args, *tiny_args(tiny_ckpt, 4), "--guidance_scale", 3, "--overwrite")[0]
     assert report.written == 3
@@ -299,7 +287,7 @@ BAD_CSVS = {
 @pytest.mark.parametrize("text", list(BAD_CSVS))
 def test_bad_csv_fails_before_model_load(tmp_path, tiny_ckpt, no_model_load, text, gen_images, capsys):
     csv_path = write_csv(tmp_path / "bad.csv", text)
-    with script_error(capsys, BAD_CSVS[text]):
+    with one_line_error(capsys, pattern=BAD_CSVS[text]):
         run(
             gen_images,
             "--model_name",
@@ -345,7 +333,7 @@ def test_bad_options_fail_before_model_load(
         tmp_path / "models",
         *extra,
     ]
-    with script_error(capsys, message):
+    with one_line_error(capsys, pattern=message):
         run(gen_images, *args)
 
 
@@ -363,12 +351,11 @@ def test_script_error_is_one_line_and_nonzero(tmp_path):
         tmp_path / "missing.ckpt",
         check=False,
     )
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.strip().splitlines() if "error" in line]
-    assert lines == [
+    line = assert_one_line_error(proc)
+    assert line == (
         f"generate-images.py: error: prompt CSV {csv_path} lacks column(s) ['evaluation_seed'] (it has "
         "['case_number', 'prompt']); expected case_number, prompt, evaluation_seed"
-    ]
+    )
 
 
 # -------------------------------------------------------------------------------------- model resolution
@@ -483,7 +470,7 @@ def test_erased_images_record_equals_full_checkpoint_and_subsets_differ(
     run(gen_images, "--model_name", "full-run", *common)
     run(gen_images, "--model_name", "sepce-run", "--erase", "Picasso", "--output_name", "sepce-picasso", *common)
     run(gen_images, "--model_name", "SD-v1-4", *common)
-    with script_error(capsys, r"other settings \(model.erase: \['VanGogh', 'Picasso'\] -> \['Picasso'\]"):
+    with one_line_error(capsys, pattern=r"other settings \(model.erase: \['VanGogh', 'Picasso'\] -> \['Picasso'\]"):
         run(gen_images, "--model_name", "sepce-run", "--erase", "Picasso", *common)
     out = tmp_path / "eval"
     for case in range(3):
@@ -523,7 +510,7 @@ def test_txt2img_writes_named_images_and_refuses_overwrite(tmp_path, tiny_ckpt, 
     )
     for k in range(2):  # same prompt and seed (case 0 of the CSV) → same image as generate-images.py
         assert_same_image(paths[k], tmp_path / "eval" / "SD-v1-4" / f"0_{k}.png", exact=False)
-    with script_error(capsys, r"van-gogh-42_0.png already exists; pass --overwrite"):
+    with one_line_error(capsys, pattern=r"van-gogh-42_0.png already exists; pass --overwrite"):
         run(txt2img, "--prompt", "Van Gogh", "--outdir", tmp_path / "t2i", *tiny_args(tiny_ckpt))
 
 
@@ -566,22 +553,22 @@ def test_generate_data_manifest_class_folder_and_resume(tmp_path, tiny_ckpt, gen
     assert (report.written, report.skipped) == (2, 6)
     assert len(read_prompt_csv(folder / "manifest.csv")) == 4
     assert len(list((data / "train" / "0").glob("*.png"))) == 8
-    with script_error(capsys, r"records case 0 as prompt 'Van Gogh' seed \d+, not 'Van Gogh' seed"):
+    with one_line_error(capsys, pattern=r"records case 0 as prompt 'Van Gogh' seed \d+, not 'Van Gogh' seed"):
         run(gen_data, "--prompt", "Van Gogh", "--num_cases", 4, "--seed", 1, *common)
-    with script_error(capsys, r"other settings \(steps: 8 -> 9\)"):
+    with one_line_error(capsys, pattern=r"other settings \(steps: 8 -> 9\)"):
         run(gen_data, "--prompt", "Van Gogh", "--num_cases", 4, *common, "--ddim_steps", 9)
 
 
 def test_generate_data_blank_prompt_and_class_checks(tmp_path, tiny_ckpt, no_model_load, gen_data, capsys):
     data = tmp_path / "data"
     common = ["--save_path", data, "--num_cases", 1, *tiny_args(tiny_ckpt)]
-    with script_error(capsys, r"--model_name 1 is class 'Picasso' .* but --prompt is 'Van Gogh'"):
+    with one_line_error(capsys, pattern=r"--model_name 1 is class 'Picasso' .* but --prompt is 'Van Gogh'"):
         run(gen_data, "--prompt", "Van Gogh", "--model_name", "1", *common)
-    with script_error(capsys, r"--model_name 12: not a class index"):
+    with one_line_error(capsys, pattern=r"--model_name 12: not a class index"):
         run(gen_data, "--prompt", "Van Gogh", "--model_name", "12", *common)
-    with script_error(capsys, r"--model_name 'Monet' is neither a class index"):
+    with one_line_error(capsys, pattern=r"--model_name 'Monet' is neither a class index"):
         run(gen_data, "--prompt", "Van Gogh", "--model_name", "Monet", *common)
-    with script_error(capsys, r"cannot name a data folder"):
+    with one_line_error(capsys, pattern=r"cannot name a data folder"):
         run(gen_data, "--prompt", "a/b", "--model_name", "none", *common)
     assert not data.exists() or not any(data.rglob("*.png"))
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 
 from sepce.classes import load_class_map
 from sepce.prompts import PromptRow, case_classes, read_prompt_csv, shard_rows
@@ -177,7 +178,7 @@ def test_make_evaluate_csv_cli_is_deterministic_and_safe(tmp_path):
     other = subprocess.run(
         [sys.executable, script, "--output", str(out), "--seed", "7"], capture_output=True, text=True
     )
-    assert other.returncode != 0 and out.read_text() == text
-    assert other.stderr.strip().splitlines() == [
-        f"make_evaluate_csv.py: error: {out} exists and differs from what these arguments give; pass --overwrite"
-    ]
+    assert out.read_text() == text
+    assert_one_line_error(
+        other, f"make_evaluate_csv.py: error: {out} exists and differs from what these arguments give; pass --overwrite"
+    )

@@ -5,18 +5,16 @@ prompt unchanged, erased ones changed)."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 from PIL import Image
 
-from sepce.cli import EXIT_USER_ERROR
 from sepce.cli import run as run_cli
 from sepce.reproduce import METHODS, Method, model_rows
 
@@ -26,17 +24,6 @@ def reproduce(load_script):
     """``reproduce(*argv)``: eval-scripts/reproduce.py in-process, as its ``__main__`` runs it."""
     script = load_script("eval-scripts/reproduce.py")
     return lambda *argv: run_cli(script.parse_args, script.main, [str(a) for a in argv], prog="reproduce.py")
-
-
-@contextlib.contextmanager
-def script_error(capsys, pattern: str):
-    """The block must end the script with exit status 1 and ONE ``error:`` line on stderr matching ``pattern``."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        yield
-    assert info.value.code == EXIT_USER_ERROR
-    lines = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), lines
 
 
 def test_dry_run_is_the_seed_pipeline_as_a_shell_script(tmp_path, capsys, monkeypatch, reproduce):
@@ -101,9 +88,9 @@ def test_sepce_subset_rows_erase_prefixes_and_restore_the_rest():
 
 def test_bad_inputs_fail_before_anything_runs(tmp_path, monkeypatch, reproduce, capsys):
     monkeypatch.setitem(METHODS, "Nope", Method("Nope", "train-scripts/nope.py", (), ()))
-    with script_error(capsys, r"script\(s\) \['train-scripts/nope.py'\] do not exist"):
+    with one_line_error(capsys, pattern=r"script\(s\) \['train-scripts/nope.py'\] do not exist"):
         reproduce("--tiny", "--work_dir", tmp_path / "w", "--methods", "CiE", "Nope")
-    with script_error(capsys, r"checkpoint .*missing.ckpt does not exist \(--ckpt_path\)"):
+    with one_line_error(capsys, pattern=r"checkpoint .*missing.ckpt does not exist \(--ckpt_path\)"):
         reproduce(
             "--work_dir",
             tmp_path / "w",
@@ -114,7 +101,7 @@ def test_bad_inputs_fail_before_anything_runs(tmp_path, monkeypatch, reproduce, 
             "--methods",
             "CiE",
         )
-    with script_error(capsys, r"unknown concept 'Monet'"):
+    with one_line_error(capsys, pattern=r"unknown concept 'Monet'"):
         reproduce("--tiny", "--work_dir", tmp_path / "w", "--concept", "Monet", "--methods", "CiE")
     assert not (tmp_path / "w").exists()
 
@@ -194,9 +181,9 @@ def test_subprocess_runner_and_a_failing_step(tmp_path, reproduce, capsys):
         work / "classes.csv"
     ).read_text() == "index,name,prompt\n0,Van Gogh,Van Gogh\n1,Picasso,Picasso\n2,Cezanne,Cezanne\n3,blank,\n"
     assert (work / "evaluate.csv").read_text().splitlines()[1:3] == ["0,Van Gogh,68504,0", "1,Van Gogh,38136,0"]
-    with script_error(
+    with one_line_error(
         capsys,
-        r"step 'training images of Van Gogh' failed \(exit status 1\): python "
+        pattern=r"step 'training images of Van Gogh' failed \(exit status 1\): python "
         r"eval-scripts/generate-data.py --prompt 'Van Gogh' .*; fix it and re-run",
     ):
         reproduce("--tiny", "--work_dir", work, "--stages", "data", "--runner", "subprocess", "--image_size", 60)

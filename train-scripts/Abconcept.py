@@ -144,7 +144,6 @@ def train_authors(args: argparse.Namespace) -> dict:
     concept_text, anchor_text = ablating_prompts(args.prompt, args.concept_template, args.anchor_prompt)
     conds = prompts_embeddings(model, [concept_text, anchor_text])  # 2 77 D: concept, anchor
     session.start_run({"concept_prompt": concept_text})
-    model.train()
 
     def step(i: int) -> TrainStep:
         _, t = session.timesteps()
@@ -157,13 +156,11 @@ def train_authors(args: argparse.Namespace) -> dict:
         values = {"concept_mse": concept_term.item(), "anchor_mse": anchor_term.item(), "l1_drift": drift.item()}
         return TrainStep(loss, values)
 
-    result = session.trainer(params, desc=f"Abconcept {args.prompt}").fit(step)
-    model.eval()
+    result = session.fit(params, step, desc=f"Abconcept {args.prompt}")
     summary = session.finish(
         result,
         session.tensor_record(params),
         reference=reference.kind,
-        concepts={args.prompt: {"iterations": result.iterations, "stop_reason": result.stop_reason}},
         settings={
             "prompt": args.prompt,
             "variant": args.variant,
@@ -202,15 +199,15 @@ def train_original(args: argparse.Namespace) -> dict:
     spec = ABLATING_VARIANTS["original"]
     settings = settings_from_args(args)
     concept_text, anchor_text = ablating_prompts(args.prompt, args.concept_template, args.anchor_prompt)
-    session = TrainingSession(settings, "Abconcept", [args.prompt], images=False, suffix="original")
     folder_name, folder = anchor_images(settings.data_dir, anchor_text, settings.image_size)
-    session.folders[folder_name] = folder  # the training images are the anchor's
+    session = TrainingSession(  # the training images are the anchor prompt's
+        settings, "Abconcept", [args.prompt], images=False, suffix="original", image_folders={folder_name: folder}
+    )
     model = session.load_model()
     params = select_parameters(model, spec.parameter_rule)
     originals = {k: p.detach().clone() for k, p in params.items()}  # for the logged drift only
     concept_cond, anchor_cond = prompts_embeddings(model, [concept_text]), prompts_embeddings(model, [anchor_text])
     session.start_run({"concept_prompt": concept_text, "anchor_folder": folder_name})
-    model.train()
 
     def step(i: int) -> TrainStep:
         z = session.latent(folder_name)
@@ -228,14 +225,11 @@ def train_original(args: argparse.Namespace) -> dict:
         return TrainStep(loss, values)
 
     optimizer = spec.optimizer_for(params.values(), settings.lr)
-    trainer = session.trainer(params, desc=f"Abconcept (original) {args.prompt}", zero_grad=True, optimizer=optimizer)
-    result = trainer.fit(step)
-    model.eval()
+    result = session.fit(params, step, desc=f"Abconcept (original) {args.prompt}", zero_grad=True, optimizer=optimizer)
     summary = session.finish(
         result,
         session.tensor_record(params),
         reference="none (the target is the trained model's own prediction for the anchor prompt, detached)",
-        concepts={args.prompt: {"iterations": result.iterations, "stop_reason": result.stop_reason}},
         settings={
             "prompt": args.prompt,
             "variant": args.variant,

@@ -54,7 +54,6 @@ def main(args: argparse.Namespace) -> dict:
     cond = model.get_learned_conditioning([args.prompt, ""]).detach()  # 2 77 D: concept, blank
     session.start_run()
     stopper = MomentumStop(args.threshold, args.iterations)
-    model.train()
 
     def step(i: int) -> TrainStep:
         _, t = session.timesteps()
@@ -63,8 +62,7 @@ def main(args: argparse.Namespace) -> dict:
         stop = stopper.update(d.item())
         return TrainStep(loss, {"direction": d.item(), "reg": reg.item(), "momentum": stopper.momentum}, stop)
 
-    result = session.trainer(params, desc=f"CiE {args.prompt}").fit(step)
-    model.eval()
+    result = session.fit(params, step, desc=f"CiE {args.prompt}")
     concept = {"iterations": result.iterations, "stop_reason": result.stop_reason, "final_momentum": stopper.momentum}
     summary = session.finish(
         result,

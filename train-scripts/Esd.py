@@ -108,7 +108,6 @@ def main(args: argparse.Namespace) -> dict:
     conds = {c: prompts_embeddings(model, [c]) for c in concepts}  # each 1 77 D
     latent_shape = (1, model.channels, args.image_size // 8, args.image_size // 8)
     run_folder = session.start_run({"concepts": concepts, "trained_tensors": len(params)})
-    model.train()
 
     def step(i: int) -> TrainStep:
         concept = concepts[int(torch.randint(len(concepts), (1,), generator=session.generator))]
@@ -124,14 +123,13 @@ def main(args: argparse.Namespace) -> dict:
         return TrainStep(loss, {"concept": concept, "t_enc": t_enc, "t": int(t), "ddim_steps_run": steps})
 
     # The rollback copy of the trained tensors is skipped for the methods that train most of the UNet.
-    trainer = session.trainer(
+    result = session.fit(
         params,
+        step,
         desc=f"ESD-{args.train_method} {args.prompt}",
         zero_grad=True,
         keep_last_good=args.train_method in SMALL_TRAIN_METHODS,
     )
-    result = trainer.fit(step)
-    model.eval()
     draws = {c: sum(r.get("concept") == c for r in run_folder.rows[: result.iterations]) for c in concepts}
     summary = session.finish(
         result,

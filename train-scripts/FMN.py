@@ -34,7 +34,6 @@ from typing import Optional, Sequence
 
 import torch
 
-from sepce.attack import tokenizer_from_config
 from sepce.baseline_losses import (
     FMN_CONCEPT_TEMPLATE,
     FMN_NEUTRAL_PROMPT,
@@ -52,7 +51,7 @@ from sepce.baseline_losses import (
 )
 from sepce.cli import EXIT_HELP, parser, run
 from sepce.losses import l1_drift
-from sepce.modeling import attn2_modules, prompts_embeddings
+from sepce.modeling import attn2_modules, prompts_embeddings, tokenizer_from_config
 from sepce.training import (
     TrainingSession,
     TrainStep,
@@ -126,7 +125,6 @@ def train_authors(args: argparse.Namespace) -> dict:
     concept_text, neutral_text = fmn_prompts(args.prompt, args.concept_template, args.neutral_prompt)
     context, context2 = prompts_embeddings(model, [concept_text]), prompts_embeddings(model, [neutral_text])
     session.start_run({"concept_prompt": concept_text})
-    model.train()
 
     def step(i: int) -> TrainStep:
         _, t = session.timesteps()
@@ -136,13 +134,11 @@ def train_authors(args: argparse.Namespace) -> dict:
             drift = l1_drift(params, originals)
         return TrainStep(loss, {"l1_drift": drift.item()})
 
-    result = session.trainer(params, desc=f"FMN {args.prompt}").fit(step)
-    model.eval()
+    result = session.fit(params, step, desc=f"FMN {args.prompt}")
     summary = session.finish(
         result,
         session.tensor_record(params),
         reference="none (FMN compares two contexts of the trained model)",
-        concepts={args.prompt: {"iterations": result.iterations, "stop_reason": result.stop_reason}},
         settings={
             "prompt": args.prompt,
             "variant": args.variant,
@@ -172,7 +168,6 @@ def train_original(args: argparse.Namespace) -> dict:
     layers = attn2_modules(model)
     context = prompts_embeddings(model, [concept_text])
     session.start_run({"concept_prompt": concept_text, "concept_positions": positions})
-    model.train()
 
     def step(i: int) -> TrainStep:
         _, t = session.timesteps()
@@ -183,14 +178,11 @@ def train_original(args: argparse.Namespace) -> dict:
         return TrainStep(loss, {"concept_attention": mean_attention.item(), "l1_drift": drift.item()})
 
     optimizer = spec.optimizer_for(params.values(), settings.lr)
-    trainer = session.trainer(params, desc=f"FMN (original) {args.prompt}", zero_grad=True, optimizer=optimizer)
-    result = trainer.fit(step)
-    model.eval()
+    result = session.fit(params, step, desc=f"FMN (original) {args.prompt}", zero_grad=True, optimizer=optimizer)
     summary = session.finish(
         result,
         session.tensor_record(params),
         reference="none (the loss reads the trained model's own attention)",
-        concepts={args.prompt: {"iterations": result.iterations, "stop_reason": result.stop_reason}},
         settings={
             "prompt": args.prompt,
             "variant": args.variant,

@@ -17,12 +17,19 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
+from dataclasses import replace
 from typing import Optional, Sequence
 
-from sepce.cli import EXIT_HELP, add_quiet, default_device, parse_devices, parser, run, show_progress
-from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG
-from sepce.training import FULL_FORMATS, FitResult, TrainingSession, TrainingSettings, finished_message
+from sepce.cli import EXIT_HELP, default_device, parser, run
+from sepce.records import check_concept_name
+from sepce.training import (
+    FitResult,
+    TrainingSession,
+    TrainingSettings,
+    add_run_args,
+    finished_message,
+    settings_from_args,
+)
 from sepce.uce import UCESettings, split_concepts, uce_edit
 
 log = logging.getLogger("UCE")
@@ -50,43 +57,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--erase_scale", type=float, default=1.0, help="weight s_e of the erase term (>= 0)")
     p.add_argument("--preserve_scale", type=float, default=1.0, help="weight s_p of the preserve term (>= 0)")
     p.add_argument("--lamb", type=float, default=0.5, help="weight lambda of |W - W_old|^2 (> 0)")
-    p.add_argument(
-        "--devices",
-        type=str,
-        default=default_device(),
-        help="device of the model ('0', 'cuda:0', 'cpu'); of two devices ('0,1') only the first is used",
+    add_run_args(
+        p,
+        devices=default_device(),
+        devices_help="device of the model ('0', 'cuda:0', 'cpu'); of two devices ('0,1') only the first is used",
     )
-    p.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="base CompVis checkpoint")
-    p.add_argument("--config_path", type=Path, default=DEFAULT_CONFIG, help="CompVis model config (YAML)")
-    p.add_argument(
-        "--output_dir",
-        type=Path,
-        default=None,
-        help="run folder (default: <repository>/models/<run name>, e.g. models/UCE-VanGogh); a non-empty folder "
-        "needs --overwrite",
-    )
-    p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --output_dir, replacing its run files")
-    p.add_argument(
-        "--save_full",
-        nargs="?",
-        const="ckpt",
-        default=None,
-        choices=FULL_FORMATS,
-        help="also write a full CompVis checkpoint (several GB) beside erasure.safetensors, as .ckpt (the flag "
-        "alone) or .safetensors (--save_full safetensors)",
-    )
-    add_quiet(p)
     return p.parse_args(argv)
 
 
 def uce_settings(args: argparse.Namespace) -> UCESettings:
     """The validated concepts and scales (one-line ``ValueError`` on bad input)."""
-    edit = split_concepts(args.edit_concepts)
-    for c in edit:
-        if "." in c:  # sepce.records refuses '.' in concept names: fail now, not at the save
-            raise ValueError(f"--edit_concepts: {c!r} contains '.', which erasure records do not allow")
     return UCESettings(
-        edit_concepts=tuple(edit),
+        edit_concepts=tuple(check_concept_name(c, "--edit_concepts") for c in split_concepts(args.edit_concepts)),
         guide_concepts=tuple(split_concepts(args.guide_concepts)),
         preserve_concepts=tuple(split_concepts(args.preserve_concepts, keep_blank=False)),
         erase_scale=args.erase_scale,
@@ -96,25 +78,13 @@ def uce_settings(args: argparse.Namespace) -> UCESettings:
 
 
 def run_settings(args: argparse.Namespace) -> TrainingSettings:
-    """The run's shared settings (device, model files, run folder, --save_full), validated. UCE has no optimiser:
-    ``lr`` is only there because :class:`TrainingSettings` requires one; it is used nowhere and the record's
-    metadata says ``lr: None``."""
-    devices = parse_devices(args.devices)
-    if len(devices) > 1:
-        log.info("UCE keeps no frozen copy: using %s only", devices[0])
-    return TrainingSettings(
-        lr=1.0,
-        iterations=1,
-        devices=(devices[0],),
-        ckpt_path=Path(args.ckpt_path),
-        config_path=Path(args.config_path),
-        data_dir=None,
-        output_dir=None if args.output_dir is None else Path(args.output_dir),
-        save_full=args.save_full,
-        overwrite=args.overwrite,
-        progress=show_progress(args.quiet),
-        command_line=dict(vars(args)),
-    )
+    """The run's shared settings (device, model files, run folder, --save_full), validated; no learning rate (UCE
+    has no optimiser) and one device."""
+    settings = settings_from_args(args)
+    if len(settings.devices) > 1:
+        log.info("UCE keeps no frozen copy: using %s only", settings.devices[0])
+        settings = replace(settings, devices=settings.devices[:1])
+    return settings
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -141,7 +111,6 @@ def main(args: argparse.Namespace) -> dict:
         }
     )
     record = session.tensor_record(result.tensors)
-    record.meta = {"lr": None}  # no optimiser (the record's own keys win over the session's)
     concepts = {
         c: {"iterations": 1, "stop_reason": STOP_REASON, "guide": g, "erase_residual": result.erase_residual[c]}
         for c, g in zip(settings.edit_concepts, settings.guides)

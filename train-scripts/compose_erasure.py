@@ -18,6 +18,8 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ldm.checkpoint import read_state_dict
+
 from sepce import records
 from sepce.cli import parser, run
 from sepce.io import write_json
@@ -47,20 +49,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def resolve_subset(record: records.ErasureRecord, erase: Optional[Sequence[str]], restore: Sequence[str]) -> list[str]:
-    """The concepts to erase: ``erase`` (default all) minus ``restore``, validated against the record."""
-    chosen = list(record.concepts) if erase is None else list(erase)
-    for name, given in (("--erase", chosen), ("--restore", list(restore))):
-        unknown = [c for c in given if c not in record.concepts]
-        if unknown:
-            raise ValueError(f"{name} {unknown[0]!r} is not a concept of {record.path}; it holds {record.concepts}")
-    subset = [c for c in chosen if c not in set(restore)]
+    """The concepts to erase: ``erase`` (default all) minus ``restore``, both matched to the record's concept names
+    (:func:`sepce.records.match_concepts`); only a separable record erases a subset of its concepts."""
+    chosen = list(record.concepts) if erase is None else records.match_concepts(record, erase)
+    kept = records.match_concepts(record, restore, "--restore") if restore else []
+    subset = [c for c in chosen if c not in kept]
     if not subset:
         raise ValueError("nothing to erase: --erase minus --restore is empty (the base checkpoint is the result)")
-    if not record.separable and sorted(subset) != sorted(record.concepts):
-        raise ValueError(
-            f"{record.method} record {record.path} erases {record.concepts} jointly; only SepCE records compose subsets"
-        )
-    return subset
+    return record.check_concepts(subset)
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -79,15 +75,7 @@ def main(args: argparse.Namespace) -> Path:
     if not Path(args.ckpt_path).is_file():
         raise FileNotFoundError(f"base checkpoint {args.ckpt_path} does not exist (--ckpt_path)")
     records.check_base(record, args.ckpt_path)
-    keys = set(record.tensors) | {k for layers in record.coefs.values() for k in layers}
-    from ldm.checkpoint import read_state_dict
-
-    base_sd = read_state_dict(args.ckpt_path)
-    missing = sorted(k for k in keys if k not in base_sd)
-    if missing:
-        raise ValueError(f"base checkpoint {args.ckpt_path} has no tensor {missing[0]!r} that the record changes")
-    changed = records.changed_tensors(record, {k: base_sd[k] for k in keys}, subset)
-    del base_sd
+    changed = records.erased_tensors(read_state_dict(args.ckpt_path), record, subset)
     records.write_full_checkpoint(args.ckpt_path, output, changed, overwrite=args.overwrite)
     write_json(
         sidecar,
