@@ -1,4 +1,4 @@
-"""Write ``data/evaluate.csv``, the evaluation prompts of the paper's protocol (METHOD.md, evaluation).
+"""Write ``data/evaluate.csv``, the evaluation prompts of the paper's protocol (docs/method.md, "Evaluation").
 
 One row per (class, seed): every class of the class map (9 artists + the blank prompt) gets
 ``--seeds_per_class`` seeds (50), the prompt is the bare concept prompt from the class map (empty for the

@@ -1,4 +1,4 @@
-"""Separable increments and basic solution sets of SepCE (Zhao et al., Sec. 3.3, Eq. 9–10; METHOD.md "SepCE").
+"""Separable increments and basic solution sets of SepCE (Zhao et al., Sec. 3.3, Eq. 9–10; docs/method.md "SepCE").
 
 For concept c and each cross-attention layer l, the key/value projections become
 W_l + Σ_{c active} ΔW_{c,l},   ΔW_{c,l} = A_{c,l} (β S_c),

@@ -1,4 +1,4 @@
-"""Evaluation of erased models (METHOD.md, "Data and evaluation protocol").
+"""Evaluation of erased models (docs/method.md, "Evaluation").
 
 Modules (import what you need; nothing heavy is imported here):
 

@@ -1,4 +1,4 @@
-"""The style classifier of the evaluation protocol (METHOD.md, "Data and evaluation protocol").
+"""The style classifier of the evaluation protocol (docs/method.md, "Evaluation").
 
 ResNet18 with ImageNet weights and a new K-way fully-connected layer (K = classes in ``data/classes.csv``);
 only the FC layer is trained: 20 epochs of SGD (momentum 0.9, weight decay 5e-4), batch 30, one triangular
@@ -21,7 +21,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision
@@ -69,22 +69,30 @@ def trunk(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def compute_features(
-    model: nn.Module,
+def map_images(
+    fn: Callable[[torch.Tensor], torch.Tensor],
     paths: Sequence[Path],
     image_size: int,
     batch_size: int,
     device: torch.device,
     num_workers: int = 0,
-    desc: str = "features",
+    desc: str = "images",
     progress: bool = True,
-) -> torch.Tensor:
-    """Pooled backbone features ``(N, 512)`` of the images, backbone in eval mode (``progress``: a bar)."""
-    net = trunk(model).to(device).eval()
-    chunks = []
+) -> List[torch.Tensor]:
+    """``fn`` of every batch of the images (Resize+CenterCrop to ``image_size``, [0, 1], on ``device``), in order,
+    each output on the CPU; a progress bar with ``progress``."""
     loader = image_loader(paths, image_size, batch_size, num_workers=num_workers)
-    for images, _ in tqdm(loader, desc=desc, disable=not progress):
-        chunks.append(net(images.to(device)).float().cpu())
+    return [fn(images.to(device)).cpu() for images, _ in tqdm(loader, desc=desc, disable=not progress)]
+
+
+def compute_features(
+    model: nn.Module, paths: Sequence[Path], image_size: int, batch_size: int, device: torch.device, **options
+) -> torch.Tensor:
+    """Pooled backbone features ``(N, 512)`` of the images, backbone in eval mode; ``options`` are
+    :func:`map_images`'s (``num_workers``, ``desc``, ``progress``)."""
+    net = trunk(model).to(device).eval()
+    options.setdefault("desc", "features")
+    chunks = map_images(lambda x: net(x).float(), paths, image_size, batch_size, device, **options)
     return torch.cat(chunks) if chunks else torch.empty(0, FEATURE_DIM)
 
 
@@ -270,23 +278,14 @@ def load_classifier(path: str | Path, classes: Sequence[ConceptClass]) -> Tuple[
     return model.eval(), {k: v for k, v in checkpoint.items() if k != "state_dict"}
 
 
-@torch.no_grad()
 def predict(
-    model: nn.Module,
-    paths: Sequence[Path],
-    image_size: int,
-    batch_size: int,
-    device: torch.device,
-    num_workers: int = 0,
-    desc: str = "classify",
-    progress: bool = True,
+    model: nn.Module, paths: Sequence[Path], image_size: int, batch_size: int, device: torch.device, **options
 ) -> torch.Tensor:
-    """Predicted class indices of the images (``progress``: a bar)."""
+    """Predicted class indices of the images; ``options`` are :func:`map_images`'s (``num_workers``, ``desc``,
+    ``progress``)."""
     model = model.to(device).eval()
-    loader = image_loader(paths, image_size, batch_size, num_workers=num_workers)
-    predictions = [
-        model(images.to(device)).argmax(1).cpu() for images, _ in tqdm(loader, desc=desc, disable=not progress)
-    ]
+    options.setdefault("desc", "classify")
+    predictions = map_images(lambda x: model(x).argmax(1), paths, image_size, batch_size, device, **options)
     return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
 
 

@@ -1,4 +1,4 @@
-"""LPIPS between same-named images of the original and an edited model (METHOD.md, evaluation protocol).
+"""LPIPS between same-named images of the original and an edited model (docs/method.md, "Evaluation").
 
 LPIPS (Zhang et al., "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric", CVPR 2018) with
 the AlexNet trunk of the ``lpips`` package, v0.1 linear calibration, images Resize+CenterCrop to 64 px and
@@ -57,12 +57,13 @@ def lpips_per_class(
     device: torch.device,
     batch_size: int = 50,
     image_size: int = LPIPS_IMAGE_SIZE,
+    progress: bool = True,
 ) -> Dict[int, List[float]]:
-    """LPIPS distance of every pair, grouped by class (values in pair order)."""
+    """LPIPS distance of every pair, grouped by class (values in pair order); a progress bar with ``progress``."""
     metric = metric.to(device).eval()
     distances: Dict[int, List[float]] = {}
     total = sum(len(v) for v in pairs.values())
-    with tqdm(total=total, desc="LPIPS") as progress:
+    with tqdm(total=total, desc="LPIPS", disable=not progress) as bar:
         for class_index, class_pairs in sorted(pairs.items()):
             values: List[float] = []
             for start in range(0, len(class_pairs), batch_size):
@@ -70,7 +71,7 @@ def lpips_per_class(
                 left = load_images([a for a, _ in chunk], image_size).to(device) * 2 - 1  # (B, 3, 64, 64)
                 right = load_images([b for _, b in chunk], image_size).to(device) * 2 - 1
                 values += metric(left, right).flatten().float().cpu().tolist()
-                progress.update(len(chunk))
+                bar.update(len(chunk))
             distances[class_index] = values
     return distances
 

@@ -8,7 +8,7 @@ initialisation. SepCE's basis for a concept is the null space of the stacked tok
 other concepts' prompts, so ``D`` must exceed the stack's rank: 16 tokens x 3 prompts leave
 ``n_c = 128 - 42 = 86`` directions (:func:`null_space_sizes` measures it).
 
-Training (:func:`train`, two phases, Rombach et al. 2022 §3):
+Training (:class:`WorldTrainer`, two phases, Rombach et al. 2022 §3):
 
 1. the autoencoder on random crops of rendered world images: L1 reconstruction + ``kl_weight`` x KL to N(0, I),
    both per pixel (the normalisation of the CompVis ``LPIPSWithDiscriminator`` loss, without its perceptual and
@@ -274,7 +274,7 @@ def load_state(path: Path) -> TrainState:
 
 
 class WorldTrainer:
-    """The two-phase training of :func:`train`, resumable from ``<run_dir>/state.pt``."""
+    """The two-phase training described in the module docstring, resumable from ``<run_dir>/state.pt``."""
 
     def __init__(
         self,
