@@ -1,7 +1,7 @@
 """Loading evaluation images as tensors: RGB, Resize(size) + CenterCrop(size), values in [0, 1].
 
-One transform serves every use of an image set (docs/method.md, "Deliberate differences": the classifier is trained and tested with the same
-transform; the released test script used 256 px against 512 px in training, which is fixed here).
+One transform serves every use of an image set (docs/method.md, "Deliberate differences": the classifier is
+trained and tested with the same transform; the released test script used 256 px against 512 px in training).
 """
 
 from __future__ import annotations
