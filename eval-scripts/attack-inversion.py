@@ -21,8 +21,9 @@ Writes, under <save_path>/<output name>/ (the model's folder of generate-images.
 --model_name is what generate-images.py takes: SD-v1-4/original, a run folder under --models_dir, a SepCE
 record with --erase, a checkpoint or an imported diffusers UNet. Steps, learning rate, batch size, seed and the
 init word come from one preset per domain (sd, or the concept world), the same for every method; the --attack_*
-flags override it (recorded). --classifier takes the world classifier (.safetensors) or the artist ResNet18
-(artist-cls-train.py). The attack on the original model is the ceiling.
+flags override it (recorded). --image_size is the size of the generated images and of the training images
+(resized and centre-cropped): 512 for SD v1.4, 64 for the world. --classifier takes the world classifier
+(.safetensors) or the artist ResNet18 (artist-cls-train.py). The attack on the original model is the ceiling.
 """
 
 from __future__ import annotations
@@ -79,7 +80,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="training templates and preset: sd, or world (the concept world); auto: world for a concept-world "
         "style prompt ('in the style of waves'), else sd",
     )
-    p.add_argument("--init_word", default=None, help="single-token word v* starts from (None: the preset's, 'art')")
+    p.add_argument(
+        "--init_word",
+        default=None,
+        help="single-token word v* starts from (None: the preset's: 'art' for SD, 'thing' for the world)",
+    )
     p.add_argument("--attack_steps", type=int, default=None, help="optimisation steps (None: the preset's)")
     p.add_argument("--attack_lr", type=float, default=None, help="Adam learning rate of v* (None: the preset's)")
     p.add_argument("--attack_batch_size", type=int, default=None, help="images per step (None: the preset's)")

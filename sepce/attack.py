@@ -99,13 +99,14 @@ TEMPLATES = {
 
 @dataclass(frozen=True)
 class AttackPreset:
-    """Optimisation settings of the attack, one per domain and shared by every method (docs/method.md)."""
+    """Optimisation settings of the attack, one per domain and shared by every method (docs/method.md); the
+    values live in :data:`PRESETS`."""
 
-    steps: int = 200
-    batch_size: int = 4
-    lr: float = 5e-3
-    seed: int = 0
-    init_word: str = "art"
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    init_word: str
 
     def validate(self) -> AttackPreset:
         for name in ("steps", "batch_size"):
@@ -124,11 +125,22 @@ class AttackPreset:
         return asdict(self)
 
 
-#: The presets. World: chosen on the ORIGINAL world model with the held-out styles of the world benchmark
-#: (docs/world-benchmark.md); SD: textual inversion's learning rate and batch size (Gal et al. 2023), not tuned
-#: here (no SD weights on this machine).
+#: The presets. World: tuned on the ORIGINAL world model (the attack's ceiling) with the world benchmark's held-out
+#: styles grid, noise and stripes (sepce.world.benchmark.HELD_OUT), never on reported styles; accuracy of the world
+#: classifier on 16-32 attack images per style, DDIM 50, guidance 7.5. Init word "art": at 200 steps, lr 5e-3 /
+#: 2e-2 / 5e-2 gave grid 50 / 69 / 63 % and noise 94 / 100 / 100 % (own prompt 100 %); with lr 2e-2, grid went
+#: 72 / 75 / 72 / 97 % at 100 / 200 / 300 / 400 steps. 400 steps took 1.5-2 min on the shared 2-core machine, over
+#: the minute the world preset may take; 200 steps take 24-35 s. "art" alone draws "noise" in 14 of 32 images
+#: (``in the style of art``, 32 seeds); "thing" is the most neutral of the words tried (art, pattern, texture,
+#: thing, painting, *, sks, object: at most 9 of 32 images in one style) and gave grid 84 / 78 % and noise 100 / 100 %
+#: at 100 / 200 steps. Stripes is not recovered at any setting tried (0-9 %, its attack images read as rings): on
+#: stripes images the ε-loss is lower with the "rings" token (0.0763) than with "stripes" (0.0782) and the learned
+#: word reaches 0.0720, so the objective itself points elsewhere on this model (a limit of the attack here, not of
+#: the optimiser).
+#: SD: not tuned here (no SD weights on this machine): batch 4 and a learning rate between diffusers' textual
+#: inversion default (2e-3 effective) and the paper's (Gal et al. 2023: 5e-3 base, 4e-2 effective), 1000 steps.
 PRESETS = {
-    "world": AttackPreset(steps=200, batch_size=4, lr=5e-3, seed=0, init_word="art"),
+    "world": AttackPreset(steps=200, batch_size=4, lr=2e-2, seed=0, init_word="thing"),
     "sd": AttackPreset(steps=1000, batch_size=4, lr=5e-3, seed=0, init_word="art"),
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -162,9 +163,10 @@ def test_one_line_errors(tiny_model, tmp_path):
         (ValueError, r"--init_word 'Van Gogh' is 2 CLIP tokens", attack.word_token, tokenizer, "Van Gogh"),
         (ValueError, "must stand as a separate word", attack.slot_prompts, tokenizer, ["paintings<v*>"], "art"),
         (ValueError, "falls beyond", attack.slot_prompts, tokenizer, ["word " * 80 + "<v*>"], "art"),
-        (ValueError, "--attack_steps 0", attack.AttackPreset(steps=0).validate),
-        (ValueError, "--attack_lr nan", attack.AttackPreset(lr=float("nan")).validate),
-        (ValueError, "--init_word ''", attack.AttackPreset(init_word="").validate),
+        (ValueError, "--attack_steps 0", replace(FAST, steps=0).validate),
+        (ValueError, "--attack_lr nan", replace(FAST, lr=float("nan")).validate),
+        (ValueError, "--attack_seed -1", replace(FAST, seed=-1).validate),
+        (ValueError, "--init_word ''", replace(FAST, init_word="").validate),
         (FileNotFoundError, "image folder .* does not exist", ImageFolder, tmp_path / "nowhere", 64),
         (ValueError, "needs the placeholder", attack.train_word, tiny_model, None, ["a painting by art"], FAST),
     ]
