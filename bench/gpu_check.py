@@ -67,7 +67,7 @@ REPO = Path(__file__).resolve().parent.parent
 if importlib.util.find_spec("sepce") is None:  # a bare checkout (a GPU box without `pip install -e .`)
     sys.path[:0] = [str(REPO), str(REPO / "ldm-replace")]
 
-from sepce.cli import PRECISIONS, parse_device, parse_precision, parser, run  # noqa: E402
+from sepce.cli import EXIT_CHECK_FAILED, PRECISIONS, parse_device, parse_precision, parser, run  # noqa: E402
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, REPO_ROOT  # noqa: E402
 
 log = logging.getLogger("gpu_check")
@@ -76,7 +76,6 @@ SECTIONS = ("gen", "train", "torchrun")
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny" / "v1-tiny-wide.yaml"  # SepCE needs the wide text context
 DEFAULT_OUTPUT = REPO_ROOT / "outputs" / "gpu-check" / "gpu_check.json"
 SCHEMA = "sepce-gpu-check/1"
-EXIT_CHECK_FAILED = 4
 GIB = 2**30
 PROMPTS = (
     "a painting of a starry night over a village in the style of Van Gogh",

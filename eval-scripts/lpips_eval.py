@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import EXIT_HELP, add_classes, add_device, add_prompts_path, parse_device, parser, run
+from sepce.cli import (
+    EXIT_HELP,
+    add_classes,
+    add_device,
+    add_prompts_path,
+    add_quiet,
+    parse_device,
+    parser,
+    run,
+    show_progress,
+)
 from sepce.evaluation.common import file_signature
 from sepce.evaluation.compare import compare_folders
 from sepce.evaluation.fid import FID_INCEPTION_NETWORK, INCEPTION_IMAGE_SIZE, inception_extractor
@@ -81,6 +91,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="random AlexNet/Inception weights instead of ImageNet ones (tests only)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace results made from other inputs")
+    add_quiet(p)
     args = p.parse_args(argv)
     for name in ("batch_size", "lpips_size"):
         if getattr(args, name) < 1:
@@ -127,6 +138,7 @@ def main(args: argparse.Namespace) -> Dict[str, List[dict]]:
         lpips_image_size=args.lpips_size,
         overwrite=args.overwrite,
         pairs=report,
+        progress=show_progress(args.quiet),
     )
     print(f"{args.edited_path} vs {args.original_path}: {report.num_pairs} image pairs")
     lpips_by_name = {row["name"]: row for row in results.get("lpips", [])}

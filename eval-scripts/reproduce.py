@@ -77,6 +77,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         help="classifier checkpoint (None: <work_dir>/models/artist-classifier/resnet18.pt)",
     )
+    p.add_argument(
+        "--fid_weights",
+        type=Path,
+        default=None,
+        help="lpips_eval.py --fid_weights: pytorch-fid's Inception state dict (None: the torch hub cache file)",
+    )
+    p.add_argument(
+        "--lpips_backbone_weights",
+        type=Path,
+        default=None,
+        help="lpips_eval.py --backbone_weights: the AlexNet ImageNet state dict of LPIPS (None: torchvision's cache)",
+    )
     add_classes(p)
     add_prompts_path(p, default=DATA_DIR / "evaluate.csv")
     p.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="original SD v1.4 checkpoint")
@@ -151,6 +163,8 @@ def settings_of(args: argparse.Namespace) -> tuple[ReproductionSettings, Reprodu
         devices=args.devices,
         nproc_per_node=args.nproc_per_node,
         quiet=args.quiet,
+        fid_weights=args.fid_weights,
+        lpips_backbone_weights=args.lpips_backbone_weights,
     )
     layout = reproduction_layout(
         args.tiny,
@@ -167,13 +181,18 @@ def settings_of(args: argparse.Namespace) -> tuple[ReproductionSettings, Reprodu
 
 
 def check_inputs(args: argparse.Namespace, steps: List[ScriptStep]) -> None:
-    """Fail before running anything when a script, the class map, the CSV or the base checkpoint is missing."""
+    """Fail before running anything when a script, the class map, the CSV, a weights file or the base checkpoint
+    is missing."""
     missing = sorted(
         {s.argv[0] for s in steps if s.argv and s.argv[0] != "-m" and not (REPO_ROOT / s.argv[0]).is_file()}
     )
     if missing:
         raise FileNotFoundError(f"script(s) {missing} do not exist; choose --methods among the available ones")
     read_prompt_csv(args.prompts_path, load_class_map(args.classes), require_class=True)
+    for flag in ("fid_weights", "lpips_backbone_weights"):
+        weights = getattr(args, flag)
+        if weights is not None and not Path(weights).is_file():
+            raise FileNotFoundError(f"--{flag} {weights} does not exist")
     if not args.tiny and not args.dry_run and not Path(args.ckpt_path).is_file():
         raise FileNotFoundError(
             f"checkpoint {args.ckpt_path} does not exist (--ckpt_path); download "

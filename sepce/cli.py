@@ -8,6 +8,9 @@ A script is ``parse_args()`` + ``main(args)``; it ends with ``run(parse_args, ma
 - turns a returned summary with ``ok`` False (a training run stopped early: non-finite loss, Ctrl-C) into a
   warning and exit status :data:`EXIT_STOPPED_EARLY`, after the script has saved its last good state.
 
+A check script that ran to its end but found a failed check (``bench/gpu_check.py``) exits with
+:data:`EXIT_CHECK_FAILED`.
+
 Scripts validate their flags once, here at the boundary (:func:`parse_device`, :func:`parse_devices`,
 :func:`parse_precision`, ...), and hand the library typed settings; the library never reads flag names.
 """
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 EXIT_USER_ERROR = 1
 EXIT_STOPPED_EARLY = 3
+EXIT_CHECK_FAILED = 4
 EXIT_HELP = (
     "exit status: 0 done; 1 bad input (one line on stderr, nothing written); 3 stopped early (non-finite loss or "
     "Ctrl-C) after saving the last good state"

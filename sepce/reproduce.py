@@ -157,6 +157,8 @@ class ReproductionSettings:
     devices: str
     nproc_per_node: int
     quiet: bool = False
+    fid_weights: Optional[Path] = None  # lpips_eval.py --fid_weights (None: the torch hub cache)
+    lpips_backbone_weights: Optional[Path] = None  # lpips_eval.py --backbone_weights (None: torchvision's cache)
 
 
 @dataclass(frozen=True)
@@ -286,10 +288,14 @@ def _class_flags(lay: ReproductionLayout) -> List[str]:
     return ["--classes", str(lay.classes)]
 
 
+def _quiet_flags(s: ReproductionSettings) -> List[str]:
+    return ["--quiet"] if s.quiet else []
+
+
 def _sample_flags(s: ReproductionSettings) -> List[str]:
     flags = ["--ddim_steps", str(s.ddim_steps), "--image_size", str(s.image_size), "--batch_size", str(s.batch_size)]
     flags += ["--device", s.device] + (["--precision", s.precision] if s.precision != "fp32" else [])
-    return flags + (["--quiet"] if s.quiet else [])
+    return flags + _quiet_flags(s)
 
 
 def model_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: List[ConceptClass]) -> tuple:
@@ -325,7 +331,7 @@ def classifier_stage(s: ReproductionSettings, lay: ReproductionLayout) -> List[S
     """Stage 3: ``artist-cls-train.py`` (skipped when the classifier exists)."""
     argv = ["train-scripts/artist-cls-train.py", "--train_dir", str(lay.data_dir / "train")]
     argv += ["--eval_dir", str(lay.data_dir / "eval"), "--output", str(lay.classifier), "--device", s.device]
-    argv += _class_flags(lay)
+    argv += [*_class_flags(lay), *_quiet_flags(s)]
     if s.tiny:
         argv += ["--no_pretrained", "--epochs", "3", "--image_size", str(s.image_size), "--batch_size", "8"]
     return [ScriptStep("classifier", "style classifier", argv, skip_if=lay.classifier)]
@@ -374,7 +380,7 @@ def sort_stage(lay: ReproductionLayout, rows: Sequence[Row]) -> List[ScriptStep]
 def classify_stage(s: ReproductionSettings, lay: ReproductionLayout) -> List[ScriptStep]:
     """Stage 7: ``artist-cls-test.py`` (accuracy per class of every model folder)."""
     argv = ["train-scripts/artist-cls-test.py", "--path", str(lay.eval_dir), "--classifier", str(lay.classifier)]
-    argv += ["--device", s.device, "--overwrite", *_class_flags(lay)]
+    argv += ["--device", s.device, "--overwrite", *_class_flags(lay), *_quiet_flags(s)]
     return [ScriptStep("classify", "classifier accuracy", argv)]
 
 
@@ -384,7 +390,9 @@ def metrics_stage(s: ReproductionSettings, lay: ReproductionLayout, rows: Sequen
     for row in rows[1:]:
         argv = ["eval-scripts/lpips_eval.py", "--original_path", str(lay.eval_dir / ORIGINAL_FOLDER)]
         argv += ["--edited_path", str(lay.eval_dir / row.folder), "--prompts_path", str(lay.prompts_path)]
-        argv += ["--device", s.device, "--overwrite", *_class_flags(lay)]
+        argv += ["--device", s.device, "--overwrite", *_class_flags(lay), *_quiet_flags(s)]
+        for flag, weights in (("--fid_weights", s.fid_weights), ("--backbone_weights", s.lpips_backbone_weights)):
+            argv += [flag, str(weights)] if weights is not None else []
         if s.tiny:
             argv += ["--no_pretrained", "--fid_size", "75", "--batch_size", "16"]
         steps.append(ScriptStep("metrics", f"LPIPS and FID of {row.name}", argv))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +287,33 @@ def test_compare_folders_records_the_fid_network_and_keeps_metric_fingerprints_a
         compare_folders(
             default, edited, case_to_class, classes, CPU, metrics=["lpips"], settings={"network": "x"}, **common
         )
+
+
+def test_progress_bars_follow_the_flag(tmp_path, capsys, load_script, monkeypatch):
+    """compare_folders draws its LPIPS and FID bars only with ``progress``; lpips_eval.py passes
+    ``sepce.cli.show_progress(--quiet)``."""
+    write_evaluation(tmp_path)
+    classes = load_class_map(tmp_path / "classes.csv")
+    default, edited = tmp_path / "evaluation_folder" / "default", tmp_path / "evaluation_folder" / "eval"
+    common = dict(
+        lpips_factory=MeanDistance, fid_factory=lambda: colour_stats, fid_network=FID_WORLD_CLASSIFIER_NETWORK,
+        fid_image_size=32,
+    )  # fmt: skip
+    for progress in (False, True):
+        shutil.rmtree(edited / "results", ignore_errors=True)  # computed again, not reused
+        capsys.readouterr()
+        compare_folders(
+            default, edited, {case: case // 2 for case in range(4)}, classes, CPU, progress=progress, **common
+        )
+        err = capsys.readouterr().err
+        assert ("LPIPS" in err and "FID 0 a" in err and "FID 1 b" in err) is progress, err
+
+    script = load_script("eval-scripts/lpips_eval.py")
+    seen = []
+    monkeypatch.setattr(script, "show_progress", lambda quiet: seen.append(quiet) or False)
+    monkeypatch.setattr(script, "compare_folders", lambda *a, **k: seen.append(k["progress"]) or {})
+    for quiet in ([], ["--quiet"]):
+        argv = ["--original_path", default, "--edited_path", edited, "--prompts_path", tmp_path / "prompts.csv"]
+        argv += ["--classes", tmp_path / "classes.csv", "--no_pretrained", "--device", "cpu", *quiet]
+        script.main(script.parse_args([str(a) for a in argv]))
+    assert seen == [False, False, True, False]

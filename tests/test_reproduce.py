@@ -86,6 +86,23 @@ def test_sepce_subset_rows_erase_prefixes_and_restore_the_rest():
     assert rows[1].model_name == "CiE-VanGogh"
 
 
+def test_metric_weights_and_quiet_reach_the_scripts(tmp_path, capsys, monkeypatch, reproduce):
+    """--fid_weights / --lpips_backbone_weights go to every lpips_eval.py step, --quiet to every script with bars;
+    a weights file that does not exist fails before anything runs."""
+    monkeypatch.chdir(tmp_path)
+    fid, alex = tmp_path / "inception.pth", tmp_path / "alexnet.pth"
+    fid.write_bytes(b"x")
+    alex.write_bytes(b"x")
+    reproduce("--dry_run", "--device", "cpu", "--fid_weights", fid, "--lpips_backbone_weights", alex, "--quiet")
+    lines = capsys.readouterr().out.splitlines()
+    metrics = [line for line in lines if "lpips_eval.py" in line and line.startswith("python")]
+    assert len(metrics) == 7 and all(f"--fid_weights {fid} --backbone_weights {alex}" in line for line in metrics)
+    for script in ("generate-data.py", "artist-cls-train.py", "generate-images.py", "artist-cls-test.py"):
+        assert all("--quiet" in line for line in lines if script in line and line.startswith("python")), script
+    with one_line_error(capsys, f"--fid_weights {tmp_path / 'none.pth'} does not exist"):
+        reproduce("--dry_run", "--device", "cpu", "--fid_weights", tmp_path / "none.pth")
+
+
 def test_bad_inputs_fail_before_anything_runs(tmp_path, monkeypatch, reproduce, capsys):
     monkeypatch.setitem(METHODS, "Nope", Method("Nope", "train-scripts/nope.py", (), ()))
     with one_line_error(capsys, pattern=r"script\(s\) \['train-scripts/nope.py'\] do not exist"):

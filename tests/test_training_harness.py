@@ -314,6 +314,34 @@ def test_settings_from_args_are_typed_and_validated(tiny_ckpt, tmp_path):
         training.TrainingSettings(lr=1.0, iterations=1, devices=(torch.device("cpu"),), save_full="pt")
 
 
+def test_run_flags_alone_give_a_run_without_an_optimiser(tiny_ckpt, tmp_path):
+    """add_run_args is the group UCE's closed form takes: its settings have no learning rate, the session refuses
+    a trainer, and the record's metadata leaves lr out."""
+    p = training.add_run_args(argparse.ArgumentParser(), devices="cpu")
+    model = ["--ckpt_path", str(tiny_ckpt), "--config_path", str(tiny_ckpt.parent / "config.yaml")]
+    args = p.parse_args([*model, "--output_dir", str(tmp_path / "out"), "--quiet"])
+    assert not hasattr(args, "lr") and not hasattr(args, "prompt")
+    settings = settings_from_args(args)
+    assert (settings.lr, settings.iterations, settings.data_dir, settings.progress) == (None, 1, None, False)
+    session = TrainingSession(settings, "UCE", ["Van Gogh"], images=False)
+    with pytest.raises(ValueError, match="no learning rate"):
+        session.trainer([torch.zeros(1, requires_grad=True)])
+    model = session.load_model()
+    session.start_run()
+    params = select_parameters(model, "attn2_kv")
+    record = session.tensor_record(params)
+    summary = session.finish(training.FitResult(1, "closed form"), record, reference="none", settings={})
+    assert summary["concepts"] == {"Van Gogh": {"iterations": 1, "stop_reason": "closed form"}}
+    meta = records.load_record(tmp_path / "out").meta
+    assert "lr" not in meta and meta["concepts"] == summary["concepts"] and meta["stop_reason"] == "closed form"
+
+
+def test_concept_names_with_a_dot_are_refused_naming_the_flag():
+    assert records.check_concept_name("Van Gogh", "--prompt") == "Van Gogh"
+    with pytest.raises(ValueError, match=r"^--prompts 'St\. Ives' contains '\.', which erasure records"):
+        records.check_concept_name("St. Ives", "--prompts")
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -421,3 +449,32 @@ def test_default_run_folder_does_not_depend_on_the_working_directory(tiny_ckpt, 
         cwd=elsewhere,
     )
     assert (tmp_path / "images" / name / "0_0.png").is_file(), proc.stdout + proc.stderr
+
+
+def test_record_names_and_erased_tensors_are_checked_once_for_every_script():
+    """records.match_concepts (generate-images.py --erase, compose_erasure.py --erase/--restore, convertModels.py)
+    and records.erased_tensors (compose_erasure.py, convertModels.py)."""
+    basis = torch.eye(2)
+    record = records.ErasureRecord(
+        "SepCE",
+        ["Van Gogh", "Picasso"],
+        {},
+        bases={"Van Gogh": basis, "Picasso": basis},
+        coefs={"Van Gogh": {"w": torch.ones(3, 2)}, "Picasso": {"w": 2 * torch.ones(3, 2)}},
+    )
+    assert records.match_concepts(record, ["vangogh", "Van Gogh"]) == ["Van Gogh"]
+    with pytest.raises(ValueError, match=r"^--restore 'Monet' is not a concept of the record"):
+        records.match_concepts(record, ["Monet"], "--restore")
+    base = {"w": torch.zeros(3, 2, dtype=torch.float16), "other": torch.ones(1)}
+    changed = records.erased_tensors(base, record, ["Picasso"])
+    assert (
+        list(changed) == ["w"] and changed["w"].dtype == torch.float16 and torch.equal(changed["w"], 2 * base["w"] + 2)
+    )
+    assert records.erased_state_dict(base, record)["other"] is base["other"]
+    with pytest.raises(ValueError, match="has no tensor 'w'"):
+        records.erased_tensors({"other": torch.ones(1)}, record)
+    joint = records.ErasureRecord("CiE", ["Van Gogh", "Picasso"], {}, tensors={"w": torch.ones(3, 2)})
+    with pytest.raises(ValueError, match=r"shape \[3, 2\], the base \[2, 3\]"):
+        records.erased_tensors({"w": torch.zeros(2, 3)}, joint)
+    with pytest.raises(ValueError, match="jointly; a subset needs a SepCE record"):
+        records.match_concepts(joint, ["Picasso"])

@@ -123,7 +123,7 @@ def main(args: argparse.Namespace) -> Dict[Path, List[dict]]:
                 image_size,
                 args.batch_size,
                 device,
-                args.num_workers,
+                num_workers=args.num_workers,
                 desc=f"classify {folder.name}",
                 progress=show_progress(args.quiet),
             )

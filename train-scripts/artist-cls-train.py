@@ -97,7 +97,14 @@ def main(args: argparse.Namespace) -> Path:
     for split, items in (("train", train), ("eval", held_out)):
         paths = [p for p, _ in items]
         features[split] = compute_features(
-            model, paths, args.image_size, args.batch_size, device, args.num_workers, f"{split} features", progress
+            model,
+            paths,
+            args.image_size,
+            args.batch_size,
+            device,
+            num_workers=args.num_workers,
+            desc=f"{split} features",
+            progress=progress,
         )
     config = TrainConfig(args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay, args.seed)
     best_state, history = train_fc(

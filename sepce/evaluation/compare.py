@@ -90,6 +90,7 @@ def compare_folders(
     fid_image_size: Optional[int] = None,
     overwrite: bool = False,
     pairs: Optional[PairReport] = None,
+    progress: bool = True,
 ) -> Dict[str, List[dict]]:
     """Compute (or reuse) LPIPS and/or FID of ``edited`` against ``original``; returns ``{metric: rows}``.
 
@@ -98,7 +99,8 @@ def compare_folders(
     size as pytorch-fid does (its Inception resizes by itself); an int resizes them first. ``settings`` describes
     the networks (weights files, pretrained or not) and goes into the results' meta and fingerprint together with
     the image files and sizes; keys starting with ``lpips_`` or ``fid_`` go to that metric only
-    (:func:`metric_settings`). Unpaired files are logged as counted warnings.
+    (:func:`metric_settings`). Unpaired files are logged as counted warnings. ``progress``: progress bars while
+    a metric is computed (scripts pass :func:`sepce.cli.show_progress`).
     """
     settings = dict(settings or {})
     if "network" in settings:
@@ -134,7 +136,7 @@ def compare_folders(
             results[metric] = stored[metric]
             continue
         if metric == "lpips":
-            distances = lpips_per_class(lpips_factory(), report.pairs, device, batch_size, lpips_image_size)
+            distances = lpips_per_class(lpips_factory(), report.pairs, device, batch_size, lpips_image_size, progress)
             rows = lpips_rows(classes, distances)
             write_metric(
                 edited,
@@ -146,7 +148,7 @@ def compare_folders(
         else:
             left = {c: [a for a, _ in p] for c, p in report.pairs.items()}
             right = {c: [b for _, b in p] for c, p in report.pairs.items()}
-            fids = fid_per_class(left, right, fid_factory(), device, fid_image_size, batch_size)
+            fids = fid_per_class(left, right, fid_factory(), device, fid_image_size, batch_size, progress)
             rows = fid_rows(classes, fids)
             write_metric(
                 edited,

@@ -247,15 +247,17 @@ def extract_features(
     batch_size: int,
     device: torch.device,
     desc: str = "features",
+    progress: bool = True,
 ) -> torch.Tensor:
-    """Features ``(N, D)`` (float64) of image files through ``extractor``; images as :func:`image_batches`."""
+    """Features ``(N, D)`` (float64) of image files through ``extractor``; images as :func:`image_batches`; a
+    progress bar with ``progress``."""
     if isinstance(extractor, torch.nn.Module):
         extractor = extractor.to(device).eval()
     chunks: List[torch.Tensor] = []
-    with tqdm(total=len(paths), desc=desc, unit="img") as progress:
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
         for images in image_batches(paths, image_size, batch_size):
             chunks.append(extractor(images.to(device)).flatten(1).double().cpu())
-            progress.update(len(images))
+            bar.update(len(images))
     return torch.cat(chunks) if chunks else torch.empty(0, 0, dtype=torch.float64)
 
 
@@ -266,20 +268,24 @@ def fid_per_class(
     device: torch.device,
     image_size: Optional[int] = None,
     batch_size: int = 50,
+    progress: bool = True,
 ) -> Dict[int, dict]:
     """FID of each class present in both sets, plus key ``-1`` for all images together.
 
     ``image_size`` None reads images at their stored size, as pytorch-fid does (the Inception extractor resizes
     by itself); an int applies Resize+CenterCrop first (extractors that expect a fixed size). Returns
     ``{class: {"fid": value, "original": n1, "edited": n2}}``; ``fid`` is NaN when a side has < 2 images.
+    ``progress``: a bar per class and side.
     """
     results: Dict[int, dict] = {}
     all_left, all_right = [], []
     for class_index in sorted(set(original) & set(edited)):
-        left = extract_features(
-            extractor, original[class_index], image_size, batch_size, device, f"FID {class_index} a"
+        left, right = (
+            extract_features(
+                extractor, paths[class_index], image_size, batch_size, device, f"FID {class_index} {side}", progress
+            )
+            for paths, side in ((original, "a"), (edited, "b"))
         )
-        right = extract_features(extractor, edited[class_index], image_size, batch_size, device, f"FID {class_index} b")
         all_left.append(left)
         all_right.append(right)
         value = fid_from_features(left, right) if len(left) >= 2 and len(right) >= 2 else math.nan
