@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from sepce.cli import Runtime, add_precision, parser, run
+from sepce.cli import Runtime, add_precision, parser, positive_int, run
 from sepce.generation import SAMPLERS, ImageJob, ImageSampler, SamplingSettings, case_noise, run_jobs, save_png
 from sepce.io import write_json
 from sepce.paths import DEFAULT_CONFIG, REPO_ROOT
@@ -45,10 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="torch device")
     add_precision(p, help="network precision (16-bit under torch.autocast, GPU only)")
     p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="sampler")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (None: 50 on GPU, 4 on CPU)")
-    p.add_argument("--batch_size", type=int, default=None, help="images per batch (None: 8 GPU, 1 CPU)")
-    p.add_argument("--image_size", type=int, default=None, help="image size (None: 512; tiny 64)")
-    p.add_argument("--repeats", type=int, default=3, help="timed UNet forwards (after one warm-up)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampler steps (None: 50 on GPU, 4 on CPU)")
+    p.add_argument("--batch_size", type=positive_int, default=None, help="images per batch (None: 8 GPU, 1 CPU)")
+    p.add_argument("--image_size", type=positive_int, default=None, help="image size (None: 512; tiny 64)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed UNet forwards (after one warm-up)")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
     gpu = not args.device.startswith("cpu")
@@ -56,9 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.batch_size = args.batch_size or (8 if gpu or args.tiny else 1)
     args.image_size = args.image_size or (64 if args.tiny else 512)
     args.config_path = args.config_path or (TINY_CONFIG if args.tiny else DEFAULT_CONFIG)
-    for name in ("steps", "batch_size", "image_size", "repeats"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} {getattr(args, name)} must be >= 1")
     return args
 
 

@@ -35,9 +35,9 @@ from typing import Optional, Sequence
 
 from sepce.attack import DOMAINS, PRESETS, domain_of, plan_attack, run_attack
 from sepce.classes import classes_by_names, load_class_map
-from sepce.cli import EXIT_HELP, Runtime, add_classes, add_prompts_path, add_quiet, parser, run, show_progress
+from sepce.cli import EXIT_HELP, add_classes, add_prompts_path, parser, run
 from sepce.data_generation import data_folder_name
-from sepce.generation import SamplingSettings, add_model_arguments, add_sampling_arguments
+from sepce.generation import add_model_arguments, add_output_arguments, add_sampling_arguments, generation_setup
 from sepce.modeling import resolve_model
 from sepce.paths import DATA_DIR
 from sepce.prompts import read_prompt_csv
@@ -63,16 +63,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     add_prompts_path(p, required=True)
     add_classes(p)
-    p.add_argument(
-        "--save_path",
-        type=Path,
-        default=Path("evaluation_folder"),
-        help="the model folder is <save_path>/<output name>/",
-    )
-    p.add_argument(
-        "--output_name", default=None, help="folder name under --save_path (None: the model name, e.g. SD-v1-4)"
-    )
-    p.add_argument("--num_samples", type=int, default=10, help="images per CSV row")
+    add_output_arguments(p, save_help="the model folder is <save_path>/<output name>/")
     p.add_argument(
         "--domain",
         choices=("auto",) + DOMAINS,
@@ -101,22 +92,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="learn v* again and regenerate the attack images and results even when they exist",
     )
-    add_quiet(p)
     add_sampling_arguments(p)
     add_model_arguments(p)
-    args = p.parse_args(argv)
-    for name in ("num_samples", "batch_size", "ddim_steps", "image_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} {getattr(args, name)} must be >= 1")
-    if args.output_name is not None and (not args.output_name.strip() or "/" in args.output_name):
-        p.error(f"--output_name {args.output_name!r} must be a non-empty folder name without '/'")
-    return args
+    return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
     # every check happens here and in plan_attack, before any model loads
-    sampling = SamplingSettings(args.sampler, args.ddim_steps, args.guidance_scale, args.image_size)
-    runtime = Runtime.from_flags(args.device, args.precision)
+    setup = generation_setup(args)
     classes = load_class_map(args.classes)
     (concept,) = classes_by_names(classes, [args.prompt], "--prompt")
     rows = read_prompt_csv(args.prompts_path, classes=classes, require_class=True)
@@ -137,15 +120,15 @@ def main(args: argparse.Namespace) -> dict:
         rows,
         Path(args.data_dir) / data_folder_name(concept.prompt, concept.name),
         Path(args.save_path) / (args.output_name or resolved.folder_name),
-        sampling,
-        runtime,
+        setup.sampling,
+        setup.runtime,
         preset=preset,
         domain=domain,
         num_samples=args.num_samples,
-        batch_size=args.batch_size,
+        batch_size=setup.batch_size,
         classifier=args.classifier,
         overwrite=args.overwrite,
-        progress=show_progress(args.quiet),
+        progress=setup.progress,
     )
     summary = run_attack(plan)
     loss = summary.get("loss") or {}

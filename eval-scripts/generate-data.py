@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import EXIT_HELP, Runtime, add_classes, add_quiet, parser, run, show_progress
+from sepce.cli import EXIT_HELP, add_classes, non_negative_int, parser, positive_int, run
 from sepce.data_generation import (
     LINK_MODES,
     concept_class,
@@ -36,13 +36,12 @@ from sepce.data_generation import (
 )
 from sepce.generation import (
     GenerationReport,
-    Rank,
-    SamplingSettings,
     add_model_arguments,
     add_sampling_arguments,
     check_folder_settings,
     folder_settings,
     generate_rows,
+    generation_setup,
 )
 from sepce.modeling import resolve_model
 
@@ -59,9 +58,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "(None: the class whose prompt is --prompt, if any)",
     )
     p.add_argument("--save_path", type=Path, default=Path("data"), help="images go to <save_path>/<prompt>/")
-    p.add_argument("--num_cases", type=int, default=1000, help="number of cases (seeds)")
-    p.add_argument("--num_samples", type=int, default=1, help="images per case")
-    p.add_argument("--seed", type=int, default=0, help="run seed from which the per-case seeds are derived")
+    p.add_argument("--num_cases", type=positive_int, default=1000, help="number of cases (seeds)")
+    p.add_argument("--num_samples", type=positive_int, default=1, help="images per case")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="run seed from which the per-case seeds are derived"
+    )
     p.add_argument(
         "--class_dir",
         type=Path,
@@ -75,43 +76,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="regenerate existing images and replace a manifest made with another --seed/--prompt",
     )
-    add_quiet(p)
     add_sampling_arguments(p)
     add_model_arguments(p, erase=False)
-    args = p.parse_args(argv)
-    for name in ("num_cases", "num_samples", "batch_size", "ddim_steps", "image_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} {getattr(args, name)} must be >= 1")
-    if args.seed < 0:
-        p.error(f"--seed {args.seed} must be >= 0")
-    return args
+    return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> GenerationReport:
     # every check happens here, before any model loads; the library trusts what it is handed
-    settings = SamplingSettings(args.sampler, args.ddim_steps, args.guidance_scale, args.image_size)
-    runtime = Runtime.from_flags(args.device, args.precision)
-    rank = Rank.from_env()
+    setup = generation_setup(args, sharded=True)
     prompt = args.prompt.strip()
     chosen = concept_class(prompt, args.model_name, load_class_map(args.classes))
     folder = Path(args.save_path) / data_folder_name(prompt, chosen.name if chosen else None)
     resolved = resolve_model("SD-v1-4", args.ckpt_path, args.config_path, args.models_dir)
     rows = data_rows(prompt, args.num_cases, args.seed, chosen.index if chosen else None)
     extra = {"prompt": prompt, "seed": args.seed}
-    check_folder_settings(folder, folder_settings(resolved, settings, args.precision), args.overwrite, extra)
+    check_folder_settings(folder, folder_settings(resolved, setup.sampling, args.precision), args.overwrite, extra)
     write_manifest(folder, rows, args.overwrite)
-    report = generate_rows(
-        rows,
-        resolved,
-        settings,
-        folder,
-        runtime,
-        rank,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        progress=show_progress(args.quiet),
-    )
+    report = generate_rows(rows, resolved, folder, setup, num_samples=args.num_samples, overwrite=args.overwrite)
     print(report.summary())
     if chosen is not None and args.link != "none":
         class_folder = Path(args.class_dir or Path(args.save_path) / "train") / str(chosen.index)

@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import EXIT_HELP, Runtime, add_classes, add_prompts_path, add_quiet, parser, run, show_progress
+from sepce.cli import EXIT_HELP, add_classes, add_prompts_path, non_negative_int, parser, run
 from sepce.generation import (
     GenerationReport,
-    Rank,
-    SamplingSettings,
     add_model_arguments,
+    add_output_arguments,
     add_sampling_arguments,
     check_folder_settings,
     folder_settings,
     generate_rows,
+    generation_setup,
 )
 from sepce.modeling import resolve_model
 from sepce.prompts import read_prompt_csv
@@ -47,56 +47,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="SD-v1-4 (original), a run folder under --models_dir (e.g. CiE-VanGogh), or a checkpoint/record path",
     )
     add_prompts_path(p, required=True)
-    p.add_argument(
-        "--save_path", type=Path, default=Path("evaluation_folder"), help="images go to <save_path>/<output name>/"
-    )
-    p.add_argument(
-        "--output_name", default=None, help="folder name under --save_path (None: the model name, e.g. SD-v1-4)"
-    )
-    p.add_argument("--num_samples", type=int, default=10, help="images per CSV row")
-    p.add_argument("--from_case", type=int, default=0, help="skip rows whose case_number is below this")
+    add_output_arguments(p, save_help="images go to <save_path>/<output name>/")
+    p.add_argument("--from_case", type=non_negative_int, default=0, help="skip rows whose case_number is below this")
     add_classes(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="regenerate existing images (also when the folder was made with other settings)",
     )
-    add_quiet(p)
     add_sampling_arguments(p)
     add_model_arguments(p)
-    args = p.parse_args(argv)
-    for name in ("num_samples", "batch_size", "ddim_steps", "image_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} {getattr(args, name)} must be >= 1")
-    if args.from_case < 0:
-        p.error(f"--from_case {args.from_case} must be >= 0")
-    if args.output_name is not None and (not args.output_name.strip() or "/" in args.output_name):
-        p.error(f"--output_name {args.output_name!r} must be a non-empty folder name without '/'")
-    return args
+    return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> List[GenerationReport]:
     # every check happens here, before any model loads; the library trusts what it is handed
-    settings = SamplingSettings(args.sampler, args.ddim_steps, args.guidance_scale, args.image_size)
-    runtime = Runtime.from_flags(args.device, args.precision)
-    rank = Rank.from_env()
+    setup = generation_setup(args, sharded=True)
     rows = read_prompt_csv(args.prompts_path, classes=load_class_map(args.classes))
     resolved = resolve_model(args.model_name, args.ckpt_path, args.config_path, args.models_dir, args.erase)
     folder = Path(args.save_path) / (args.output_name or resolved.folder_name)
     extra = {"prompts_path": str(args.prompts_path)}
-    check_folder_settings(folder, folder_settings(resolved, settings, args.precision), args.overwrite, extra)
+    check_folder_settings(folder, folder_settings(resolved, setup.sampling, args.precision), args.overwrite, extra)
     report = generate_rows(
-        rows,
-        resolved,
-        settings,
-        folder,
-        runtime,
-        rank,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        from_case=args.from_case,
-        overwrite=args.overwrite,
-        progress=show_progress(args.quiet),
+        rows, resolved, folder, setup, num_samples=args.num_samples, from_case=args.from_case, overwrite=args.overwrite
     )
     print(report.summary())
     return [report]

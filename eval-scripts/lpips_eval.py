@@ -31,6 +31,7 @@ from sepce.cli import (
     add_quiet,
     parse_device,
     parser,
+    positive_int,
     run,
     show_progress,
 )
@@ -65,8 +66,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--metrics", nargs="+", choices=["lpips", "fid"], default=["lpips", "fid"], help="metrics to compute"
     )
     add_device(p)
-    p.add_argument("--batch_size", type=int, default=50, help="images per forward pass")
-    p.add_argument("--lpips_size", type=int, default=LPIPS_IMAGE_SIZE, help="LPIPS image size (paper: 64)")
+    p.add_argument("--batch_size", type=positive_int, default=50, help="images per forward pass")
+    p.add_argument("--lpips_size", type=positive_int, default=LPIPS_IMAGE_SIZE, help="LPIPS image size (paper: 64)")
     p.add_argument(
         "--fid_size",
         type=int,
@@ -93,9 +94,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace results made from other inputs")
     add_quiet(p)
     args = p.parse_args(argv)
-    for name in ("batch_size", "lpips_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} {getattr(args, name)} must be >= 1")
     if args.fid_size < 75:
         p.error(f"--fid_size {args.fid_size} must be >= 75 (Inception-v3's smallest input)")
     return args

@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import EXIT_HELP, add_classes, add_device, add_precision, add_prompts_path, add_quiet, parser, run
+from sepce.cli import (
+    EXIT_HELP,
+    add_classes,
+    add_device,
+    add_precision,
+    add_prompts_path,
+    add_quiet,
+    parser,
+    positive_int,
+    run,
+)
 from sepce.paths import DATA_DIR, DEFAULT_CKPT, DEFAULT_CONFIG, REPO_ROOT
 from sepce.prompts import read_prompt_csv
 from sepce.reproduce import (
@@ -93,28 +103,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_prompts_path(p, default=DATA_DIR / "evaluate.csv")
     p.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="original SD v1.4 checkpoint")
     p.add_argument("--config_path", type=Path, default=DEFAULT_CONFIG, help="its CompVis config")
-    p.add_argument("--num_cases", type=int, default=None, help="training images per class (1000; tiny 4)")
-    p.add_argument("--num_samples", type=int, default=None, help="evaluation images per seed (5; tiny 2)")
+    p.add_argument("--num_cases", type=positive_int, default=None, help="training images per class (1000; tiny 4)")
+    p.add_argument("--num_samples", type=positive_int, default=None, help="evaluation images per seed (5; tiny 2)")
     p.add_argument(
         "--cases_per_class",
         type=int,
         default=None,
         help="--tiny: evaluation seeds per class taken from the CSV (tiny 2)",
     )
-    p.add_argument("--ddim_steps", type=int, default=None, help="K-LMS steps (100; tiny 10)")
-    p.add_argument("--image_size", type=int, default=None, help="image size (512; tiny 64)")
+    p.add_argument("--ddim_steps", type=positive_int, default=None, help="K-LMS steps (100; tiny 10)")
+    p.add_argument("--image_size", type=positive_int, default=None, help="image size (512; tiny 64)")
     p.add_argument(
         "--iterations",
         type=int,
         default=None,
         help="training iterations of every method (None: the seed commands'; tiny 4)",
     )
-    p.add_argument("--batch_size", type=int, default=8, help="images per sampler batch")
+    p.add_argument("--batch_size", type=positive_int, default=8, help="images per sampler batch")
     add_precision(p, help="generation precision (16-bit on GPU only)")
     add_device(p, help="device of generation and metrics: cpu, cuda, cuda:N or N")
     p.add_argument("--devices", default=None, help="--devices of the training scripts (None: 0 with a GPU, else cpu)")
     p.add_argument(
-        "--nproc_per_node", type=int, default=1, help="GPUs for image generation (torchrun, one process per GPU)"
+        "--nproc_per_node",
+        type=positive_int,
+        default=1,
+        help="GPUs for image generation (torchrun, one process per GPU)",
     )
     p.add_argument(
         "--runner",
@@ -129,9 +142,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.devices is None:
         args.devices = "cpu" if args.device == "cpu" else "0"
-    for name in ("num_cases", "num_samples", "ddim_steps", "image_size", "batch_size", "nproc_per_node"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} {getattr(args, name)} must be >= 1")
     if args.runner == "auto":
         args.runner = "inprocess" if args.tiny else "subprocess"
     if args.nproc_per_node > 1 and args.runner == "inprocess":

@@ -16,14 +16,13 @@ import argparse
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from sepce.cli import EXIT_HELP, Runtime, add_quiet, parser, run, show_progress
+from sepce.cli import EXIT_HELP, non_negative_int, parser, positive_int, run
 from sepce.generation import (
     ImageJob,
-    ImageSampler,
-    SamplingSettings,
     add_model_arguments,
     add_sampling_arguments,
     file_slug,
+    generation_setup,
     png_text,
     run_jobs,
 )
@@ -38,25 +37,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default="SD-v1-4",
         help="SD-v1-4 (original), a run folder under --models_dir (e.g. CiE-VanGogh), or a checkpoint/record path",
     )
-    p.add_argument("--n_samples", type=int, default=1, help="number of images")
-    p.add_argument("--seed", type=int, default=42, help="seed of the start noise")
+    p.add_argument("--n_samples", type=positive_int, default=1, help="number of images")
+    p.add_argument("--seed", type=non_negative_int, default=42, help="seed of the start noise")
     p.add_argument("--outdir", type=Path, default=Path("outputs/txt2img"), help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing images")
-    add_quiet(p)
     add_sampling_arguments(p)
     add_model_arguments(p)
-    args = p.parse_args(argv)
-    for name in ("n_samples", "batch_size", "ddim_steps", "image_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} {getattr(args, name)} must be >= 1")
-    if args.seed < 0:
-        p.error(f"--seed {args.seed} must be >= 0")
-    return args
+    return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> List[Path]:
-    settings = SamplingSettings(args.sampler, args.ddim_steps, args.guidance_scale, args.image_size)
-    runtime = Runtime.from_flags(args.device, args.precision)
+    setup = generation_setup(args)
     resolved = resolve_model(args.model_name, args.ckpt_path, args.config_path, args.models_dir, args.erase)
     folder = Path(args.outdir) / resolved.folder_name
     prompt = args.prompt.strip()
@@ -67,9 +58,9 @@ def main(args: argparse.Namespace) -> List[Path]:
     existing = [str(job.path) for job in jobs if job.path.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{existing[0]} already exists; pass --overwrite or choose another --outdir/--seed")
-    sampler = ImageSampler(load_resolved(resolved, runtime.device), settings, runtime.device, runtime.dtype)
-    text = png_text(resolved, settings)
-    run_jobs(sampler, jobs, args.batch_size, args.n_samples, text, desc="txt2img", progress=show_progress(args.quiet))
+    sampler = setup.sampler(load_resolved(resolved, setup.runtime.device))
+    text = png_text(resolved, setup.sampling)
+    run_jobs(sampler, jobs, setup.batch_size, args.n_samples, text, desc="txt2img", progress=setup.progress)
     for job in jobs:
         print(job.path)
     return [job.path for job in jobs]

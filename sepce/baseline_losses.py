@@ -116,6 +116,38 @@ class VariantDefaults:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def run_settings(
+        self,
+        variant: str,
+        prompt: str,
+        concept_template: str,
+        concept_prompt: str,
+        trained_tensors: Optional[int] = None,
+        **extra,
+    ) -> dict:
+        """The settings an FMN or Ablating Concepts run records (summary and record metadata): the concept, the
+        variant and its label, the template and the concept prompt built from it; given ``trained_tensors`` (the
+        original variants) also what was trained and how (parameter rule, optimiser, weight decay, gradient
+        clipping and zeroing, and these defaults); then ``extra``."""
+        out = {
+            "prompt": prompt,
+            "variant": variant,
+            "label": self.label,
+            "concept_template": concept_template,
+            "concept_prompt": concept_prompt,
+        }
+        if trained_tensors is not None:
+            out.update(
+                trained_parameters=self.parameters,
+                trained_tensors=trained_tensors,
+                optimizer=self.optimizer,
+                weight_decay=self.weight_decay,
+                max_grad_norm=self.max_grad_norm,
+                zero_grad=self.zero_grad,
+                variant_defaults=self.as_dict(),
+            )
+        return {**out, **extra}
+
     def optimizer_for(self, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Optimizer:
         """The variant's optimiser over ``params`` at learning rate ``lr`` (torch's default betas and eps, as both
         originals use), clipping the gradient norm before every step when ``max_grad_norm`` is set."""

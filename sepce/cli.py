@@ -139,6 +139,35 @@ def parse_precision(name: str, device: Optional[torch.device] = None, flag: str 
     return dtype
 
 
+# ------------------------------------------------------------------------------------------------ flag types
+def _int_at_least(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} must be >= {least}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """``type=`` of counts and sizes: an integer >= 1, else argparse's usage error naming the flag
+    (``error: argument --num_samples: 0 must be >= 1``, exit status 2)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """``type=`` of seeds and start indices: an integer >= 0 (argparse's usage error otherwise)."""
+    return _int_at_least(text, 0)
+
+
+def folder_name(text: str) -> str:
+    """``type=`` of an output folder's name: non-empty, without ``/`` (argparse's usage error otherwise)."""
+    if not text.strip() or "/" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a non-empty folder name without '/'")
+    return text
+
+
 # ------------------------------------------------------------------------------------------------ shared flags
 def add_device(p: argparse.ArgumentParser, help: str = "torch device: cpu, cuda, cuda:N or N") -> None:
     p.add_argument("--device", default=default_device(), help=help)

@@ -59,7 +59,7 @@ from ldm.models.diffusion.sampling import (
 )
 from tqdm.auto import tqdm
 
-from sepce.cli import Runtime, add_device, add_precision
+from sepce.cli import Runtime, add_device, add_precision, add_quiet, folder_name, positive_int, show_progress
 from sepce.io import atomic_write, write_json
 from sepce.modeling import ResolvedModel, load_resolved
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR
@@ -385,27 +385,53 @@ class GenerationReport:
         return f"{self.folder}: wrote {self.written} image(s), {self.skipped} already existed{where}"
 
 
+@dataclass(frozen=True)
+class GenerationSetup:
+    """How a script generates, as the flags of :func:`add_sampling_arguments` say (built once, checked, by
+    :func:`generation_setup`): the sampling settings, device and precision, this process's ``torchrun`` place,
+    images per batch and whether progress bars show."""
+
+    sampling: SamplingSettings
+    runtime: Runtime
+    rank: Rank = Rank()
+    batch_size: int = 8
+    progress: bool = True
+
+    def sampler(self, model) -> ImageSampler:
+        """An :class:`ImageSampler` of ``model`` (loaded on ``runtime.device``) with these settings."""
+        return ImageSampler(model, self.sampling, self.runtime.device, self.runtime.dtype)
+
+
+def generation_setup(args: argparse.Namespace, sharded: bool = False) -> GenerationSetup:
+    """The :class:`GenerationSetup` of a script's :func:`add_sampling_arguments` flags — the one place that reads
+    them — checked (one-line ``ValueError``); ``sharded``: this process's rank of a ``torchrun`` launch
+    (:meth:`Rank.from_env`), else a single process."""
+    return GenerationSetup(
+        SamplingSettings(args.sampler, args.ddim_steps, args.guidance_scale, args.image_size),
+        Runtime.from_flags(args.device, args.precision),
+        Rank.from_env() if sharded else Rank(),
+        args.batch_size,
+        show_progress(args.quiet),
+    )
+
+
 def generate_rows(
     rows: Sequence[PromptRow],
     resolved: ResolvedModel,
-    settings: SamplingSettings,
     folder: Path,
-    runtime: Runtime,
-    rank: Rank = Rank(),
+    setup: GenerationSetup,
     *,
     num_samples: int,
-    batch_size: int,
     from_case: int = 0,
     overwrite: bool = False,
-    progress: bool = True,
 ) -> GenerationReport:
     """Generate ``num_samples`` images for each row with case number ≥ ``from_case`` (this process's ``torchrun``
-    shard) into ``folder``; the model is loaded only when an image is missing.
+    shard, ``setup.rank``) into ``folder``; the model is loaded only when an image is missing.
 
-    The arguments were checked at the script boundary (flags, ``settings``, ``runtime``, ``rank``) and ``folder``
-    was accepted by :func:`check_folder_settings`; nothing is validated again here.
+    The arguments were checked at the script boundary (flags, ``setup``) and ``folder`` was accepted by
+    :func:`check_folder_settings`; nothing is validated again here.
     """
-    folder = Path(folder)
+    folder, rank, runtime = Path(folder), setup.rank, setup.runtime
     mine = shard_rows([row for row in rows if row.case_number >= from_case], rank.rank, rank.world_size)
     jobs, skipped = plan_jobs(mine, num_samples, folder, overwrite=overwrite)
     report = GenerationReport(folder, rank, len(jobs), 0, skipped, mine)
@@ -413,27 +439,26 @@ def generate_rows(
         return report
     if runtime.device.type == "cuda" and runtime.device.index is not None:  # set_device refuses a bare "cuda"
         torch.cuda.set_device(runtime.device)
-    model = load_resolved(resolved, runtime.device)
-    sampler = ImageSampler(model, settings, runtime.device, runtime.dtype)
+    sampler = setup.sampler(load_resolved(resolved, runtime.device))
     desc = folder.name if rank.world_size == 1 else f"{folder.name} [rank {rank.rank}/{rank.world_size}]"
-    report.written = run_jobs(sampler, jobs, batch_size, num_samples, png_text(resolved, settings), desc, progress)
+    text = png_text(resolved, setup.sampling)
+    report.written = run_jobs(sampler, jobs, setup.batch_size, num_samples, text, desc, setup.progress)
     return report
 
 
 # ------------------------------------------------------------------------------------------------ argparse
 def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 100, image_size: int = 512) -> None:
     """The sampler flags every generation script shares (ESD's names: ``--ddim_steps`` counts any sampler), with
-    ``--device`` and ``--precision`` of :mod:`sepce.cli`. A script builds :class:`SamplingSettings` from
-    ``--sampler/--ddim_steps/--guidance_scale/--image_size`` and a :class:`sepce.cli.Runtime` from the others."""
+    ``--device``, ``--precision`` and ``--quiet`` of :mod:`sepce.cli`; :func:`generation_setup` reads them."""
     parser.add_argument(
         "--sampler", choices=SAMPLERS, default="klms", help="sampler: K-LMS (paper protocol), DDIM (eta 0) or PLMS"
     )
-    parser.add_argument("--ddim_steps", type=int, default=steps, help="number of sampler steps")
+    parser.add_argument("--ddim_steps", type=positive_int, default=steps, help="number of sampler steps")
     parser.add_argument("--guidance_scale", type=float, default=7.5, help="classifier-free guidance scale")
-    parser.add_argument("--image_size", type=int, default=image_size, help="image height and width in pixels")
+    parser.add_argument("--image_size", type=positive_int, default=image_size, help="image height and width in pixels")
     parser.add_argument(
         "--batch_size",
-        type=int,
+        type=positive_int,
         default=8,
         help="images per sampler batch (each UNet forward sees 2x this with guidance)",
     )
@@ -442,6 +467,20 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 100, im
         help="network precision; fp16/bf16 need a GPU and run under torch.autocast (latents and sampler stay fp32)",
     )
     add_device(parser, help="torch device (cpu, cuda, cuda:N or N); under torchrun, 'cuda' means cuda:LOCAL_RANK")
+    add_quiet(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, save_help: str) -> None:
+    """``--save_path``, ``--output_name`` and ``--num_samples`` of the scripts that write a model's evaluation
+    images (``<save_path>/<output name>/<case>_<k>.png``)."""
+    parser.add_argument("--save_path", type=Path, default=Path("evaluation_folder"), help=save_help)
+    parser.add_argument(
+        "--output_name",
+        type=folder_name,
+        default=None,
+        help="folder name under --save_path (None: the model name, e.g. SD-v1-4)",
+    )
+    parser.add_argument("--num_samples", type=positive_int, default=10, help="images per CSV row")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, erase: bool = True) -> None:

@@ -2,7 +2,7 @@
 
 Everything the five training scripts have in common lives here, so each script only holds its flags and its loss:
 
-* :func:`add_common_args` — the flags every training script takes (``--prompt``, ``--lr``,
+* :func:`training_parser` / :func:`add_common_args` — the flags every training script takes (``--prompt``, ``--lr``,
   ``--iterations``/``--iter_break``, ``--ddim_steps``, ``--image_size``, ``--data_dir``, ``--seed``, ``--zero_grad``,
   ``--gradient_checkpointing``, ``--precision``) and the run flags of :func:`add_run_args` (``--devices``,
   ``--ckpt_path``, ``--config_path``, ``--output_dir``, ``--overwrite``, ``--save_full``, ``--quiet``), which UCE's
@@ -44,7 +44,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 
 from sepce import records
-from sepce.cli import add_precision, add_quiet, parse_devices, parse_precision, show_progress
+from sepce.cli import EXIT_HELP, add_precision, add_quiet, parse_devices, parse_precision, parser, show_progress
 from sepce.io import atomic_path, write_json
 from sepce.modeling import check_model_files, load_model, unet_of
 from sepce.paths import DATA_DIR, DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR, run_name
@@ -161,6 +161,12 @@ def add_common_args(
     )
     add_precision(parser, help="autocast dtype of forward passes; weights and optimizer state stay fp32")
     return add_run_args(parser, devices=devices)
+
+
+def training_parser(description: Optional[str], **common: Any) -> argparse.ArgumentParser:
+    """A training script's parser: :func:`sepce.cli.parser` with the exit-status epilog
+    (:data:`sepce.cli.EXIT_HELP`) and the flags of :func:`add_common_args` (``common`` are its keywords)."""
+    return add_common_args(parser(description, epilog=EXIT_HELP), **common)
 
 
 def add_run_args(
@@ -859,6 +865,11 @@ class TrainingSession:
         self.device_generator: Optional[torch.Generator] = None
         self.model: Optional[torch.nn.Module] = None
         self.run: Optional[Run] = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, method: str, concepts: Sequence[str], **kw: Any) -> TrainingSession:
+        """The session of a script's parsed flags (:func:`settings_from_args`); ``kw`` as the constructor's."""
+        return cls(settings_from_args(args), method, concepts, **kw)
 
     @property
     def devices(self) -> list[torch.device]:

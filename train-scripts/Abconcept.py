@@ -58,7 +58,7 @@ from sepce.baseline_losses import (
     prior_preservation_loss,
     variant_help,
 )
-from sepce.cli import EXIT_HELP, parser, run
+from sepce.cli import run
 from sepce.data_generation import data_folder_name
 from sepce.losses import l1_drift
 from sepce.modeling import prompts_embeddings
@@ -66,18 +66,17 @@ from sepce.training import (
     ImageFolder,
     TrainingSession,
     TrainStep,
-    add_common_args,
     finished_message,
     select_parameters,
     settings_from_args,
+    training_parser,
 )
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     variant = peek_variant(argv)
     spec = ABLATING_VARIANTS[variant]
-    p = parser(__doc__, epilog=EXIT_HELP)
-    add_common_args(p, lr=spec.lr, iterations=spec.iterations, zero_grad_flag=not spec.zero_grad)
+    p = training_parser(__doc__, lr=spec.lr, iterations=spec.iterations, zero_grad_flag=not spec.zero_grad)
     if variant == "authors":
         p.add_argument(
             "--anchor_weight",
@@ -137,7 +136,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def train_authors(args: argparse.Namespace) -> dict:
     """The authors' variant (docs/method.md, "The authors' variants of FMN and Ablating Concepts")."""
-    session = TrainingSession(settings_from_args(args), "Abconcept", [args.prompt])
+    session = TrainingSession.from_args(args, "Abconcept", [args.prompt])
     model = session.load_model()
     params = select_parameters(model, "attn2")
     reference = session.frozen_reference(model, params)
@@ -161,15 +160,14 @@ def train_authors(args: argparse.Namespace) -> dict:
         result,
         session.tensor_record(params),
         reference=reference.kind,
-        settings={
-            "prompt": args.prompt,
-            "variant": args.variant,
-            "label": ABLATING_VARIANTS["authors"].label,
-            "concept_template": args.concept_template,
-            "concept_prompt": concept_text,
-            "anchor_prompt": anchor_text,
-            "anchor_weight": args.anchor_weight,
-        },
+        settings=ABLATING_VARIANTS["authors"].run_settings(
+            args.variant,
+            args.prompt,
+            args.concept_template,
+            concept_text,
+            anchor_prompt=anchor_text,
+            anchor_weight=args.anchor_weight,
+        ),
     )
     print(finished_message(summary))
     return summary
@@ -230,23 +228,17 @@ def train_original(args: argparse.Namespace) -> dict:
         result,
         session.tensor_record(params),
         reference="none (the target is the trained model's own prediction for the anchor prompt, detached)",
-        settings={
-            "prompt": args.prompt,
-            "variant": args.variant,
-            "label": spec.label,
-            "concept_template": args.concept_template,
-            "concept_prompt": concept_text,
-            "anchor_prompt": anchor_text,
-            "anchor_folder": folder_name,
-            "ablation_weight": args.ablation_weight,
-            "prior_weight": args.prior_weight,
-            "trained_parameters": spec.parameters,
-            "trained_tensors": len(params),
-            "optimizer": spec.optimizer,
-            "weight_decay": spec.weight_decay,
-            "zero_grad": True,
-            "variant_defaults": spec.as_dict(),
-        },
+        settings=spec.run_settings(
+            args.variant,
+            args.prompt,
+            args.concept_template,
+            concept_text,
+            len(params),
+            anchor_prompt=anchor_text,
+            anchor_folder=folder_name,
+            ablation_weight=args.ablation_weight,
+            prior_weight=args.prior_weight,
+        ),
     )
     print(finished_message(summary))
     return summary

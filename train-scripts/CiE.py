@@ -17,21 +17,13 @@ import argparse
 import math
 from typing import Optional, Sequence
 
-from sepce.cli import EXIT_HELP, parser, run
+from sepce.cli import run
 from sepce.losses import MomentumStop, cie_objective
-from sepce.training import (
-    TrainingSession,
-    TrainStep,
-    add_common_args,
-    finished_message,
-    select_parameters,
-    settings_from_args,
-)
+from sepce.training import TrainingSession, TrainStep, finished_message, select_parameters, training_parser
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__, epilog=EXIT_HELP)
-    add_common_args(p, lr=1e-6, iterations=1000)
+    p = training_parser(__doc__, lr=1e-6, iterations=1000)
     p.add_argument(
         "--threshold",
         type=float,
@@ -47,7 +39,7 @@ def main(args: argparse.Namespace) -> dict:
         raise ValueError(f"--threshold {args.threshold!r}: expected a finite number")
     if not (math.isfinite(args.reg_beta) and args.reg_beta >= 0):
         raise ValueError(f"--reg_beta {args.reg_beta!r}: expected a finite number >= 0")
-    session = TrainingSession(settings_from_args(args), "CiE", [args.prompt])
+    session = TrainingSession.from_args(args, "CiE", [args.prompt])
     model = session.load_model()
     params = select_parameters(model, "attn2")
     reference = session.frozen_reference(model, params)

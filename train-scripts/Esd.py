@@ -32,22 +32,14 @@ from sepce.baseline_losses import (
     esd_sampling_steps,
     split_concepts,
 )
-from sepce.cli import EXIT_HELP, parser, run
+from sepce.cli import run
 from sepce.esd_params import ESD_TRAIN_METHODS, SMALL_TRAIN_METHODS
 from sepce.modeling import prompts_embeddings
-from sepce.training import (
-    TrainingSession,
-    TrainStep,
-    add_common_args,
-    finished_message,
-    select_parameters,
-    settings_from_args,
-)
+from sepce.training import TrainingSession, TrainStep, finished_message, select_parameters, training_parser
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__, epilog=EXIT_HELP)
-    add_common_args(p, lr=1e-5, iterations=1000, prompt=False, images=False, zero_grad_flag=False)
+    p = training_parser(__doc__, lr=1e-5, iterations=1000, prompt=False, images=False, zero_grad_flag=False)
     p.add_argument(
         "--prompt",
         type=str,
@@ -100,7 +92,7 @@ def main(args: argparse.Namespace) -> dict:
     if not 1 <= args.ddim_steps <= 500:
         raise ValueError(f"--ddim_steps {args.ddim_steps!r}: ESD samples with DDIM, expected an integer in 1..500")
     concepts = check_concept_names(split_concepts(args.prompt, args.seperator))
-    session = TrainingSession(settings_from_args(args), "ESD", concepts, images=False, suffix=args.train_method)
+    session = TrainingSession.from_args(args, "ESD", concepts, images=False, suffix=args.train_method)
     model = session.load_model()
     params = select_parameters(model, ESD_TRAIN_METHODS[args.train_method])
     reference = session.frozen_reference(model, params)

@@ -49,17 +49,10 @@ from sepce.baseline_losses import (
     peek_variant,
     variant_help,
 )
-from sepce.cli import EXIT_HELP, parser, run
+from sepce.cli import run
 from sepce.losses import l1_drift
 from sepce.modeling import attn2_modules, prompts_embeddings, tokenizer_from_config
-from sepce.training import (
-    TrainingSession,
-    TrainStep,
-    add_common_args,
-    finished_message,
-    select_parameters,
-    settings_from_args,
-)
+from sepce.training import TrainingSession, TrainStep, finished_message, select_parameters, training_parser
 
 TEXTUAL_INVERSION = "not implemented (the original's optional pre-stage; the concept is named by its words)"
 
@@ -67,8 +60,7 @@ TEXTUAL_INVERSION = "not implemented (the original's optional pre-stage; the con
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     variant = peek_variant(argv)
     spec = FMN_VARIANTS[variant]
-    p = parser(__doc__, epilog=EXIT_HELP)
-    add_common_args(p, lr=spec.lr, iterations=spec.iterations, zero_grad_flag=not spec.zero_grad)
+    p = training_parser(__doc__, lr=spec.lr, iterations=spec.iterations, zero_grad_flag=not spec.zero_grad)
     p.add_argument(
         "--concept_template",
         default=FMN_CONCEPT_TEMPLATE,
@@ -117,7 +109,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def train_authors(args: argparse.Namespace) -> dict:
     """The authors' variant (docs/method.md, "The authors' variants of FMN and Ablating Concepts")."""
-    session = TrainingSession(settings_from_args(args), "FMN", [args.prompt])
+    session = TrainingSession.from_args(args, "FMN", [args.prompt])
     model = session.load_model()
     params = select_parameters(model, "attn2")
     originals = {k: p.detach().clone() for k, p in params.items()}  # for the logged drift only
@@ -139,15 +131,14 @@ def train_authors(args: argparse.Namespace) -> dict:
         result,
         session.tensor_record(params),
         reference="none (FMN compares two contexts of the trained model)",
-        settings={
-            "prompt": args.prompt,
-            "variant": args.variant,
-            "label": FMN_VARIANTS["authors"].label,
-            "concept_template": args.concept_template,
-            "neutral_prompt": neutral_text,
-            "concept_prompt": concept_text,
-            "attention_layers": len(layers),
-        },
+        settings=FMN_VARIANTS["authors"].run_settings(
+            args.variant,
+            args.prompt,
+            args.concept_template,
+            concept_text,
+            neutral_prompt=neutral_text,
+            attention_layers=len(layers),
+        ),
     )
     print(finished_message(summary))
     return summary
@@ -156,8 +147,8 @@ def train_authors(args: argparse.Namespace) -> dict:
 def train_original(args: argparse.Namespace) -> dict:
     """The original Forget-Me-Not (docs/method.md, "The original FMN and Ablating Concepts")."""
     spec = fmn_original_defaults(args.only_cross_attention)
-    settings = settings_from_args(args)
-    session = TrainingSession(settings, "FMN", [args.prompt], suffix="original")
+    session = TrainingSession.from_args(args, "FMN", [args.prompt], suffix="original")
+    settings = session.settings
     concept_text, _ = fmn_prompts(args.prompt, args.concept_template)
     tokenizer = tokenizer_from_config(settings.config_path)  # positions are checked before the model loads
     positions = concept_token_positions(tokenizer, concept_text, args.prompt, args.use_pooler)
@@ -183,26 +174,19 @@ def train_original(args: argparse.Namespace) -> dict:
         result,
         session.tensor_record(params),
         reference="none (the loss reads the trained model's own attention)",
-        settings={
-            "prompt": args.prompt,
-            "variant": args.variant,
-            "label": spec.label,
-            "concept_template": args.concept_template,
-            "concept_prompt": concept_text,
-            "concept_positions": positions,
-            "concept_tokens": [tokenizer.decode([ids[i]]) for i in positions],
-            "use_pooler": args.use_pooler,
-            "only_cross_attention": args.only_cross_attention,
-            "attention_layers": len(layers),
-            "trained_parameters": spec.parameters,
-            "trained_tensors": len(params),
-            "optimizer": spec.optimizer,
-            "weight_decay": spec.weight_decay,
-            "max_grad_norm": spec.max_grad_norm,
-            "zero_grad": True,
-            "variant_defaults": spec.as_dict(),
-            "textual_inversion": TEXTUAL_INVERSION,
-        },
+        settings=spec.run_settings(
+            args.variant,
+            args.prompt,
+            args.concept_template,
+            concept_text,
+            len(params),
+            concept_positions=positions,
+            concept_tokens=[tokenizer.decode([ids[i]]) for i in positions],
+            use_pooler=args.use_pooler,
+            only_cross_attention=args.only_cross_attention,
+            attention_layers=len(layers),
+            textual_inversion=TEXTUAL_INVERSION,
+        ),
     )
     print(finished_message(summary))
     return summary

@@ -23,14 +23,13 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from sepce.cli import EXIT_HELP, parser, run
+from sepce.cli import run
 from sepce.sepce_training import RELEASED_CONCEPTS, RELEASED_THRESHOLDS, SepCESettings, run_sepce
-from sepce.training import add_common_args, finished_message, settings_from_args
+from sepce.training import finished_message, settings_from_args, training_parser
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = parser(__doc__, epilog=EXIT_HELP)
-    add_common_args(p, lr=1e-2, iterations=1000, prompt=False)
+    p = training_parser(__doc__, lr=1e-2, iterations=1000, prompt=False)
     p.add_argument(
         "--prompts",
         nargs="+",

@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import EXIT_HELP, add_classes, add_device, add_quiet, parse_device, parser, run, show_progress
+from sepce.cli import (
+    EXIT_HELP,
+    add_classes,
+    add_device,
+    add_quiet,
+    parse_device,
+    parser,
+    positive_int,
+    run,
+    show_progress,
+)
 from sepce.evaluation.classifier import accuracy_table, load_classifier, predict
 from sepce.evaluation.common import file_signature, fingerprint
 from sepce.evaluation.images import generated_images, has_class_folders, images_by_class
@@ -46,21 +56,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_classes(p)
     p.add_argument(
         "--image_size",
-        type=int,
+        type=positive_int,
         default=None,
         help="Resize+CenterCrop size; None: the size the classifier was trained with",
     )
-    p.add_argument("--batch_size", type=int, default=50, help="images per forward pass")
+    p.add_argument("--batch_size", type=positive_int, default=50, help="images per forward pass")
     add_device(p)
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--overwrite", action="store_true", help="replace results made from other inputs")
     add_quiet(p)
-    args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error(f"--batch_size {args.batch_size} must be >= 1")
-    if args.image_size is not None and args.image_size < 1:
-        p.error(f"--image_size {args.image_size} must be >= 1")
-    return args
+    return p.parse_args(argv)
 
 
 def model_folders(path: Path) -> List[Path]:

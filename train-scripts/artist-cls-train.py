@@ -22,7 +22,17 @@ from typing import Optional, Sequence
 import torch
 
 from sepce.classes import load_class_map
-from sepce.cli import EXIT_HELP, add_classes, add_device, add_quiet, parse_device, parser, run, show_progress
+from sepce.cli import (
+    EXIT_HELP,
+    add_classes,
+    add_device,
+    add_quiet,
+    parse_device,
+    parser,
+    positive_int,
+    run,
+    show_progress,
+)
 from sepce.evaluation.classifier import (
     TrainConfig,
     build_resnet18,
@@ -50,12 +60,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_classes(p)
     p.add_argument("--output", type=Path, default=DEFAULT_CHECKPOINT, help="classifier checkpoint to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
-    p.add_argument("--epochs", type=int, default=20, help="training epochs")
-    p.add_argument("--batch_size", type=int, default=30, help="training batch size (also feature extraction)")
+    p.add_argument("--epochs", type=positive_int, default=20, help="training epochs")
+    p.add_argument("--batch_size", type=positive_int, default=30, help="training batch size (also feature extraction)")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the triangular cycle")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
-    p.add_argument("--image_size", type=int, default=512, help="Resize+CenterCrop size for training and testing")
+    p.add_argument(
+        "--image_size", type=positive_int, default=512, help="Resize+CenterCrop size for training and testing"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the split, FC initialisation and shuffling")
     add_device(p)
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
@@ -72,9 +84,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     add_quiet(p)
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "image_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} {getattr(args, name)} must be >= 1")
     if not 0.0 < args.train_fraction < 1.0:
         p.error(f"--train_fraction {args.train_fraction} must lie strictly between 0 and 1")
     return args
