@@ -11,8 +11,11 @@ first step includes the autoencoder's encoding of the image; later steps reuse i
 (:class:`sepce.attack.TrainingLatents`), so "later step" is the cost of the text encoder with v*, the UNet
 forward and the backward to v*, and the optimizer step. Times are wall-clock means over steps 2..n.
 
-    python bench/bench_attack.py              # full size: ~10 GB RAM, a few minutes on 2 cores
+    python bench/bench_attack.py              # full size: ~6 GB peak RSS, 3-6 minutes on 2 cores
     python bench/bench_attack.py --tiny       # tiny config instead of SD v1.4 (smoke test of this script)
+
+On a machine shared with other jobs, ``OMP_NUM_THREADS=1`` avoids thread oversubscription (measured here with a
+load average of 4-5 on 2 cores: the world step took 0.11 s with one thread and 1.0-2.3 s with two).
 """
 
 from __future__ import annotations
