@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_script
+from conftest import REPO, assert_one_line_error, run_script
 from PIL import Image
 
 from sepce import attack
@@ -317,7 +317,7 @@ def test_script_checks_inputs_before_loading(inputs, load_script, monkeypatch):
             script.main(script.parse_args(argv))
     assert not (root / "out").exists()
     proc = run_script(SCRIPT, *flag("--prompt", "Monet"), check=False)
-    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "unknown concept 'Monet'" in proc.stderr
+    assert_one_line_error(proc, "unknown concept 'Monet'")
 
 
 def test_script_world_classifier_and_templates(tmp_path, tiny_ckpt, load_script):
