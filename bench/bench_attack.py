@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,15 +30,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-FULL_CONFIG = REPO / "configs" / "stable-diffusion" / "v1-inference.yaml"
-TINY_CONFIG = REPO / "configs" / "tiny" / "v1-tiny.yaml"
-WORLD_CONFIG = REPO / "assets" / "world" / "config.yaml"
-WORLD_CKPT = REPO / "assets" / "world" / "model.ckpt"
-
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import GIB, bench_parser, model_config, peak_rss, random_model, run_child, save_results  # noqa: E402
 
 
 def child(variant: str, batch_size: int, steps: int, tiny: bool) -> dict:
@@ -50,16 +41,14 @@ def child(variant: str, batch_size: int, steps: int, tiny: bool) -> dict:
     from sepce.attack import PRESETS, TEMPLATES, train_word
     from sepce.training import ImageFolder
 
-    torch.manual_seed(0)
     if variant == "sd":
-        from ldm.checkpoint import build_model, load_config
-
-        model = build_model(load_config(TINY_CONFIG if tiny else FULL_CONFIG), "cpu").eval()
+        model = random_model(model_config(tiny), frozen=False)  # train_word freezes what it does not train
         size, domain = (64 if tiny else 512), "sd"
     else:
         from sepce.modeling import load_model
+        from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 
-        model = load_model(WORLD_CONFIG, WORLD_CKPT)
+        model = load_model(SHIPPED_CONFIG, SHIPPED_CKPT)
         size, domain = 64, "world"
     with tempfile.TemporaryDirectory() as tmp:
         pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -83,21 +72,14 @@ def child(variant: str, batch_size: int, steps: int, tiny: bool) -> dict:
 
 
 def spawn(variant: str, batch_size: int, steps: int, tiny: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--batch_size", str(batch_size), "--steps", str(steps)]
-    out = subprocess.run(cmd + (["--tiny"] if tiny else []), capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"error: variant {variant} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    argv = [__file__, "--child", variant, "--batch_size", batch_size, "--steps", steps]
+    return run_child(argv + (["--tiny"] if tiny else []), f"variant {variant}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--tiny", action="store_true", help="tiny config instead of full-size SD v1.4 (smoke test)")
+    p = bench_parser(__doc__, "tiny config instead of full-size SD v1.4 (smoke test)")
     p.add_argument("--steps", type=int, default=3, help="steps per variant (the first one includes VAE encoding)")
     p.add_argument("--world_steps", type=int, default=10, help="steps of the world variants")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--batch_size", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -122,13 +104,9 @@ def main(args: argparse.Namespace) -> list:
     for r in results:
         print(
             f"{names[r['variant']]:32}{r['image_size']:5d}{r['batch_size']:7d}{r['first_s']:16.3f}"
-            f"{r['step_s']:16.3f}{r['peak_rss_bytes'] / 2**30:16.2f}"
+            f"{r['step_s']:16.3f}{r['peak_rss_bytes'] / GIB:16.2f}"
         )
-    if args.json:
-        from sepce.io import write_json
-
-        write_json(args.json, results)
-    return results
+    return save_results(args.json, results)
 
 
 if __name__ == "__main__":

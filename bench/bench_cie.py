@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -36,26 +35,17 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-FULL_CONFIG = REPO / "configs" / "stable-diffusion" / "v1-inference.yaml"
-TINY_CONFIG = REPO / "configs" / "tiny" / "v1-tiny.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import GIB, bench_parser, model_config, peak_rss, random_model, run_child, save_results  # noqa: E402
+
 CONCEPTS = ["VanGogh", "Cezanne", "Picasso"]
 VARIANTS = ("released", "ours", "ours-nockpt")
 TARGET = 0.5
-
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+CHECKPOINTING = {"config": None, "on": True, "off": False}
 
 
 def build(config_path: Path, checkpointing: str) -> torch.nn.Module:
-    from ldm.checkpoint import build_model, load_config
-
-    torch.manual_seed(0)
-    model = build_model(load_config(config_path), "cpu").eval()
-    if checkpointing != "config":
-        model.model.diffusion_model.set_gradient_checkpointing(checkpointing == "on")
-    return model
+    return random_model(config_path, frozen=False, gradient_checkpointing=CHECKPOINTING[checkpointing])
 
 
 def draw(model: torch.nn.Module, image_size: int, gen: torch.Generator):
@@ -70,7 +60,6 @@ def draw(model: torch.nn.Module, image_size: int, gen: torch.Generator):
 
 
 def run_released(config_path: Path, iterations: int, image_size: int, lr: float, reg_beta: float) -> list[float]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_unet import einsum_attention
     from ldm.modules.attention import CrossAttention
 
@@ -184,29 +173,12 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def spawn(args: argparse.Namespace, variant: str, stdin: str = "", timeout: float = None) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--variant",
-        variant,
-        "--config_path",
-        str(args.config_path),
-        "--iterations",
-        str(args.iterations),
-        "--image_size",
-        str(args.image_size),
-    ]
-    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        raise SystemExit(f"error: variant {variant} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    argv = [__file__, "--variant", variant, "--config_path", args.config_path, "--iterations", args.iterations]
+    return run_child([*argv, "--image_size", args.image_size], f"variant {variant}", stdin, timeout)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--tiny", action="store_true", help="tiny config and 64 px images (smoke test)")
+    p = bench_parser(__doc__, "tiny config and 64 px images (smoke test)")
     p.add_argument("--config_path", type=Path, default=None, help="model config (default: SD v1.4, or tiny)")
     p.add_argument("--image_size", type=int, default=None, help="training image size (default 512, tiny: 64)")
     p.add_argument("--iterations", type=int, default=2, help="CiE iterations per variant (first one is warm-up)")
@@ -214,11 +186,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-6, help="Adam learning rate (the seed command's)")
     p.add_argument("--reg_beta", type=float, default=3e-5, help="L1 regulariser weight (the seed command's)")
     p.add_argument("--symbolic_timeout", type=float, default=900, help="seconds allowed for the sympy null space")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.config_path is None:
-        args.config_path = TINY_CONFIG if args.tiny else FULL_CONFIG
+    args.config_path = model_config(args.tiny, args.config_path)
     if args.image_size is None:
         args.image_size = 64 if args.tiny else 512
     return args
@@ -242,7 +212,6 @@ def main(args: argparse.Namespace) -> dict:
         basis["symbolic_s"] = "sympy not installed: symbolic null space not timed"
     results["basis"] = basis
 
-    gib = 2**30
     ref = results.get("released")
     print(
         f"CiE iteration: {Path(args.config_path).name} (random weights), {args.image_size} px, CPU fp32, "
@@ -256,7 +225,7 @@ def main(args: argparse.Namespace) -> dict:
         tr = f"{r['time_per_iter_s'] / ref['time_per_iter_s']:.2f}" if ref else "-"
         mr = f"{r['peak_rss_bytes'] / ref['peak_rss_bytes']:.2f}" if ref else "-"
         print(
-            f"{v:14}{r['first_s']:11.2f}{r['time_per_iter_s']:15.2f}{r['peak_rss_bytes'] / gib:16.2f}{tr:>12}{mr:>11}"
+            f"{v:14}{r['first_s']:11.2f}{r['time_per_iter_s']:15.2f}{r['peak_rss_bytes'] / GIB:16.2f}{tr:>12}{mr:>11}"
         )
     if ref:
         print(f"targets: ours/released <= {TARGET} in time per iteration and in peak memory")
@@ -272,11 +241,7 @@ def main(args: argparse.Namespace) -> dict:
         )
     else:
         print(f"basis, symbolic null space: {sym}")
-    if args.json:
-        from sepce.io import write_json
-
-        write_json(args.json, results)
-    return results
+    return save_results(args.json, results)
 
 
 if __name__ == "__main__":

@@ -23,18 +23,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from sepce.cli import Runtime, add_precision, parser, positive_int, run
-from sepce.generation import SAMPLERS, ImageJob, ImageSampler, SamplingSettings, case_noise, run_jobs, save_png
-from sepce.io import write_json
-from sepce.paths import DEFAULT_CONFIG, REPO_ROOT
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import model_config, random_model, save_results  # noqa: E402
 
-TINY_CONFIG = REPO_ROOT / "configs" / "tiny" / "v1-tiny.yaml"
+from sepce.cli import Runtime, add_precision, parser, positive_int, run  # noqa: E402
+from sepce.generation import (  # noqa: E402
+    SAMPLERS,
+    ImageJob,
+    ImageSampler,
+    SamplingSettings,
+    case_noise,
+    run_jobs,
+    save_png,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,23 +63,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.steps = args.steps or (50 if gpu or args.tiny else 4)
     args.batch_size = args.batch_size or (8 if gpu or args.tiny else 1)
     args.image_size = args.image_size or (64 if args.tiny else 512)
-    args.config_path = args.config_path or (TINY_CONFIG if args.tiny else DEFAULT_CONFIG)
+    args.config_path = model_config(args.tiny, args.config_path)
     return args
 
 
 def build(args, device: torch.device):
     """The model in float32 (16-bit runs under autocast in ImageSampler): real weights or a random init."""
-    from ldm.checkpoint import build_model, load_config
-
     from sepce.modeling import load_model
 
     if args.ckpt_path is not None:
         return load_model(args.config_path, args.ckpt_path, device)
-    torch.manual_seed(0)
-    model = build_model(load_config(args.config_path), "cpu").eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.to(device)
+    return random_model(args.config_path, device=device)
 
 
 def timed(fn, device: torch.device, repeats: int = 1) -> float:
@@ -145,8 +147,7 @@ def main(args: argparse.Namespace) -> dict:
         "images_per_s_at_100_steps": round(args.batch_size / full_batch_s, 4),
     }
     print(json.dumps(result, indent=2))
-    if args.out is not None:
-        write_json(args.out, result)
+    save_results(args.out, result)
     return result
 
 

@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-FULL_CONFIG = REPO / "configs" / "stable-diffusion" / "v1-inference.yaml"
-TINY_CONFIG = REPO / "configs" / "tiny" / "v1-tiny.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import GIB, bench_parser, model_config, peak_rss, random_model, run_child, save_results  # noqa: E402
+
+from sepce.cli import positive_int  # noqa: E402
+
 ERASE = ("Van Gogh",)
 PRESERVE = (
     "Picasso",
@@ -45,25 +45,11 @@ PRESERVE = (
 CASES = {"erase 1": 0, "erase 1, preserve 10": len(PRESERVE)}
 
 
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def build(config_path: Path) -> torch.nn.Module:
-    from ldm.checkpoint import build_model, load_config
-
-    torch.manual_seed(0)
-    model = build_model(load_config(config_path), "cpu").eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 def child(config_path: Path, n_preserve: int, repeats: int) -> dict:
     from sepce.uce import UCESettings, closed_form_edit, kv_weights, last_word_embedding, uce_edit
 
     tic = time.perf_counter()
-    model = build(config_path)
+    model = random_model(config_path)
     build_s = time.perf_counter() - tic
     rss_built = peak_rss()
     settings = UCESettings(ERASE, preserve_concepts=PRESERVE[:n_preserve])
@@ -102,39 +88,19 @@ def child(config_path: Path, n_preserve: int, repeats: int) -> dict:
 
 
 def spawn(args: argparse.Namespace, n_preserve: int) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        str(n_preserve),
-        "--config_path",
-        str(args.config_path),
-        "--repeats",
-        str(args.repeats),
-    ]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"error: case with {n_preserve} preserve concepts failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    argv = [__file__, "--child", n_preserve, "--config_path", args.config_path, "--repeats", args.repeats]
+    argv += ["--threads", args.threads] if args.threads else []
+    return run_child(argv, f"case with {n_preserve} preserve concepts")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--tiny", action="store_true", help="tiny config (smoke test)")
+    p = bench_parser(__doc__, "tiny config (smoke test)")
     p.add_argument("--config_path", type=Path, default=None, help="model config (default: SD v1.4, or tiny)")
-    p.add_argument("--repeats", type=int, default=3, help="edits per case (the first is reported separately)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="edits per case (the first is reported apart)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.config_path is None:
-        args.config_path = TINY_CONFIG if args.tiny else FULL_CONFIG
-    if args.repeats < 1:
-        p.error(f"--repeats {args.repeats}: expected a positive integer")
+    args.config_path = model_config(args.tiny, args.config_path)
     return args
 
 
@@ -146,7 +112,6 @@ def main(args: argparse.Namespace) -> dict:
         return {}
     results = {name: spawn(args, n) for name, n in CASES.items()}
     first = next(iter(results.values()))
-    gib = 2**30
     print(
         f"UCE edit: {Path(args.config_path).name} (random weights), CPU, {first['threads']} thread(s); "
         f"{first['tensors']} weights ({first['columns']} rows x D = {first['dim']}), float64 solve; "
@@ -159,13 +124,9 @@ def main(args: argparse.Namespace) -> dict:
     for name, r in results.items():
         print(
             f"{name:22}{r['build_s']:11.1f}{r['first_s']:11.2f}{r['edit_s']:10.2f}{r['embed_s']:11.3f}"
-            f"{r['solve_s']:11.3f}{r['rss_built_bytes'] / gib:17.2f}{r['peak_rss_bytes'] / gib:16.2f}"
+            f"{r['solve_s']:11.3f}{r['rss_built_bytes'] / GIB:17.2f}{r['peak_rss_bytes'] / GIB:16.2f}"
         )
-    if args.json:
-        from sepce.io import write_json
-
-        write_json(args.json, results)
-    return results
+    return save_results(args.json, results)
 
 
 if __name__ == "__main__":

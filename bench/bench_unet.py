@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import GIB, bench_parser, model_config, peak_rss, run_child, save_results  # noqa: E402
 
 
 def einsum_attention(self, x, context=None, mask=None):
@@ -74,7 +74,7 @@ def run_variant(variant: str, config_path: str, repeats: int, checkpointing: boo
             unet(x, t, context=ctx)
         sync()
         forward = (time.perf_counter() - start) / repeats
-    fwd_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    fwd_peak = peak_rss()
     unet.train()
     start = time.perf_counter()
     for _ in range(repeats):
@@ -82,7 +82,7 @@ def run_variant(variant: str, config_path: str, repeats: int, checkpointing: boo
         unet(x, t, context=ctx).square().mean().backward()
     sync()
     backward = (time.perf_counter() - start) / repeats
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     return {
         "variant": variant,
         "forward_s": forward,
@@ -95,10 +95,7 @@ def run_variant(variant: str, config_path: str, repeats: int, checkpointing: boo
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--tiny", action="store_true", help="use configs/tiny/v1-tiny.yaml (smoke test)")
+    p = bench_parser(__doc__, "use configs/tiny/v1-tiny.yaml (smoke test)")
     p.add_argument("--config_path", type=str, default=None, help="UNet config (default: SD v1.4 or tiny)")
     p.add_argument("--repeats", type=int, default=1, help="timed repetitions per measurement")
     p.add_argument(
@@ -108,35 +105,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--device", type=str, default="cpu", help="device to run on")
     p.add_argument("--variant", choices=["ours", "reference"], default=None, help=argparse.SUPPRESS)
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    config = args.config_path or str(
-        REPO / "configs" / ("tiny/v1-tiny.yaml" if args.tiny else "stable-diffusion/v1-inference.yaml")
-    )
+    config = str(model_config(args.tiny, args.config_path))
     if args.variant:
         print(json.dumps(run_variant(args.variant, config, args.repeats, args.checkpointing, args.device)))
         return {}
     results = {}
     for variant in ("reference", "ours"):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--variant",
-            variant,
-            "--config_path",
-            config,
-            "--repeats",
-            str(args.repeats),
-            "--device",
-            args.device,
-        ] + (["--checkpointing"] if args.checkpointing else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+        argv = [__file__, "--variant", variant, "--config_path", config, "--repeats", args.repeats]
+        argv += ["--device", args.device] + (["--checkpointing"] if args.checkpointing else [])
+        results[variant] = run_child(argv, f"variant {variant}")
     ref, ours = results["reference"], results["ours"]
-    gib = 2**30
     print(
         f"UNet {Path(config).name}, device {args.device}, {ours['threads']} threads, checkpointing "
         f"{'on' if args.checkpointing else 'off'}"
@@ -148,15 +130,11 @@ def main(args: argparse.Namespace) -> dict:
         ("forward_peak_rss", "forward peak RSS [GiB]"),
         ("peak_rss", "fwd+bwd peak RSS [GiB]"),
     ):
-        print(f"{label:24}{ref[key] / gib:20.2f}{ours[key] / gib:14.2f}{ours[key] / ref[key]:8.2f}")
+        print(f"{label:24}{ref[key] / GIB:20.2f}{ours[key] / GIB:14.2f}{ours[key] / ref[key]:8.2f}")
     act_ref = ref["peak_rss"] - ref["weights_rss"]
     act_ours = ours["peak_rss"] - ours["weights_rss"]
-    print(f"{'fwd+bwd peak above weights':24}{act_ref / gib:20.2f}{act_ours / gib:14.2f}{act_ours / act_ref:8.2f}")
-    if args.json:
-        from sepce.io import write_json
-
-        write_json(args.json, results)
-    return results
+    print(f"{'fwd+bwd peak above weights':24}{act_ref / GIB:20.2f}{act_ours / GIB:14.2f}{act_ours / act_ref:8.2f}")
+    return save_results(args.json, results)
 
 
 if __name__ == "__main__":

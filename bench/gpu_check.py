@@ -63,17 +63,24 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if importlib.util.find_spec("sepce") is None:  # a bare checkout (a GPU box without `pip install -e .`)
-    sys.path[:0] = [str(REPO), str(REPO / "ldm-replace")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py: sepce importable on a bare checkout
+from common import REPO  # noqa: E402
 
-from sepce.cli import EXIT_CHECK_FAILED, PRECISIONS, parse_device, parse_precision, parser, run  # noqa: E402
+from sepce.cli import (  # noqa: E402
+    EXIT_CHECK_FAILED,
+    PRECISIONS,
+    import_script,
+    parse_device,
+    parse_precision,
+    parser,
+    run,
+)
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, REPO_ROOT  # noqa: E402
+from sepce.tiny import TINY_WIDE_CONFIG  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 
 SECTIONS = ("gen", "train", "torchrun")
-TINY_CONFIG = REPO_ROOT / "configs" / "tiny" / "v1-tiny-wide.yaml"  # SepCE needs the wide text context
 DEFAULT_OUTPUT = REPO_ROOT / "outputs" / "gpu-check" / "gpu_check.json"
 SCHEMA = "sepce-gpu-check/1"
 GIB = 2**30
@@ -219,7 +226,7 @@ def settings_from_args(args: argparse.Namespace) -> CheckSettings:
         if (name.endswith("image_size") or name == "sanity_size") and value % 8:
             raise ValueError(f"--{name} {value}: expected a multiple of 8")
         values[name] = value
-    config = args.config_path or (TINY_CONFIG if args.tiny else DEFAULT_CONFIG)
+    config = args.config_path or (TINY_WIDE_CONFIG if args.tiny else DEFAULT_CONFIG)  # SepCE needs the wide one
     if not config.is_file():
         raise FileNotFoundError(f"--config_path {config} does not exist")
     ckpt = args.ckpt_path
@@ -334,15 +341,6 @@ def child_env(threads: Optional[int] = None) -> dict:
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
-
-
-def load_script(relative: str):
-    """A repository script (``train-scripts/CiE.py``) imported as a module, to call ``parse_args``/``main``."""
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location("gpu_check_" + re.sub(r"\W", "_", path.stem), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def cuda_devices(device: torch.device) -> list[int]:
@@ -654,7 +652,7 @@ def train_cases(s: CheckSettings) -> list[TrainCase]:
 def train_case(case: TrainCase, s: CheckSettings, w: Weights, data: Path, out: Path) -> dict:
     """One training script run in-process; seconds/iteration from its losses.csv, peak GPU memory per device."""
     z = s.sizes
-    script = load_script(case.script)
+    script = import_script(REPO / case.script, "gpu_check_")
     argv = [
         *case.flags,
         "--iterations", str(z.train_warmup + z.train_iterations),

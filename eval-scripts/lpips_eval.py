@@ -23,24 +23,19 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import (
-    EXIT_HELP,
-    add_classes,
-    add_device,
-    add_prompts_path,
-    add_quiet,
-    parse_device,
-    parser,
-    positive_int,
-    run,
-    show_progress,
-)
+from sepce.cli import EXIT_HELP, BatchSettings, add_batch_args, add_classes, add_prompts_path, parser, positive_int, run
 from sepce.evaluation.common import file_signature
 from sepce.evaluation.compare import compare_folders
-from sepce.evaluation.fid import FID_INCEPTION_NETWORK, INCEPTION_IMAGE_SIZE, inception_extractor
+from sepce.evaluation.fid import (
+    FID_INCEPTION_NETWORK,
+    INCEPTION_IMAGE_SIZE,
+    MIN_INCEPTION_IMAGE_SIZE,
+    inception_extractor,
+)
 from sepce.evaluation.images import pair_images
 from sepce.evaluation.lpips_metric import LPIPS_IMAGE_SIZE, build_lpips
 from sepce.evaluation.weights import ALEXNET, FID_INCEPTION, MissingWeightsError, resolve_weights
+from sepce.paths import EVALUATE_CSV, EVALUATION_DIR
 from sepce.prompts import case_classes, read_prompt_csv
 
 log = logging.getLogger("lpips_eval")
@@ -51,22 +46,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--original_path",
         type=Path,
-        default=Path("evaluation_folder/default"),
+        default=EVALUATION_DIR / "default",
         help="images of the original model",
     )
     p.add_argument(
         "--edited_path",
         type=Path,
-        default=Path("evaluation_folder/eval"),
+        default=EVALUATION_DIR / "eval",
         help="images of the edited (erased) model; results are written to its results/ folder",
     )
-    add_prompts_path(p, default=Path("data/evaluate.csv"))
+    add_prompts_path(p, default=EVALUATE_CSV)
     add_classes(p)
     p.add_argument(
         "--metrics", nargs="+", choices=["lpips", "fid"], default=["lpips", "fid"], help="metrics to compute"
     )
-    add_device(p)
-    p.add_argument("--batch_size", type=positive_int, default=50, help="images per forward pass")
+    add_batch_args(p, batch_size=50, workers=False)
     p.add_argument("--lpips_size", type=positive_int, default=LPIPS_IMAGE_SIZE, help="LPIPS image size (paper: 64)")
     p.add_argument(
         "--fid_size",
@@ -92,15 +86,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="random AlexNet/Inception weights instead of ImageNet ones (tests only)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace results made from other inputs")
-    add_quiet(p)
     args = p.parse_args(argv)
-    if args.fid_size < 75:
-        p.error(f"--fid_size {args.fid_size} must be >= 75 (Inception-v3's smallest input)")
+    if args.fid_size < MIN_INCEPTION_IMAGE_SIZE:
+        p.error(f"--fid_size {args.fid_size} must be >= {MIN_INCEPTION_IMAGE_SIZE} (Inception-v3's smallest input)")
     return args
 
 
 def main(args: argparse.Namespace) -> Dict[str, List[dict]]:
-    device = parse_device(args.device)
+    batches = BatchSettings.from_args(args)
     classes = load_class_map(args.classes)
     case_to_class = case_classes(read_prompt_csv(args.prompts_path, classes, require_class=True))
     report = pair_images(args.original_path, args.edited_path, case_to_class)
@@ -126,17 +119,17 @@ def main(args: argparse.Namespace) -> Dict[str, List[dict]]:
         args.edited_path,
         case_to_class,
         classes,
-        device,
+        batches.device,
         metrics=args.metrics,
         lpips_factory=functools.partial(build_lpips, not args.no_pretrained, lpips_weights),
         fid_factory=functools.partial(inception_extractor, not args.no_pretrained, fid_weights, args.fid_size),
         fid_network=FID_INCEPTION_NETWORK,
         settings=settings,
-        batch_size=args.batch_size,
+        batch_size=batches.batch_size,
         lpips_image_size=args.lpips_size,
         overwrite=args.overwrite,
         pairs=report,
-        progress=show_progress(args.quiet),
+        progress=batches.progress,
     )
     print(f"{args.edited_path} vs {args.original_path}: {report.num_pairs} image pairs")
     lpips_by_name = {row["name"]: row for row in results.get("lpips", [])}

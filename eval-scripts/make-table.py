@@ -21,6 +21,7 @@ from sepce.classes import load_class_map
 from sepce.cli import EXIT_HELP, add_classes, parser, run
 from sepce.evaluation.table import ModelSpec, collect, load_spec, plot_table, to_csv, to_markdown
 from sepce.io import write_text
+from sepce.paths import EVALUATION_DIR
 
 
 def _named(value: str) -> tuple:
@@ -69,7 +70,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--output_dir",
         type=Path,
-        default=Path("evaluation_folder/table"),
+        default=EVALUATION_DIR / "table",
         help="folder for table.md, table.csv and table.png",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing table that differs")

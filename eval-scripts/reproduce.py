@@ -34,7 +34,7 @@ from sepce.cli import (
     positive_int,
     run,
 )
-from sepce.paths import DATA_DIR, DEFAULT_CKPT, DEFAULT_CONFIG, REPO_ROOT
+from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, EVALUATE_CSV, REPO_ROOT
 from sepce.prompts import read_prompt_csv
 from sepce.reproduce import (
     METHODS,
@@ -100,7 +100,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="lpips_eval.py --backbone_weights: the AlexNet ImageNet state dict of LPIPS (None: torchvision's cache)",
     )
     add_classes(p)
-    add_prompts_path(p, default=DATA_DIR / "evaluate.csv")
+    add_prompts_path(p, default=EVALUATE_CSV)
     p.add_argument("--ckpt_path", type=Path, default=DEFAULT_CKPT, help="original SD v1.4 checkpoint")
     p.add_argument("--config_path", type=Path, default=DEFAULT_CONFIG, help="its CompVis config")
     p.add_argument("--num_cases", type=positive_int, default=None, help="training images per class (1000; tiny 4)")

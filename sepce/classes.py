@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-DEFAULT_CLASS_MAP = Path(__file__).resolve().parent.parent / "data" / "classes.csv"
+from sepce.paths import DATA_DIR
+
+DEFAULT_CLASS_MAP = DATA_DIR / "classes.csv"
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,15 @@ Scripts validate their flags once, here at the boundary (:func:`parse_device`, :
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -53,6 +56,16 @@ def parser(description: Optional[str], epilog: Optional[str] = None) -> argparse
 
 def script_name() -> str:
     return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "sepce"
+
+
+def import_script(path: Union[str, Path], prefix: str = "script_") -> ModuleType:
+    """A script file (``train-scripts/CiE.py``) imported as a module named ``<prefix><stem>``, to call its
+    ``parse_args`` / ``main`` in-process (its ``__main__`` block does not run)."""
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(prefix + re.sub(r"\W", "_", path.stem), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run(
@@ -199,10 +212,46 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars (also off when stderr is not a terminal)")
 
 
+def add_evaluation_path(p: argparse.ArgumentParser, help: str) -> None:
+    """``--path``: the folder of model folders (``evaluation_folder``) a script sorts or evaluates."""
+    from sepce.paths import EVALUATION_DIR
+
+    p.add_argument("--path", type=Path, default=EVALUATION_DIR, help=help)
+
+
+def add_batch_args(
+    p: argparse.ArgumentParser, batch_size: int, batch_help: str = "images per forward pass", workers: bool = True
+) -> None:
+    """``--device``, ``--batch_size``, ``--num_workers`` (unless ``workers`` is False) and ``--quiet``: the flags
+    of a script that runs a network over image files (classifier training and test, LPIPS/FID);
+    :meth:`BatchSettings.from_args` reads them."""
+    add_device(p)
+    p.add_argument("--batch_size", type=positive_int, default=batch_size, help=batch_help)
+    if workers:
+        p.add_argument("--num_workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    add_quiet(p)
+
+
 def show_progress(quiet: bool = False) -> bool:
     """Progress bars only for a person watching: not with ``--quiet`` and not when stderr is a file or pipe
     (CI logs, ``nohup``), where finished stages are logged as one line each instead."""
     return not quiet and sys.stderr.isatty()
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Validated flags of :func:`add_batch_args`."""
+
+    device: torch.device
+    batch_size: int
+    num_workers: int = 0
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BatchSettings:
+        return cls(
+            parse_device(args.device), args.batch_size, getattr(args, "num_workers", 0), show_progress(args.quiet)
+        )
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 from sepce.cli import Runtime, add_device, add_precision, add_quiet, folder_name, positive_int, show_progress
 from sepce.io import atomic_write, write_json
 from sepce.modeling import ResolvedModel, load_resolved
-from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, MODELS_DIR
+from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, EVALUATION_DIR, MODELS_DIR
 from sepce.prompts import PromptRow, shard_rows
 
 log = logging.getLogger(__name__)
@@ -473,7 +473,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 100, im
 def add_output_arguments(parser: argparse.ArgumentParser, save_help: str) -> None:
     """``--save_path``, ``--output_name`` and ``--num_samples`` of the scripts that write a model's evaluation
     images (``<save_path>/<output name>/<case>_<k>.png``)."""
-    parser.add_argument("--save_path", type=Path, default=Path("evaluation_folder"), help=save_help)
+    parser.add_argument("--save_path", type=Path, default=EVALUATION_DIR, help=save_help)
     parser.add_argument(
         "--output_name",
         type=folder_name,

@@ -13,6 +13,12 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "stable-diffusion" / "v1-inference.yaml
 DEFAULT_CKPT = REPO_ROOT / "models" / "ldm" / "sd-v1-4-full-ema.ckpt"
 MODELS_DIR = REPO_ROOT / "models"
 DATA_DIR = REPO_ROOT / "data"
+EVALUATE_CSV = DATA_DIR / "evaluate.csv"  # the evaluation prompts (case_number, prompt, evaluation_seed, class)
+#: Where evaluation images, results and tables go: relative to the WORKING directory, as the seed README's
+#: ``./evaluation_folder`` (outputs of a run, not inputs of the repository).
+EVALUATION_DIR = Path("evaluation_folder")
+#: The style classifier artist-cls-train.py writes and artist-cls-test.py reads, relative to the working directory.
+ARTIST_CLASSIFIER = Path("models") / "artist-classifier" / "resnet18.pt"
 
 
 def concept_slug(concept: str) -> str:

@@ -39,11 +39,11 @@ from typing import Dict, List, Optional, Sequence
 from sepce.classes import ConceptClass, class_by_name, classes_by_names, load_class_map
 from sepce.generation import file_slug
 from sepce.io import write_text
-from sepce.paths import REPO_ROOT, run_name
+from sepce.paths import ARTIST_CLASSIFIER, REPO_ROOT, run_name
 from sepce.prompts import read_prompt_csv
+from sepce.tiny import TINY_WIDE_CONFIG
 
 STAGES = ("model", "data", "classifier", "erase", "generate", "sort", "classify", "metrics", "table")
-TINY_CONFIG = "configs/tiny/v1-tiny-wide.yaml"
 ORIGINAL_FOLDER = "default"
 
 
@@ -217,7 +217,7 @@ def reproduction_layout(
         Path(models_dir or work / "models"),
         work / "evaluation_folder",
         work / "outputs" / "table",
-        Path(classifier or work / "models" / "artist-classifier" / "resnet18.pt"),
+        Path(classifier or work / ARTIST_CLASSIFIER),
         _near(classes),
         _near(prompts_path),
         _near(ckpt_path),
@@ -303,7 +303,15 @@ def model_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: List[
     steps and the class map the later stages use."""
     if not s.tiny:
         return [], classes
-    argv = ["-m", "sepce.tiny", "--config", TINY_CONFIG, "--out", str(lay.ckpt_path.parent), "--if_missing"]
+    argv = [
+        "-m",
+        "sepce.tiny",
+        "--config",
+        str(_near(TINY_WIDE_CONFIG)),
+        "--out",
+        str(lay.ckpt_path.parent),
+        "--if_missing",
+    ]
     class_text, rows_text = tiny_inputs(classes, s.prompts_path, [s.concept, *s.sepce_concepts], s.cases_per_class)
     steps = [
         ScriptStep("model", "tiny base model", argv),

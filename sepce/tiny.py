@@ -20,6 +20,8 @@ from sepce.io import atomic_path, save_torch
 from sepce.paths import REPO_ROOT
 
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny" / "v1-tiny.yaml"
+#: The tiny model with a 256-wide text context: SepCE's null-space bases need more than 3 × 77 token dimensions.
+TINY_WIDE_CONFIG = REPO_ROOT / "configs" / "tiny" / "v1-tiny-wide.yaml"
 TINY_DIR = REPO_ROOT / "models" / "tiny"
 
 

@@ -492,15 +492,17 @@ class FrozenReference:
 
 
 # ------------------------------------------------------------------------------------------------ run folder
-def peak_memory() -> dict:
-    """Peak resident memory of this process (bytes) and, per CUDA device used, ``torch.cuda.max_memory_allocated``."""
+def cpu_peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far, in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out: dict[str, Any] = {
-        "cpu_peak_rss_bytes": int(rss * (1 if sys.platform == "darwin" else 1024)),
-        "cuda_max_allocated_bytes": {},
-    }
+    return int(rss * (1 if sys.platform == "darwin" else 1024))
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process (bytes) and, per CUDA device used, ``torch.cuda.max_memory_allocated``."""
+    out: dict[str, Any] = {"cpu_peak_rss_bytes": cpu_peak_rss_bytes(), "cuda_max_allocated_bytes": {}}
     if torch.cuda.is_available():
         out["cuda_max_allocated_bytes"] = {
             f"cuda:{i}": int(torch.cuda.max_memory_allocated(i))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import os
 import re
 import subprocess
@@ -17,7 +16,6 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 COMPVIS_TINY = FIXTURES / "compvis-tiny"
-WIDE_CONFIG = REPO / "configs" / "tiny" / "v1-tiny-wide.yaml"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -82,11 +80,9 @@ def run_script(
 @functools.cache
 def _load_script(relative: str):
     """Import a repository script (``eval-scripts/generate-images.py``) as a module, once per session."""
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location("script_" + path.stem.replace("-", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from sepce.cli import import_script
+
+    return import_script(REPO / relative)
 
 
 @pytest.fixture(scope="session")
@@ -100,9 +96,9 @@ def load_script():
 def wide_ckpt(tmp_path_factory) -> Path:
     """A tiny random checkpoint of ``configs/tiny/v1-tiny-wide.yaml`` (a text context wide enough for SepCE's
     null-space bases); its config sits beside it."""
-    from sepce.tiny import write_tiny_checkpoint
+    from sepce.tiny import TINY_WIDE_CONFIG, write_tiny_checkpoint
 
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-wide"), config_path=WIDE_CONFIG)
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-wide"), config_path=TINY_WIDE_CONFIG)
 
 
 @pytest.fixture()

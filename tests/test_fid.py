@@ -22,6 +22,7 @@ from pytorch_fid.fid_score import ImagePathDataset, calculate_activation_statist
 from pytorch_fid.inception import InceptionV3
 from torchvision import transforms
 
+from sepce import cli
 from sepce.classes import load_class_map
 from sepce.evaluation.compare import compare_folders
 from sepce.evaluation.fid import (
@@ -310,7 +311,7 @@ def test_progress_bars_follow_the_flag(tmp_path, capsys, load_script, monkeypatc
 
     script = load_script("eval-scripts/lpips_eval.py")
     seen = []
-    monkeypatch.setattr(script, "show_progress", lambda quiet: seen.append(quiet) or False)
+    monkeypatch.setattr(cli, "show_progress", lambda quiet: seen.append(quiet) or False)
     monkeypatch.setattr(script, "compare_folders", lambda *a, **k: seen.append(k["progress"]) or {})
     for quiet in ([], ["--quiet"]):
         argv = ["--original_path", default, "--edited_path", edited, "--prompts_path", tmp_path / "prompts.csv"]

@@ -13,19 +13,15 @@ import torch
 
 from sepce import records
 from sepce.increments import SeparableIncrements, basic_solution_sets, null_space_basis, rank_tolerance
-from sepce.paths import REPO_ROOT
 
-WIDE_CONFIG = REPO_ROOT / "configs" / "tiny" / "v1-tiny-wide.yaml"
 CONCEPTS = ["Van Gogh", "Cezanne", "Picasso"]
 
 
 @pytest.fixture(scope="module")
-def wide_model(tmp_path_factory):
+def wide_model(wide_ckpt):
     from sepce.modeling import load_model
-    from sepce.tiny import write_tiny_checkpoint
 
-    ckpt = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-wide"), config_path=WIDE_CONFIG)
-    return load_model(ckpt.parent / "config.yaml", ckpt)
+    return load_model(wide_ckpt.parent / "config.yaml", wide_ckpt)
 
 
 @pytest.fixture(scope="module")

@@ -20,37 +20,31 @@ from typing import Dict, List, Optional, Sequence
 from sepce.classes import load_class_map
 from sepce.cli import (
     EXIT_HELP,
+    BatchSettings,
+    add_batch_args,
     add_classes,
-    add_device,
-    add_quiet,
-    parse_device,
+    add_evaluation_path,
     parser,
     positive_int,
     run,
-    show_progress,
 )
 from sepce.evaluation.classifier import accuracy_table, load_classifier, predict
 from sepce.evaluation.common import file_signature, fingerprint
 from sepce.evaluation.images import generated_images, has_class_folders, images_by_class
 from sepce.evaluation.results import RESULTS_DIR, stored_rows, write_metric
+from sepce.paths import ARTIST_CLASSIFIER
 
 log = logging.getLogger("artist-cls-test")
-DEFAULT_CHECKPOINT = Path("models/artist-classifier/resnet18.pt")
 COLUMNS = ["class", "name", "correct", "images", "accuracy_pct"]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = parser(__doc__, EXIT_HELP)
-    p.add_argument(
-        "--path",
-        type=Path,
-        default=Path("evaluation_folder"),
-        help="folder of model folders with class folders (or one model folder)",
-    )
+    add_evaluation_path(p, help="folder of model folders with class folders (or one model folder)")
     p.add_argument(
         "--classifier",
         type=Path,
-        default=DEFAULT_CHECKPOINT,
+        default=ARTIST_CLASSIFIER,
         help="checkpoint written by train-scripts/artist-cls-train.py",
     )
     add_classes(p)
@@ -60,11 +54,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         help="Resize+CenterCrop size; None: the size the classifier was trained with",
     )
-    p.add_argument("--batch_size", type=positive_int, default=50, help="images per forward pass")
-    add_device(p)
-    p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    add_batch_args(p, batch_size=50)
     p.add_argument("--overwrite", action="store_true", help="replace results made from other inputs")
-    add_quiet(p)
     return p.parse_args(argv)
 
 
@@ -87,7 +78,7 @@ def model_folders(path: Path) -> List[Path]:
 
 
 def main(args: argparse.Namespace) -> Dict[Path, List[dict]]:
-    device = parse_device(args.device)
+    batches = BatchSettings.from_args(args)
     classes = load_class_map(args.classes)
     folders = model_folders(Path(args.path))
     if not Path(args.classifier).is_file():
@@ -126,11 +117,11 @@ def main(args: argparse.Namespace) -> Dict[Path, List[dict]]:
                 model,
                 paths,
                 image_size,
-                args.batch_size,
-                device,
-                num_workers=args.num_workers,
+                batches.batch_size,
+                batches.device,
+                num_workers=batches.num_workers,
                 desc=f"classify {folder.name}",
-                progress=show_progress(args.quiet),
+                progress=batches.progress,
             )
             rows, confusion = accuracy_table(classes, labels, predictions.tolist(), missing)
             meta = {

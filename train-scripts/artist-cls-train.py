@@ -22,17 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from sepce.classes import load_class_map
-from sepce.cli import (
-    EXIT_HELP,
-    add_classes,
-    add_device,
-    add_quiet,
-    parse_device,
-    parser,
-    positive_int,
-    run,
-    show_progress,
-)
+from sepce.cli import EXIT_HELP, BatchSettings, add_batch_args, add_classes, parser, positive_int, run
 from sepce.evaluation.classifier import (
     TrainConfig,
     build_resnet18,
@@ -43,8 +33,7 @@ from sepce.evaluation.classifier import (
 )
 from sepce.evaluation.results import write_csv
 from sepce.io import save_torch, write_json
-
-DEFAULT_CHECKPOINT = Path("models/artist-classifier/resnet18.pt")
+from sepce.paths import ARTIST_CLASSIFIER
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -58,10 +47,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="share of each class used for training when only one of the two folders exists",
     )
     add_classes(p)
-    p.add_argument("--output", type=Path, default=DEFAULT_CHECKPOINT, help="classifier checkpoint to write")
+    p.add_argument("--output", type=Path, default=ARTIST_CLASSIFIER, help="classifier checkpoint to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     p.add_argument("--epochs", type=positive_int, default=20, help="training epochs")
-    p.add_argument("--batch_size", type=positive_int, default=30, help="training batch size (also feature extraction)")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate of the triangular cycle")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
@@ -69,8 +57,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--image_size", type=positive_int, default=512, help="Resize+CenterCrop size for training and testing"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split, FC initialisation and shuffling")
-    add_device(p)
-    p.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    add_batch_args(p, batch_size=30, batch_help="training batch size (also feature extraction)")
     p.add_argument(
         "--backbone_weights",
         type=Path,
@@ -82,7 +69,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         action="store_true",
         help="random backbone instead of ImageNet weights (tests only)",
     )
-    add_quiet(p)
     args = p.parse_args(argv)
     if not 0.0 < args.train_fraction < 1.0:
         p.error(f"--train_fraction {args.train_fraction} must lie strictly between 0 and 1")
@@ -91,8 +77,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> Path:
     start = time.time()
-    device = parse_device(args.device)
-    progress = show_progress(args.quiet)
+    batches = BatchSettings.from_args(args)
     classes = load_class_map(args.classes)
     output = Path(args.output)
     if output.exists() and not args.overwrite:
@@ -109,11 +94,11 @@ def main(args: argparse.Namespace) -> Path:
             model,
             paths,
             args.image_size,
-            args.batch_size,
-            device,
-            num_workers=args.num_workers,
+            batches.batch_size,
+            batches.device,
+            num_workers=batches.num_workers,
             desc=f"{split} features",
-            progress=progress,
+            progress=batches.progress,
         )
     config = TrainConfig(args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay, args.seed)
     best_state, history = train_fc(
@@ -123,7 +108,7 @@ def main(args: argparse.Namespace) -> Path:
         features["eval"],
         torch.tensor([label for _, label in held_out]),
         config,
-        progress,
+        batches.progress,
     )
     model.fc.load_state_dict(best_state)
     best = max(history, key=lambda h: (h["eval_accuracy_pct"], -h["epoch"]))

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import EXIT_HELP, add_classes, add_prompts_path, parser, run
+from sepce.cli import EXIT_HELP, add_classes, add_evaluation_path, add_prompts_path, parser, run
 from sepce.evaluation.images import SortReport, generated_images, has_class_folders, sort_into_class_folders
 from sepce.evaluation.results import RESULTS_DIR
+from sepce.paths import EVALUATE_CSV
 from sepce.prompts import case_classes, read_prompt_csv
 
 log = logging.getLogger("move_image")
@@ -29,19 +30,14 @@ log = logging.getLogger("move_image")
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = parser(__doc__, EXIT_HELP)
-    p.add_argument(
-        "--path",
-        type=Path,
-        default=Path("evaluation_folder"),
-        help="folder holding the model folders (or a model folder itself)",
-    )
+    add_evaluation_path(p, help="folder holding the model folders (or a model folder itself)")
     p.add_argument(
         "--folders",
         nargs="+",
         default=None,
         help="names of the model folders under --path to sort; None: every subfolder with generated images",
     )
-    add_prompts_path(p, default=Path("data/evaluate.csv"))
+    add_prompts_path(p, default=EVALUATE_CSV)
     add_classes(p)
     p.add_argument("--dry_run", action="store_true", help="report what would move without moving anything")
     p.add_argument("--overwrite", action="store_true", help="replace an image that already exists in its class folder")
