@@ -116,25 +116,30 @@ class VariantDefaults:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def trainer_options(self, params: Iterable[torch.Tensor], lr: float) -> dict:
+        """Keywords of :meth:`sepce.training.TrainingSession.fit` for this variant: its optimiser
+        (:meth:`optimizer_for`) and, when the variant zeroes its gradients every step, ``zero_grad`` (else the
+        run's ``--zero_grad`` decides)."""
+        return {"optimizer": self.optimizer_for(params, lr), "zero_grad": True if self.zero_grad else None}
+
     def run_settings(
         self,
         variant: str,
         prompt: str,
         concept_template: str,
-        concept_prompt: str,
         trained_tensors: Optional[int] = None,
         **extra,
     ) -> dict:
         """The settings an FMN or Ablating Concepts run records (summary and record metadata): the concept, the
-        variant and its label, the template and the concept prompt built from it; given ``trained_tensors`` (the
-        original variants) also what was trained and how (parameter rule, optimiser, weight decay, gradient
-        clipping and zeroing, and these defaults); then ``extra``."""
+        variant and its label, the template and the concept prompt built from it (:func:`fill_template`); given
+        ``trained_tensors`` (the original variants) also what was trained and how (parameter rule, optimiser,
+        weight decay, gradient clipping and zeroing, and these defaults); then ``extra``."""
         out = {
             "prompt": prompt,
             "variant": variant,
             "label": self.label,
             "concept_template": concept_template,
-            "concept_prompt": concept_prompt,
+            "concept_prompt": fill_template(concept_template, prompt),
         }
         if trained_tensors is not None:
             out.update(
@@ -405,13 +410,11 @@ def check_template(template: str, flag: str = "--concept_template") -> str:
     return template
 
 
-def fmn_prompts(
-    prompt: str, concept_template: str = FMN_CONCEPT_TEMPLATE, neutral_prompt: str = FMN_NEUTRAL_PROMPT
-) -> tuple[str, str]:
-    """(concept context ``concept_template.format(prompt)``, concept-free context ``neutral_prompt``) of FMN's
-    attention re-steering; the defaults are the released scripts' (authors' variant): (``a painting of
-    <prompt>``, ``a painting of``)."""
-    return check_template(concept_template).format(prompt), neutral_prompt
+def fill_template(concept_template: str, prompt: str) -> str:
+    """The concept prompt of FMN and Ablating Concepts: ``concept_template`` (checked, :func:`check_template`)
+    with ``prompt`` in its ``{}`` — the released scripts' ``a painting of <prompt>`` (FMN, with the concept-free
+    context ``a painting of``) and ``<prompt> painting`` (Ablating Concepts, anchor ``painting``)."""
+    return check_template(concept_template).format(prompt)
 
 
 def concept_token_positions(tokenizer, prompt: str, concept: str, use_pooler: bool = False) -> list[int]:
@@ -484,14 +487,6 @@ def fmn_attention_loss(
 
 
 # ----------------------------------------------------------------------------------------- Ablating Concepts
-def ablating_prompts(
-    prompt: str, concept_template: str = ABLATING_CONCEPT_TEMPLATE, anchor_prompt: str = ABLATING_ANCHOR_PROMPT
-) -> tuple[str, str]:
-    """(concept prompt ``concept_template.format(prompt)``, anchor prompt ``anchor_prompt``); the defaults are the
-    released scripts' (authors' variant): (``<prompt> painting``, ``painting``)."""
-    return check_template(concept_template).format(prompt), anchor_prompt
-
-
 def ablating_loss(
     e_pn: torch.Tensor, e_p0: torch.Tensor, e_n: torch.Tensor, anchor_weight: float = ABLATING_ANCHOR_WEIGHT
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -45,6 +45,19 @@ def l1_drift(params: Mapping[str, torch.Tensor], originals: Mapping[str, torch.T
     return total / len(params)
 
 
+class DriftLog:
+    """:func:`l1_drift` of trained tensors from their values when the log was made, for ``losses.csv`` only (the
+    methods that do not regularise it: FMN, the original Ablating Concepts)."""
+
+    def __init__(self, params: Mapping[str, torch.Tensor], originals: Optional[Mapping[str, torch.Tensor]] = None):
+        self.params = params
+        self.originals = originals if originals is not None else {k: p.detach().clone() for k, p in params.items()}
+
+    @torch.no_grad()
+    def __call__(self) -> float:
+        return l1_drift(self.params, self.originals).item()
+
+
 def cie_loss(
     r_model: torch.Tensor,
     r_orig: torch.Tensor,

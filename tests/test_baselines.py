@@ -19,16 +19,19 @@ from ldm.models.diffusion.sampling import ddim_timesteps
 from PIL import Image
 
 from sepce.baseline_losses import (
+    ABLATING_ANCHOR_PROMPT,
+    ABLATING_CONCEPT_TEMPLATE,
+    FMN_CONCEPT_TEMPLATE,
+    FMN_NEUTRAL_PROMPT,
     AttentionCapture,
     ablating_loss,
-    ablating_prompts,
     check_template,
     esd_loss,
     esd_sample_till_t,
     esd_sampling_steps,
     esd_target,
+    fill_template,
     fmn_loss,
-    fmn_prompts,
     split_concepts,
 )
 from sepce.esd_params import ESD_TRAIN_METHODS, esd_parameter_keys, esd_unet_names
@@ -250,20 +253,21 @@ def explicit_fmn_loss(model, x_t, t, c, c2):
 
 def test_prompt_templates_of_the_authors_variants():
     """The released prompts by default; a world-style setting (the concept is the whole prompt) by flags."""
-    assert fmn_prompts("Van Gogh") == ("a painting of Van Gogh", "a painting of")
-    assert fmn_prompts("in the style of waves", "{}", "in the style of") == ("in the style of waves", "in the style of")
-    assert ablating_prompts("Van Gogh") == ("Van Gogh painting", "painting")
-    assert ablating_prompts("in the style of waves", "{}", "") == ("in the style of waves", "")
+    assert fill_template(FMN_CONCEPT_TEMPLATE, "Van Gogh") == "a painting of Van Gogh"
+    assert FMN_NEUTRAL_PROMPT == "a painting of"
+    assert fill_template(ABLATING_CONCEPT_TEMPLATE, "Van Gogh") == "Van Gogh painting"
+    assert ABLATING_ANCHOR_PROMPT == "painting"
+    assert fill_template("{}", "in the style of waves") == "in the style of waves"
     for bad in ("a painting", "{} and {}", "{0} painting", "{x}", "{"):
         with pytest.raises(ValueError, match="--concept_template"):
             check_template(bad)
     with pytest.raises(ValueError, match="exactly one"):
-        fmn_prompts("Van Gogh", "a painting of")
+        fill_template("a painting of", "Van Gogh")
 
 
 def test_fmn_loss_equals_explicit_attention_logits(tiny_model):
     m = tiny_model
-    c_text, c2_text = fmn_prompts("Van Gogh")
+    c_text, c2_text = fill_template(FMN_CONCEPT_TEMPLATE, "Van Gogh"), FMN_NEUTRAL_PROMPT
     assert (c_text, c2_text) == ("a painting of Van Gogh", "a painting of")
     c, c2 = emb(m, c_text), emb(m, c2_text)
     x_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -316,7 +320,7 @@ def test_attention_capture_restores_and_refuses_busy_layers(tiny_model):
 # ------------------------------------------------------------------------------------------ Ablating Concepts
 def test_ablating_loss_two_terms(tiny_model):
     m = tiny_model
-    concept, anchor = ablating_prompts("Van Gogh")
+    concept, anchor = fill_template(ABLATING_CONCEPT_TEMPLATE, "Van Gogh"), ABLATING_ANCHOR_PROMPT
     assert (concept, anchor) == ("Van Gogh painting", "painting")
     x_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
     t = torch.tensor([700])

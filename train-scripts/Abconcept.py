@@ -38,8 +38,6 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 from sepce.baseline_losses import (
     ABLATING_ABLATION_WEIGHT,
     ABLATING_ANCHOR_PROMPT,
@@ -50,17 +48,17 @@ from sepce.baseline_losses import (
     VARIANTS,
     ablating_loss,
     ablating_original_loss,
-    ablating_prompts,
     check_ablating_weights,
     check_concept_names,
     check_template,
+    fill_template,
     peek_variant,
     prior_preservation_loss,
     variant_help,
 )
 from sepce.cli import run
 from sepce.data_generation import data_folder_name
-from sepce.losses import l1_drift
+from sepce.losses import DriftLog
 from sepce.modeling import prompts_embeddings
 from sepce.training import (
     ImageFolder,
@@ -140,8 +138,9 @@ def train_authors(args: argparse.Namespace) -> dict:
     model = session.load_model()
     params = select_parameters(model, "attn2")
     reference = session.frozen_reference(model, params)
-    concept_text, anchor_text = ablating_prompts(args.prompt, args.concept_template, args.anchor_prompt)
-    conds = prompts_embeddings(model, [concept_text, anchor_text])  # 2 77 D: concept, anchor
+    drift = DriftLog(params, reference.originals)
+    concept_text = fill_template(args.concept_template, args.prompt)
+    conds = prompts_embeddings(model, [concept_text, args.anchor_prompt])  # 2 77 D: concept, anchor
     session.start_run({"concept_prompt": concept_text})
 
     def step(i: int) -> TrainStep:
@@ -150,22 +149,21 @@ def train_authors(args: argparse.Namespace) -> dict:
         e_n = reference(x, t, conds[1:])
         e_pn, e_p0 = model.apply_model(x.expand(2, -1, -1, -1), t.expand(2), conds).chunk(2)
         loss, concept_term, anchor_term = ablating_loss(e_pn, e_p0, e_n, args.anchor_weight)
-        with torch.no_grad():
-            drift = l1_drift(params, reference.originals)
-        values = {"concept_mse": concept_term.item(), "anchor_mse": anchor_term.item(), "l1_drift": drift.item()}
+        values = {"concept_mse": concept_term.item(), "anchor_mse": anchor_term.item(), "l1_drift": drift()}
         return TrainStep(loss, values)
 
-    result = session.fit(params, step, desc=f"Abconcept {args.prompt}")
+    spec = ABLATING_VARIANTS["authors"]
+    options = spec.trainer_options(params.values(), session.settings.lr)
+    result = session.fit(params, step, f"Abconcept {args.prompt}", **options)
     summary = session.finish(
         result,
         session.tensor_record(params),
         reference=reference.kind,
-        settings=ABLATING_VARIANTS["authors"].run_settings(
+        settings=spec.run_settings(
             args.variant,
             args.prompt,
             args.concept_template,
-            concept_text,
-            anchor_prompt=anchor_text,
+            anchor_prompt=args.anchor_prompt,
             anchor_weight=args.anchor_weight,
         ),
     )
@@ -196,14 +194,14 @@ def train_original(args: argparse.Namespace) -> dict:
     """The original Ablating Concepts, model-based (docs/method.md, "The original FMN and Ablating Concepts")."""
     spec = ABLATING_VARIANTS["original"]
     settings = settings_from_args(args)
-    concept_text, anchor_text = ablating_prompts(args.prompt, args.concept_template, args.anchor_prompt)
+    concept_text, anchor_text = fill_template(args.concept_template, args.prompt), args.anchor_prompt
     folder_name, folder = anchor_images(settings.data_dir, anchor_text, settings.image_size)
     session = TrainingSession(  # the training images are the anchor prompt's
         settings, "Abconcept", [args.prompt], images=False, suffix="original", image_folders={folder_name: folder}
     )
     model = session.load_model()
     params = select_parameters(model, spec.parameter_rule)
-    originals = {k: p.detach().clone() for k, p in params.items()}  # for the logged drift only
+    drift = DriftLog(params)
     concept_cond, anchor_cond = prompts_embeddings(model, [concept_text]), prompts_embeddings(model, [anchor_text])
     session.start_run({"concept_prompt": concept_text, "anchor_folder": folder_name})
 
@@ -218,12 +216,12 @@ def train_original(args: argparse.Namespace) -> dict:
             prior = prior_preservation_loss(model, z, t_prior, anchor_cond, session.device_generator)
             loss = loss + args.prior_weight * prior
             values["prior_mse"] = prior.item()
-        with torch.no_grad():
-            values["l1_drift"] = l1_drift(params, originals).item()
+        values["l1_drift"] = drift()
         return TrainStep(loss, values)
 
-    optimizer = spec.optimizer_for(params.values(), settings.lr)
-    result = session.fit(params, step, desc=f"Abconcept (original) {args.prompt}", zero_grad=True, optimizer=optimizer)
+    result = session.fit(
+        params, step, f"Abconcept (original) {args.prompt}", **spec.trainer_options(params.values(), settings.lr)
+    )
     summary = session.finish(
         result,
         session.tensor_record(params),
@@ -232,7 +230,6 @@ def train_original(args: argparse.Namespace) -> dict:
             args.variant,
             args.prompt,
             args.concept_template,
-            concept_text,
             len(params),
             anchor_prompt=anchor_text,
             anchor_folder=folder_name,

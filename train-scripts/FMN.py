@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-import torch
-
 from sepce.baseline_losses import (
     FMN_CONCEPT_TEMPLATE,
     FMN_NEUTRAL_PROMPT,
@@ -42,15 +40,15 @@ from sepce.baseline_losses import (
     check_concept_names,
     check_template,
     concept_token_positions,
+    fill_template,
     fmn_attention_loss,
     fmn_loss,
     fmn_original_defaults,
-    fmn_prompts,
     peek_variant,
     variant_help,
 )
 from sepce.cli import run
-from sepce.losses import l1_drift
+from sepce.losses import DriftLog
 from sepce.modeling import attn2_modules, prompts_embeddings, tokenizer_from_config
 from sepce.training import TrainingSession, TrainStep, finished_message, select_parameters, training_parser
 
@@ -112,31 +110,31 @@ def train_authors(args: argparse.Namespace) -> dict:
     session = TrainingSession.from_args(args, "FMN", [args.prompt])
     model = session.load_model()
     params = select_parameters(model, "attn2")
-    originals = {k: p.detach().clone() for k, p in params.items()}  # for the logged drift only
+    drift = DriftLog(params)
     layers = attn2_modules(model)
-    concept_text, neutral_text = fmn_prompts(args.prompt, args.concept_template, args.neutral_prompt)
-    context, context2 = prompts_embeddings(model, [concept_text]), prompts_embeddings(model, [neutral_text])
+    concept_text = fill_template(args.concept_template, args.prompt)
+    context, context2 = prompts_embeddings(model, [concept_text]), prompts_embeddings(model, [args.neutral_prompt])
     session.start_run({"concept_prompt": concept_text})
 
     def step(i: int) -> TrainStep:
         _, t = session.timesteps()
         x = session.noisy(session.latent(args.prompt), t)
         loss = fmn_loss(model, x, t, context, context2, layers)
-        with torch.no_grad():
-            drift = l1_drift(params, originals)
-        return TrainStep(loss, {"l1_drift": drift.item()})
+        return TrainStep(loss, {"l1_drift": drift()})
 
-    result = session.fit(params, step, desc=f"FMN {args.prompt}")
+    spec = FMN_VARIANTS["authors"]
+    result = session.fit(
+        params, step, f"FMN {args.prompt}", **spec.trainer_options(params.values(), session.settings.lr)
+    )
     summary = session.finish(
         result,
         session.tensor_record(params),
         reference="none (FMN compares two contexts of the trained model)",
-        settings=FMN_VARIANTS["authors"].run_settings(
+        settings=spec.run_settings(
             args.variant,
             args.prompt,
             args.concept_template,
-            concept_text,
-            neutral_prompt=neutral_text,
+            neutral_prompt=args.neutral_prompt,
             attention_layers=len(layers),
         ),
     )
@@ -148,14 +146,13 @@ def train_original(args: argparse.Namespace) -> dict:
     """The original Forget-Me-Not (docs/method.md, "The original FMN and Ablating Concepts")."""
     spec = fmn_original_defaults(args.only_cross_attention)
     session = TrainingSession.from_args(args, "FMN", [args.prompt], suffix="original")
-    settings = session.settings
-    concept_text, _ = fmn_prompts(args.prompt, args.concept_template)
-    tokenizer = tokenizer_from_config(settings.config_path)  # positions are checked before the model loads
+    concept_text = fill_template(args.concept_template, args.prompt)
+    tokenizer = tokenizer_from_config(session.settings.config_path)  # positions are checked before the model loads
     positions = concept_token_positions(tokenizer, concept_text, args.prompt, args.use_pooler)
     ids = tokenizer([concept_text])[0].tolist()
     model = session.load_model()
     params = select_parameters(model, spec.parameter_rule)
-    originals = {k: p.detach().clone() for k, p in params.items()}  # for the logged drift only
+    drift = DriftLog(params)
     layers = attn2_modules(model)
     context = prompts_embeddings(model, [concept_text])
     session.start_run({"concept_prompt": concept_text, "concept_positions": positions})
@@ -164,12 +161,10 @@ def train_original(args: argparse.Namespace) -> dict:
         _, t = session.timesteps()
         x = session.noisy(session.latent(args.prompt), t)
         loss, mean_attention = fmn_attention_loss(model, x, t, context, positions, layers)
-        with torch.no_grad():
-            drift = l1_drift(params, originals)
-        return TrainStep(loss, {"concept_attention": mean_attention.item(), "l1_drift": drift.item()})
+        return TrainStep(loss, {"concept_attention": mean_attention.item(), "l1_drift": drift()})
 
-    optimizer = spec.optimizer_for(params.values(), settings.lr)
-    result = session.fit(params, step, desc=f"FMN (original) {args.prompt}", zero_grad=True, optimizer=optimizer)
+    options = spec.trainer_options(params.values(), session.settings.lr)
+    result = session.fit(params, step, f"FMN (original) {args.prompt}", **options)
     summary = session.finish(
         result,
         session.tensor_record(params),
@@ -178,7 +173,6 @@ def train_original(args: argparse.Namespace) -> dict:
             args.variant,
             args.prompt,
             args.concept_template,
-            concept_text,
             len(params),
             concept_positions=positions,
             concept_tokens=[tokenizer.decode([ids[i]]) for i in positions],
