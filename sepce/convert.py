@@ -101,8 +101,15 @@ def _node(config: Any, name: str, target: str) -> dict:
 
 
 def _with_defaults(cls: type, params: Mapping[str, Any], where: str) -> dict:
-    """``params`` completed with the defaults of ``cls.__init__``; unknown or missing required ones refused."""
-    sig = inspect.signature(cls.__init__).parameters
+    """``params`` completed with the defaults of ``cls.__init__`` and of the ``__init__`` of the classes it passes
+    its other keywords on to (its bases up to ``torch.nn.Module``: the encoder and decoder take their shared
+    ``ddconfig`` keys in a common base); unknown or missing required ones refused."""
+    sig: dict = {}
+    for klass in cls.__mro__:
+        if klass is torch.nn.Module:
+            break
+        if "__init__" in vars(klass):
+            sig = {**inspect.signature(klass.__init__).parameters, **sig}
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values())
     unknown = [k for k in params if k not in sig]
     if unknown and not accepts_any:
@@ -661,26 +668,18 @@ class KeyTable:
     def check_diffusers(self, shapes: Mapping[str, Sequence[int]], source: str = "file") -> None:
         """Raise (one line naming ``source`` and the first differences) unless a diffusers state dict with these
         key → shape pairs is this table's."""
+        from ldm.checkpoint import describe_mismatch
+
         shapes = {k: tuple(v) for k, v in shapes.items()}
         missing = [k for k in self.target if k not in shapes]
         unexpected = [k for k in shapes if k not in self.target]
-        wrong = [k for k in self.target if k in shapes and shapes[k] != tuple(self.target[k])]
-        if not (missing or unexpected or wrong):
+        problems = describe_mismatch(self.target, shapes, missing, unexpected, examples=2)
+        if not problems:
             return
-        parts = []
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} shape mismatch(es), first {k}: file {list(shapes[k])} vs expected {list(self.target[k])}"
-            )
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:2])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:2])}")
         kind = _guess_unet(shapes, self.target)
         raise ConversionError(
             f"{source} is not a diffusers {self.what} of the base model's architecture"
-            f"{' — it looks like ' + kind if kind else ''}: " + "; ".join(parts)
+            f"{' — it looks like ' + kind if kind else ''}: {problems}"
         )
 
     def from_diffusers(self, state_dict: Mapping[str, torch.Tensor], source: str = "file") -> dict:

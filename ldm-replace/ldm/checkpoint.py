@@ -208,6 +208,30 @@ def identify(keys) -> Optional[str]:
     return None
 
 
+def describe_mismatch(
+    expected: Mapping[str, Sequence[int]],
+    found: Mapping[str, Sequence[int]],
+    missing: Sequence[str],
+    unexpected: Sequence[str],
+    examples: int = 3,
+) -> str:
+    """How the key → shape map ``found`` differs from ``expected``, in one line: the keys of both whose shapes
+    differ (the first one shown), then ``missing`` and ``unexpected`` keys (the caller decides which keys count;
+    ``examples`` of each are named). Empty when nothing differs."""
+    wrong = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    parts = []
+    if wrong:
+        k = wrong[0]
+        parts.append(
+            f"{len(wrong)} shape mismatch(es), first {k}: file {list(found[k])} vs expected {list(expected[k])}"
+        )
+    if missing:
+        parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:examples])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:examples])}")
+    return "; ".join(parts)
+
+
 def check_state_dict(
     expected: Mapping[str, torch.Size],
     sd: Mapping[str, torch.Tensor],
@@ -222,22 +246,12 @@ def check_state_dict(
         for k in sd
         if k not in expected and not k.endswith(IGNORED_SUFFIXES) and not (k.startswith(EMA_PREFIX) and not uses_ema)
     ]
-    shapes = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
-    if not (missing or unexpected or shapes):
+    problems = describe_mismatch(expected, {k: v.shape for k, v in sd.items()}, missing, unexpected)
+    if not problems:
         return
-    parts = []
-    if shapes:
-        k = shapes[0]
-        parts.append(
-            f"{len(shapes)} shape mismatch(es), first {k}: file {list(sd[k].shape)} vs expected {list(expected[k])}"
-        )
-    if missing:
-        parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:3])}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
     kind = identify(sd.keys())
     what = f" — it looks like {kind}" if kind else ""
-    raise CheckpointMismatchError(f"{source} does not match {config_name}{what}: " + "; ".join(parts))
+    raise CheckpointMismatchError(f"{source} does not match {config_name}{what}: {problems}")
 
 
 def load_config(path: PathLike) -> DictConfig:

@@ -54,9 +54,13 @@ def _batch_size_of(conditioning: Any) -> Optional[int]:
 
 
 class _CompVisSampler:
-    """The CompVis ``sample`` plumbing shared by :class:`DDIMSampler` and ``PLMSSampler``."""
+    """The CompVis ``make_schedule``/``sample`` plumbing shared by :class:`DDIMSampler` and ``PLMSSampler``: a
+    subclass names the sampling function of :mod:`ldm.models.diffusion.sampling` it runs (``sample_fn``), whether
+    only ``eta = 0`` is allowed (``deterministic``) and the function's own keywords (:meth:`_sample_options`)."""
 
     name = "DDIM"
+    sample_fn: Callable[..., torch.Tensor] = staticmethod(ddim_sample)
+    deterministic = False
 
     def __init__(self, model: Any, schedule: str = "linear", **kwargs: Any) -> None:
         self.model = model
@@ -74,6 +78,8 @@ class _CompVisSampler:
     ) -> None:
         """Compute ``ddim_timesteps`` (numpy int), ``ddim_alphas``, ``ddim_alphas_prev`` (numpy float64, as
         CompVis), ``ddim_sigmas`` and ``ddim_sqrt_one_minus_alphas`` (tensors on the model's device)."""
+        if self.deterministic and ddim_eta != 0:
+            raise ValueError(f"ddim_eta={ddim_eta!r}: ddim_eta must be 0 for {self.name}")
         if ddim_discretize != "uniform":
             raise NotImplementedError(f"ddim_discretize={ddim_discretize!r}: only 'uniform' is implemented")
         alphas_cumprod = self.model.alphas_cumprod
@@ -93,6 +99,9 @@ class _CompVisSampler:
         if verbose:
             logger.info("Selected timesteps for %s sampler: %s", self.name, self.ddim_timesteps)
 
+    def _sample_options(self) -> Dict[str, Any]:
+        return {}
+
     def _run(
         self,
         model_fn: ModelFn,
@@ -103,7 +112,21 @@ class _CompVisSampler:
         callback: StepCallback,
         progress: bool,
     ) -> torch.Tensor:
-        raise NotImplementedError
+        """``sample_fn`` over the steps ``start_step <= i < stop_after`` of the schedule ``make_schedule`` set,
+        drawing random numbers as CompVis does."""
+        return self.sample_fn(
+            model_fn,
+            x,
+            cond,
+            self.model.alphas_cumprod,
+            self._num_steps,
+            start_step=start_step,
+            stop_after=stop_after,
+            callback=callback,
+            progress=progress,
+            compvis_rng=True,
+            **self._sample_options(),
+        )
 
     @torch.no_grad()
     def sample(
@@ -199,20 +222,8 @@ class DDIMSampler(_CompVisSampler):
 
     name = "DDIM"
 
-    def _run(self, model_fn, x, cond, start_step, stop_after, callback, progress):
-        return ddim_sample(
-            model_fn,
-            x,
-            cond,
-            self.model.alphas_cumprod,
-            self._num_steps,
-            eta=self._eta,
-            start_step=start_step,
-            stop_after=stop_after,
-            callback=callback,
-            progress=progress,
-            compvis_rng=True,
-        )
+    def _sample_options(self) -> Dict[str, Any]:
+        return {"eta": self._eta}
 
     def _require_schedule(self) -> int:
         if self._num_steps is None:

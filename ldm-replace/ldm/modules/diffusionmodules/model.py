@@ -111,8 +111,23 @@ def make_attn(in_channels: int, attn_type: str = "vanilla") -> nn.Module:
     raise ValueError(f"attn_type {attn_type!r} is not supported; expected 'vanilla' or 'none'")
 
 
-class Encoder(nn.Module):
-    """Image (B, in_channels, H, W) → moments (B, 2·z_channels, H/f, W/f), f = 2^(len(ch_mult)-1)."""
+class MidBlock(nn.Module):
+    """The middle of the encoder and the decoder: ResNet block, attention, ResNet block (no timestep embedding)."""
+
+    def __init__(self, channels: int, attn_type: str, dropout: float):
+        super().__init__()
+        self.block_1 = ResnetBlock(in_channels=channels, out_channels=channels, temb_channels=0, dropout=dropout)
+        self.attn_1 = make_attn(channels, attn_type)
+        self.block_2 = ResnetBlock(in_channels=channels, out_channels=channels, temb_channels=0, dropout=dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(h, None)), None)
+
+
+class _Coder(nn.Module):
+    """What :class:`Encoder` and :class:`Decoder` share: both are built from the first stage's whole ``ddconfig``
+    (CompVis passes every key to both; each ignores the other's), keep the same resolution bookkeeping and have
+    the same middle block (:class:`MidBlock`)."""
 
     def __init__(
         self,
@@ -127,58 +142,65 @@ class Encoder(nn.Module):
         in_channels: int,
         resolution: int,
         z_channels: int,
-        double_z: bool = True,
         use_linear_attn: bool = False,
         attn_type: str = "vanilla",
         **ignore_kwargs,
     ):
         super().__init__()
-        if use_linear_attn:
-            attn_type = "linear"
         self.ch = ch
+        self.out_ch = out_ch
+        self.ch_mult = tuple(ch_mult)
         self.temb_ch = 0
         self.num_resolutions = len(ch_mult)
         self.num_res_blocks = num_res_blocks
+        self.attn_resolutions = attn_resolutions
+        self.dropout = dropout
+        self.resamp_with_conv = resamp_with_conv
         self.resolution = resolution
         self.in_channels = in_channels
-        self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
-        curr_res = resolution
-        in_ch_mult = (1,) + tuple(ch_mult)
+        self.z_channels = z_channels
+        self.attn_type = "linear" if use_linear_attn else attn_type
+
+    def res_blocks(self, block_in: int, block_out: int, count: int, curr_res: int) -> tuple[nn.Module, int]:
+        """One resolution level: ``count`` ResNet blocks ``block_in`` → ``block_out`` channels, each followed by
+        attention at the ``attn_resolutions``; returns the level (``block``, ``attn``) and its output channels."""
+        level = nn.Module()
+        level.block, level.attn = nn.ModuleList(), nn.ModuleList()
+        for _ in range(count):
+            level.block.append(
+                ResnetBlock(
+                    in_channels=block_in, out_channels=block_out, temb_channels=self.temb_ch, dropout=self.dropout
+                )
+            )
+            block_in = block_out
+            if curr_res in self.attn_resolutions:
+                level.attn.append(make_attn(block_in, self.attn_type))
+        return level, block_in
+
+
+class Encoder(_Coder):
+    """Image (B, in_channels, H, W) → moments (B, 2·z_channels, H/f, W/f), f = 2^(len(ch_mult)-1)."""
+
+    def __init__(self, *, double_z: bool = True, **ddconfig):
+        super().__init__(**ddconfig)
+        ch = self.ch
+        self.conv_in = nn.Conv2d(self.in_channels, ch, kernel_size=3, stride=1, padding=1)
+        curr_res = self.resolution
+        in_ch_mult = (1,) + self.ch_mult
         self.down = nn.ModuleList()
         block_in = ch
         for i_level in range(self.num_resolutions):
-            block, attn = nn.ModuleList(), nn.ModuleList()
-            block_in = ch * in_ch_mult[i_level]
-            block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks):
-                block.append(
-                    ResnetBlock(
-                        in_channels=block_in,
-                        out_channels=block_out,
-                        temb_channels=self.temb_ch,
-                        dropout=dropout,
-                    )
-                )
-                block_in = block_out
-                if curr_res in attn_resolutions:
-                    attn.append(make_attn(block_in, attn_type))
-            down = nn.Module()
-            down.block, down.attn = block, attn
+            down, block_in = self.res_blocks(
+                ch * in_ch_mult[i_level], ch * self.ch_mult[i_level], self.num_res_blocks, curr_res
+            )
             if i_level != self.num_resolutions - 1:
-                down.downsample = Downsample(block_in, resamp_with_conv)
+                down.downsample = Downsample(block_in, self.resamp_with_conv)
                 curr_res = curr_res // 2
             self.down.append(down)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(
-            in_channels=block_in, out_channels=block_in, temb_channels=self.temb_ch, dropout=dropout
-        )
-        self.mid.attn_1 = make_attn(block_in, attn_type)
-        self.mid.block_2 = ResnetBlock(
-            in_channels=block_in, out_channels=block_in, temb_channels=self.temb_ch, dropout=dropout
-        )
+        self.mid = MidBlock(block_in, self.attn_type, self.dropout)
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(
-            block_in, 2 * z_channels if double_z else z_channels, kernel_size=3, stride=1, padding=1
+            block_in, 2 * self.z_channels if double_z else self.z_channels, kernel_size=3, stride=1, padding=1
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,83 +212,35 @@ class Encoder(nn.Module):
                     h = down.attn[i_block](h)
             if i_level != self.num_resolutions - 1:
                 h = down.downsample(h)
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, None)), None)
+        h = self.mid(h)
         return self.conv_out(nonlinearity(self.norm_out(h)))
 
 
-class Decoder(nn.Module):
+class Decoder(_Coder):
     """Latent (B, z_channels, h, w) → image (B, out_ch, h·f, w·f)."""
 
-    def __init__(
-        self,
-        *,
-        ch: int,
-        out_ch: int,
-        ch_mult: Sequence[int] = (1, 2, 4, 8),
-        num_res_blocks: int,
-        attn_resolutions: Sequence[int],
-        dropout: float = 0.0,
-        resamp_with_conv: bool = True,
-        in_channels: int,
-        resolution: int,
-        z_channels: int,
-        give_pre_end: bool = False,
-        tanh_out: bool = False,
-        use_linear_attn: bool = False,
-        attn_type: str = "vanilla",
-        **ignorekwargs,
-    ):
-        super().__init__()
-        if use_linear_attn:
-            attn_type = "linear"
-        self.ch = ch
-        self.temb_ch = 0
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.resolution = resolution
-        self.in_channels = in_channels
+    def __init__(self, *, give_pre_end: bool = False, tanh_out: bool = False, **ddconfig):
+        super().__init__(**ddconfig)
         self.give_pre_end = give_pre_end
         self.tanh_out = tanh_out
-        block_in = ch * ch_mult[self.num_resolutions - 1]
-        curr_res = resolution // 2 ** (self.num_resolutions - 1)
-        self.z_shape = (1, z_channels, curr_res, curr_res)
-        self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(
-            in_channels=block_in, out_channels=block_in, temb_channels=self.temb_ch, dropout=dropout
-        )
-        self.mid.attn_1 = make_attn(block_in, attn_type)
-        self.mid.block_2 = ResnetBlock(
-            in_channels=block_in, out_channels=block_in, temb_channels=self.temb_ch, dropout=dropout
-        )
+        block_in = self.ch * self.ch_mult[self.num_resolutions - 1]
+        curr_res = self.resolution // 2 ** (self.num_resolutions - 1)
+        self.z_shape = (1, self.z_channels, curr_res, curr_res)
+        self.conv_in = nn.Conv2d(self.z_channels, block_in, kernel_size=3, stride=1, padding=1)
+        self.mid = MidBlock(block_in, self.attn_type, self.dropout)
         self.up = nn.ModuleList()
         for i_level in reversed(range(self.num_resolutions)):
-            block, attn = nn.ModuleList(), nn.ModuleList()
-            block_out = ch * ch_mult[i_level]
-            for _ in range(self.num_res_blocks + 1):
-                block.append(
-                    ResnetBlock(
-                        in_channels=block_in,
-                        out_channels=block_out,
-                        temb_channels=self.temb_ch,
-                        dropout=dropout,
-                    )
-                )
-                block_in = block_out
-                if curr_res in attn_resolutions:
-                    attn.append(make_attn(block_in, attn_type))
-            up = nn.Module()
-            up.block, up.attn = block, attn
+            up, block_in = self.res_blocks(block_in, self.ch * self.ch_mult[i_level], self.num_res_blocks + 1, curr_res)
             if i_level != 0:
-                up.upsample = Upsample(block_in, resamp_with_conv)
+                up.upsample = Upsample(block_in, self.resamp_with_conv)
                 curr_res = curr_res * 2
             self.up.insert(0, up)
         self.norm_out = Normalize(block_in)
-        self.conv_out = nn.Conv2d(block_in, out_ch, kernel_size=3, stride=1, padding=1)
+        self.conv_out = nn.Conv2d(block_in, self.out_ch, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(z)
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, None)), None)
+        h = self.mid(h)
         for i_level in reversed(range(self.num_resolutions)):
             up = self.up[i_level]
             for i_block in range(self.num_res_blocks + 1):

@@ -46,8 +46,9 @@ class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
         return x
 
 
-class Upsample(nn.Module):
-    """Nearest-neighbour ×2 upsampling, optionally followed by a 3×3 convolution."""
+class _Resample(nn.Module):
+    """What :class:`Upsample` and :class:`Downsample` share: their arguments (channels in and out, whether a 3×3
+    convolution does the resampling, its dimensionality and padding)."""
 
     def __init__(
         self,
@@ -62,8 +63,16 @@ class Upsample(nn.Module):
         self.out_channels = out_channels or channels
         self.use_conv = use_conv
         self.dims = dims
-        if use_conv:
-            self.conv = conv_nd(dims, self.channels, self.out_channels, 3, padding=padding)
+        self.padding = padding
+
+
+class Upsample(_Resample):
+    """Nearest-neighbour ×2 upsampling, optionally followed by a 3×3 convolution."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.use_conv:
+            self.conv = conv_nd(self.dims, self.channels, self.out_channels, 3, padding=self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dims == 3:
@@ -73,26 +82,17 @@ class Upsample(nn.Module):
         return self.conv(x) if self.use_conv else x
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """Stride-2 3×3 convolution (or average pooling) halving the resolution."""
 
-    def __init__(
-        self,
-        channels: int,
-        use_conv: bool,
-        dims: int = 2,
-        out_channels: Optional[int] = None,
-        padding: int = 1,
-    ):
-        super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        stride = 2 if dims != 3 else (1, 2, 2)
-        if use_conv:
-            self.op = conv_nd(dims, self.channels, self.out_channels, 3, stride=stride, padding=padding)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        stride = 2 if self.dims != 3 else (1, 2, 2)
+        if self.use_conv:
+            self.op = conv_nd(self.dims, self.channels, self.out_channels, 3, stride=stride, padding=self.padding)
         else:
             assert self.channels == self.out_channels
-            self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
+            self.op = avg_pool_nd(self.dims, kernel_size=stride, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
