@@ -140,3 +140,24 @@ def one_line_error(capsys, *needles: str, pattern: str | None = None):
     with pytest.raises(SystemExit) as info:
         yield found
     found.append(assert_one_line_error((info.value.code, capsys.readouterr().err), *needles, pattern=pattern))
+
+
+def projection_outputs(model, x_t, t, cond, projections=("to_q",)) -> dict:
+    """``{(attn2 layer name, projection): output}`` of one forward without gradients, recorded with plain torch
+    forward hooks on the named projections of every cross-attention layer — an oracle independent of sepce's
+    attention capture."""
+    from sepce.modeling import attn2_modules
+
+    seen = {}
+    handles = [
+        getattr(mod, proj).register_forward_hook(lambda m_, inp, out, key=(name, proj): seen.__setitem__(key, out))
+        for name, mod in attn2_modules(model).items()
+        for proj in projections
+    ]
+    try:
+        with torch.no_grad():
+            model.apply_model(x_t, t, cond)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

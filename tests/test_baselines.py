@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error, projection_outputs, run_script
 from ldm.checkpoint import read_state_dict
 from ldm.models.diffusion.sampling import ddim_timesteps
 from PIL import Image
@@ -223,21 +223,11 @@ def test_esd_parameter_keys_use_state_dict_prefix(sd_unet_names):
 def explicit_fmn_loss(model, x_t, t, c, c2):
     """Σ_l mean((q k_cᵀ − q k_c2ᵀ)² / d) from the to_q outputs of a forward with c (torch forward hooks)."""
     layers = attn2_modules(model)
-    queries = {}
-    handles = [
-        mod.to_q.register_forward_hook(lambda mod_, inp, out, name=name: queries.__setitem__(name, out))
-        for name, mod in layers.items()
-    ]
-    try:
-        with torch.no_grad():
-            model.apply_model(x_t, t, c)
-    finally:
-        for h in handles:
-            h.remove()
+    queries = projection_outputs(model, x_t, t, c)
     total = 0.0
     for name, mod in layers.items():
         h = mod.heads
-        q = queries[name]
+        q = queries[(name, "to_q")]
         b, n, inner = q.shape
         d = inner // h
         with torch.no_grad():

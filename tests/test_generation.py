@@ -50,6 +50,15 @@ def txt2img(load_script):
     return load_script("eval-scripts/txt2img.py")
 
 
+def sd_argv(ckpt: Path, prompts, save_path, batch_size: int = 2, steps: int = STEPS) -> list:
+    """generate-images.py flags: the original model (SD-v1-4, the tiny checkpoint ``ckpt``) on the ``prompts`` CSV,
+    2 images per row, into ``save_path``."""
+    return [
+        *("--model_name", "SD-v1-4", "--prompts_path", prompts, "--save_path", save_path),
+        *("--num_samples", 2, "--batch_size", batch_size, *tiny_args(ckpt, steps)),
+    ]
+
+
 def run(module, *argv):
     """Run a script in-process as its ``__main__`` does (:func:`sepce.cli.run`)."""
     return run_cli(module.parse_args, module.main, [str(a) for a in argv], prog=Path(module.__file__).name)
@@ -133,17 +142,7 @@ def test_generated_images_match_esd_diffusers_lms_loop(tmp_path, tiny_ckpt, tiny
 
     run(
         gen_images,
-        "--model_name",
-        "SD-v1-4",
-        "--prompts_path",
-        prompts,
-        "--save_path",
-        tmp_path / "out",
-        "--num_samples",
-        2,
-        "--batch_size",
-        2,
-        *tiny_args(tiny_ckpt),
+        *sd_argv(tiny_ckpt, prompts, tmp_path / "out"),
     )
     model, scale = tiny_model, 7.5
     for row in read_prompt_csv(prompts, allow_empty_prompt=True):
@@ -174,19 +173,9 @@ def test_same_seed_same_image_across_runs_and_batch_sizes(tmp_path, tiny_ckpt, p
     for name, batch in (("a", 3), ("b", 3), ("c", 1), ("d", 5)):
         run(
             gen_images,
-            "--model_name",
-            "SD-v1-4",
-            "--prompts_path",
-            prompts,
-            "--save_path",
-            tmp_path / name,
-            "--num_samples",
-            2,
-            "--batch_size",
-            batch,
+            *sd_argv(tiny_ckpt, prompts, tmp_path / name, batch_size=batch, steps=5),
             "--sampler",
             sampler,
-            *tiny_args(tiny_ckpt, 5),
         )
     names = sorted(p.name for p in (tmp_path / "a" / "SD-v1-4").glob("*.png"))
     assert names == [f"{c}_{k}.png" for c in range(3) for k in range(2)]
@@ -201,19 +190,7 @@ def test_same_seed_same_image_across_runs_and_batch_sizes(tmp_path, tiny_ckpt, p
 # ------------------------------------------------------------------------------------------- resumability
 def test_resume_skips_existing_and_recovers_from_interruption(tmp_path, tiny_ckpt, prompts, monkeypatch, gen_images):
     folder = tmp_path / "out" / "SD-v1-4"
-    args = [
-        "--model_name",
-        "SD-v1-4",
-        "--prompts_path",
-        prompts,
-        "--save_path",
-        tmp_path / "out",
-        "--num_samples",
-        2,
-        "--batch_size",
-        2,
-        *tiny_args(tiny_ckpt),
-    ]
+    args = sd_argv(tiny_ckpt, prompts, tmp_path / "out")
     real_save, calls = G.save_png, []
 
     def interrupted(path, image, text):
@@ -496,17 +473,7 @@ def test_txt2img_writes_named_images_and_refuses_overwrite(tmp_path, tiny_ckpt, 
     assert [p.name for p in paths] == ["van-gogh-42_0.png", "van-gogh-42_1.png"]
     run(
         gen_images,
-        "--model_name",
-        "SD-v1-4",
-        "--prompts_path",
-        prompts,
-        "--save_path",
-        tmp_path / "eval",
-        "--num_samples",
-        2,
-        "--batch_size",
-        2,
-        *tiny_args(tiny_ckpt),
+        *sd_argv(tiny_ckpt, prompts, tmp_path / "eval"),
     )
     for k in range(2):  # same prompt and seed (case 0 of the CSV) → same image as generate-images.py
         assert_same_image(paths[k], tmp_path / "eval" / "SD-v1-4" / f"0_{k}.png", exact=False)
@@ -534,17 +501,7 @@ def test_generate_data_manifest_class_folder_and_resume(tmp_path, tiny_ckpt, gen
     # the manifest is a prompt CSV: generate-images.py redoes the same images from it
     run(
         gen_images,
-        "--model_name",
-        "SD-v1-4",
-        "--prompts_path",
-        folder / "manifest.csv",
-        "--save_path",
-        tmp_path / "redo",
-        "--num_samples",
-        2,
-        "--batch_size",
-        4,
-        *tiny_args(tiny_ckpt),
+        *sd_argv(tiny_ckpt, folder / "manifest.csv", tmp_path / "redo", batch_size=4),
     )
     for image in folder.glob("*.png"):
         assert_same_image(image, tmp_path / "redo" / "SD-v1-4" / image.name, exact=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error, projection_outputs, run_script
 from ldm.checkpoint import read_state_dict
 from PIL import Image
 
@@ -89,21 +89,10 @@ def independent_concept_attention(model, x_t, t, context, positions):
     """‖[softmax(q_h k_hᵀ/√d)[:, positions] for every attn2 layer and head h]‖₂ from the to_q/to_k outputs of the
     forward (torch forward hooks, nothing of sepce's capture), computed in float64."""
     layers = attn2_modules(model)
-    seen = {}
-    handles = []
-    for name, mod in layers.items():
-        for proj in ("to_q", "to_k"):
-            hook = lambda m_, inp, out, key=(name, proj): seen.__setitem__(key, out.detach().double())  # noqa: E731
-            handles.append(getattr(mod, proj).register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model.apply_model(x_t, t, context)
-    finally:
-        for h in handles:
-            h.remove()
+    seen = projection_outputs(model, x_t, t, context, ("to_q", "to_k"))
     picked = []
     for name, mod in layers.items():
-        q, k = seen[(name, "to_q")], seen[(name, "to_k")]  # B N inner, B M inner
+        q, k = seen[(name, "to_q")].double(), seen[(name, "to_k")].double()  # B N inner, B M inner
         d = q.shape[-1] // mod.heads
         for h in range(mod.heads):
             qh, kh = q[..., h * d : (h + 1) * d], k[..., h * d : (h + 1) * d]

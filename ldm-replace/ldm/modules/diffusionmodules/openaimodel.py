@@ -236,7 +236,7 @@ class UNetModel(nn.Module):
                 dim_head = ch // heads
             return SpatialTransformer(ch, heads, dim_head, depth=transformer_depth, context_dim=context_dim)
 
-        def resblock(ch: int, out_ch: int) -> ResBlock:
+        def resblock(ch: int, out_ch: int, **resample: bool) -> ResBlock:  # resample: up=True or down=True
             return ResBlock(
                 ch,
                 time_embed_dim,
@@ -245,6 +245,7 @@ class UNetModel(nn.Module):
                 dims=dims,
                 use_checkpoint=use_checkpoint,
                 use_scale_shift_norm=use_scale_shift_norm,
+                **resample,
             )
 
         time_embed_dim = model_channels * 4
@@ -267,16 +268,7 @@ class UNetModel(nn.Module):
                 input_block_chans.append(ch)
             if level != len(channel_mult) - 1:
                 if resblock_updown:
-                    down = ResBlock(
-                        ch,
-                        time_embed_dim,
-                        dropout,
-                        out_channels=ch,
-                        dims=dims,
-                        use_checkpoint=use_checkpoint,
-                        use_scale_shift_norm=use_scale_shift_norm,
-                        down=True,
-                    )
+                    down = resblock(ch, ch, down=True)
                 else:
                     down = Downsample(ch, conv_resample, dims=dims, out_channels=ch)
                 self.input_blocks.append(TimestepEmbedSequential(down))
@@ -295,18 +287,7 @@ class UNetModel(nn.Module):
                     layers.append(transformer(ch))
                 if level and i == num_res_blocks:
                     if resblock_updown:
-                        layers.append(
-                            ResBlock(
-                                ch,
-                                time_embed_dim,
-                                dropout,
-                                out_channels=ch,
-                                dims=dims,
-                                use_checkpoint=use_checkpoint,
-                                use_scale_shift_norm=use_scale_shift_norm,
-                                up=True,
-                            )
-                        )
+                        layers.append(resblock(ch, ch, up=True))
                     else:
                         layers.append(Upsample(ch, conv_resample, dims=dims, out_channels=ch))
                     ds //= 2
