@@ -37,19 +37,20 @@ from sepce.attack import DOMAINS, PRESETS, domain_of, plan_attack, run_attack
 from sepce.classes import classes_by_names, load_class_map
 from sepce.cli import EXIT_HELP, add_classes, add_prompts_path, parser, run
 from sepce.data_generation import data_folder_name
-from sepce.generation import add_model_arguments, add_output_arguments, add_sampling_arguments, generation_setup
-from sepce.modeling import resolve_model
+from sepce.generation import (
+    add_model_arguments,
+    add_output_arguments,
+    add_sampling_arguments,
+    generation_setup,
+    model_from_args,
+)
 from sepce.paths import DATA_DIR
 from sepce.prompts import read_prompt_csv
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = parser(__doc__, EXIT_HELP)
-    p.add_argument(
-        "--model_name",
-        required=True,
-        help="SD-v1-4 (original), a run folder under --models_dir (e.g. CiE-VanGogh), or a checkpoint/record path",
-    )
+    add_model_arguments(p)
     p.add_argument(
         "--prompt",
         required=True,
@@ -93,7 +94,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="learn v* again and regenerate the attack images and results even when they exist",
     )
     add_sampling_arguments(p)
-    add_model_arguments(p)
     return p.parse_args(argv)
 
 
@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> dict:
         "init_word": args.init_word,
     }
     preset = replace(PRESETS[domain], **{k: v for k, v in overrides.items() if v is not None})
-    resolved = resolve_model(args.model_name, args.ckpt_path, args.config_path, args.models_dir, args.erase)
+    resolved = model_from_args(args)
     plan = plan_attack(
         resolved,
         concept,

@@ -42,8 +42,8 @@ from sepce.generation import (
     folder_settings,
     generate_rows,
     generation_setup,
+    model_from_args,
 )
-from sepce.modeling import resolve_model
 
 log = logging.getLogger("generate-data")
 
@@ -77,7 +77,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="regenerate existing images and replace a manifest made with another --seed/--prompt",
     )
     add_sampling_arguments(p)
-    add_model_arguments(p, erase=False)
+    add_model_arguments(p, erase=False, model_name=False)  # --model_name is the class here
     return p.parse_args(argv)
 
 
@@ -87,7 +87,7 @@ def main(args: argparse.Namespace) -> GenerationReport:
     prompt = args.prompt.strip()
     chosen = concept_class(prompt, args.model_name, load_class_map(args.classes))
     folder = Path(args.save_path) / data_folder_name(prompt, chosen.name if chosen else None)
-    resolved = resolve_model("SD-v1-4", args.ckpt_path, args.config_path, args.models_dir)
+    resolved = model_from_args(args, "SD-v1-4")
     rows = data_rows(prompt, args.num_cases, args.seed, chosen.index if chosen else None)
     extra = {"prompt": prompt, "seed": args.seed}
     check_folder_settings(folder, folder_settings(resolved, setup.sampling, args.precision), args.overwrite, extra)

@@ -34,18 +34,14 @@ from sepce.generation import (
     folder_settings,
     generate_rows,
     generation_setup,
+    model_from_args,
 )
-from sepce.modeling import resolve_model
 from sepce.prompts import read_prompt_csv
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = parser(__doc__, EXIT_HELP)
-    p.add_argument(
-        "--model_name",
-        required=True,
-        help="SD-v1-4 (original), a run folder under --models_dir (e.g. CiE-VanGogh), or a checkpoint/record path",
-    )
+    add_model_arguments(p)
     add_prompts_path(p, required=True)
     add_output_arguments(p, save_help="images go to <save_path>/<output name>/")
     p.add_argument("--from_case", type=non_negative_int, default=0, help="skip rows whose case_number is below this")
@@ -56,7 +52,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="regenerate existing images (also when the folder was made with other settings)",
     )
     add_sampling_arguments(p)
-    add_model_arguments(p)
     return p.parse_args(argv)
 
 
@@ -64,7 +59,7 @@ def main(args: argparse.Namespace) -> List[GenerationReport]:
     # every check happens here, before any model loads; the library trusts what it is handed
     setup = generation_setup(args, sharded=True)
     rows = read_prompt_csv(args.prompts_path, classes=load_class_map(args.classes))
-    resolved = resolve_model(args.model_name, args.ckpt_path, args.config_path, args.models_dir, args.erase)
+    resolved = model_from_args(args)
     folder = Path(args.save_path) / (args.output_name or resolved.folder_name)
     extra = {"prompts_path": str(args.prompts_path)}
     check_folder_settings(folder, folder_settings(resolved, setup.sampling, args.precision), args.overwrite, extra)

@@ -23,32 +23,28 @@ from sepce.generation import (
     add_sampling_arguments,
     file_slug,
     generation_setup,
+    model_from_args,
     png_text,
     run_jobs,
 )
-from sepce.modeling import load_resolved, resolve_model
+from sepce.modeling import load_resolved
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = parser(__doc__, EXIT_HELP)
     p.add_argument("--prompt", required=True, help="text prompt ('' for the unconditional image)")
-    p.add_argument(
-        "--model_name",
-        default="SD-v1-4",
-        help="SD-v1-4 (original), a run folder under --models_dir (e.g. CiE-VanGogh), or a checkpoint/record path",
-    )
+    add_model_arguments(p, model_name="SD-v1-4")
     p.add_argument("--n_samples", type=positive_int, default=1, help="number of images")
     p.add_argument("--seed", type=non_negative_int, default=42, help="seed of the start noise")
     p.add_argument("--outdir", type=Path, default=Path("outputs/txt2img"), help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing images")
     add_sampling_arguments(p)
-    add_model_arguments(p)
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> List[Path]:
     setup = generation_setup(args)
-    resolved = resolve_model(args.model_name, args.ckpt_path, args.config_path, args.models_dir, args.erase)
+    resolved = model_from_args(args)
     folder = Path(args.outdir) / resolved.folder_name
     prompt = args.prompt.strip()
     jobs = [

@@ -45,7 +45,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 
 from sepce.cli import Runtime, add_device, add_precision, add_quiet, folder_name, positive_int, show_progress
 from sepce.io import atomic_write, write_json
-from sepce.modeling import ResolvedModel, load_resolved
+from sepce.modeling import ResolvedModel, load_resolved, resolve_model
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, EVALUATION_DIR, MODELS_DIR
 from sepce.prompts import PromptRow, shard_rows
 
@@ -483,9 +483,19 @@ def add_output_arguments(parser: argparse.ArgumentParser, save_help: str) -> Non
     parser.add_argument("--num_samples", type=positive_int, default=10, help="images per CSV row")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, erase: bool = True) -> None:
-    """``--ckpt_path``, ``--config_path``, ``--models_dir`` (and ``--erase``): the inputs of
-    :func:`sepce.modeling.resolve_model`."""
+def add_model_arguments(
+    parser: argparse.ArgumentParser, erase: bool = True, model_name: Union[bool, str] = True
+) -> None:
+    """``--model_name`` (required; ``model_name`` a string: its default; False: left out), ``--ckpt_path``,
+    ``--config_path``, ``--models_dir`` (and ``--erase``): the inputs of :func:`sepce.modeling.resolve_model`,
+    which :func:`model_from_args` reads."""
+    if model_name:
+        parser.add_argument(
+            "--model_name",
+            required=model_name is True,
+            default=None if model_name is True else model_name,
+            help="SD-v1-4 (original), a run folder under --models_dir (e.g. CiE-VanGogh), or a checkpoint/record path",
+        )
     parser.add_argument(
         "--ckpt_path",
         type=Path,
@@ -504,6 +514,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, erase: bool = True) -> 
             metavar="CONCEPT",
             help="SepCE records: erase only these concepts (None: every concept of the record)",
         )
+
+
+def model_from_args(args: argparse.Namespace, model_name: Optional[str] = None) -> ResolvedModel:
+    """What the flags of :func:`add_model_arguments` name (:func:`sepce.modeling.resolve_model`; ``model_name``
+    instead of ``--model_name``), decided before any weights are read."""
+    name = model_name or args.model_name
+    return resolve_model(name, args.ckpt_path, args.config_path, args.models_dir, getattr(args, "erase", None))
 
 
 def file_slug(text: str) -> str:
