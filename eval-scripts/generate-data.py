@@ -38,8 +38,6 @@ from sepce.generation import (
     GenerationReport,
     add_model_arguments,
     add_sampling_arguments,
-    check_folder_settings,
-    folder_settings,
     generate_rows,
     generation_setup,
     model_from_args,
@@ -90,7 +88,7 @@ def main(args: argparse.Namespace) -> GenerationReport:
     resolved = model_from_args(args, "SD-v1-4")
     rows = data_rows(prompt, args.num_cases, args.seed, chosen.index if chosen else None)
     extra = {"prompt": prompt, "seed": args.seed}
-    check_folder_settings(folder, folder_settings(resolved, setup.sampling, args.precision), args.overwrite, extra)
+    setup.check_folder(folder, resolved, args.overwrite, extra)
     write_manifest(folder, rows, args.overwrite)
     report = generate_rows(rows, resolved, folder, setup, num_samples=args.num_samples, overwrite=args.overwrite)
     print(report.summary())

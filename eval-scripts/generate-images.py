@@ -30,8 +30,6 @@ from sepce.generation import (
     add_model_arguments,
     add_output_arguments,
     add_sampling_arguments,
-    check_folder_settings,
-    folder_settings,
     generate_rows,
     generation_setup,
     model_from_args,
@@ -62,7 +60,7 @@ def main(args: argparse.Namespace) -> List[GenerationReport]:
     resolved = model_from_args(args)
     folder = Path(args.save_path) / (args.output_name or resolved.folder_name)
     extra = {"prompts_path": str(args.prompts_path)}
-    check_folder_settings(folder, folder_settings(resolved, setup.sampling, args.precision), args.overwrite, extra)
+    setup.check_folder(folder, resolved, args.overwrite, extra)
     report = generate_rows(
         rows, resolved, folder, setup, num_samples=args.num_samples, from_case=args.from_case, overwrite=args.overwrite
     )

@@ -401,6 +401,11 @@ class GenerationSetup:
         """An :class:`ImageSampler` of ``model`` (loaded on ``runtime.device``) with these settings."""
         return ImageSampler(model, self.sampling, self.runtime.device, self.runtime.dtype)
 
+    def check_folder(self, folder: Path, resolved: ResolvedModel, overwrite: bool, extra: Optional[dict] = None):
+        """:func:`check_folder_settings` of ``folder`` for images of ``resolved`` made with these settings."""
+        settings = folder_settings(resolved, self.sampling, self.runtime.precision)
+        check_folder_settings(folder, settings, overwrite, extra)
+
 
 def generation_setup(args: argparse.Namespace, sharded: bool = False) -> GenerationSetup:
     """The :class:`GenerationSetup` of a script's :func:`add_sampling_arguments` flags — the one place that reads
