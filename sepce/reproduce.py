@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import runpy
 import shlex
 import subprocess
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sepce.classes import ConceptClass, class_by_name, classes_by_names, load_class_map
+from sepce.evaluation.table import ModelSpec, spec_of
 from sepce.generation import file_slug
 from sepce.io import write_text
 from sepce.paths import ARTIST_CLASSIFIER, REPO_ROOT, run_name
@@ -267,16 +267,9 @@ def model_rows(methods: Sequence[str], concept: str, sepce_concepts: Sequence[st
 
 
 def table_spec(rows: Sequence[Row], eval_dir: Path, spec_path: Path) -> dict:
-    """The make-table.py spec (paths relative to the spec file)."""
-
-    def where(row: Row) -> str:
-        return os.path.relpath((eval_dir / row.folder).resolve(), spec_path.parent.resolve())
-
-    original, others = rows[0], rows[1:]
-    return {
-        "original": {"name": original.name, "path": where(original)},
-        "models": [{"name": r.name, "path": where(r), "erased": r.erased, "restored": r.restored} for r in others],
-    }
+    """The make-table.py spec of the rows (the first is the original; :func:`sepce.evaluation.table.spec_of`)."""
+    models = [ModelSpec(r.name, eval_dir / r.folder, r.erased, r.restored, original=i == 0) for i, r in enumerate(rows)]
+    return spec_of(models, spec_path)
 
 
 # ------------------------------------------------------------------------------------------------ stages

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import math
 import shutil
@@ -493,3 +494,25 @@ def test_table_layout_averages_and_chart(tmp_path, monkeypatch, caplog, run, err
         run(TABLE, "--model", "A=bare", "--erased", "A=Picasso", "--output_dir", "table3", "--concepts", "Picasso")
     assert "model 'A' has no bare/results/accuracy.csv" in caplog.text
     assert "| A | **– / – / –** | – / – / – | – / – / – | – / – / – |" in (tmp_path / "table3" / "table.md").read_text()
+
+
+def test_table_spec_written_is_the_spec_read(tmp_path):
+    """sepce.evaluation.table.spec_of (what reproduce.py writes) is the format load_spec (make-table.py) reads:
+    paths relative to the spec file, the original without erased/restored lists."""
+    from sepce.evaluation.table import ModelSpec, load_spec, spec_of
+
+    spec_path = tmp_path / "table" / "spec.json"
+    models = [
+        ModelSpec("ORI", tmp_path / "eval" / "default", original=True),
+        ModelSpec("SepCE (restore Picasso)", tmp_path / "eval" / "sepce-restore-picasso", ["Van Gogh"], ["Picasso"]),
+    ]
+    spec = spec_of(models, spec_path)
+    assert spec["original"] == {"name": "ORI", "path": "../eval/default"}
+    assert spec["models"][0]["path"] == "../eval/sepce-restore-picasso"
+    spec_path.parent.mkdir()
+    spec_path.write_text(json.dumps(spec))
+    loaded, concepts = load_spec(spec_path)
+    assert concepts is None
+    assert [(m.name, m.path.resolve(), m.erased, m.restored, m.original) for m in loaded] == [
+        (m.name, m.path.resolve(), m.erased, m.restored, m.original) for m in models
+    ]

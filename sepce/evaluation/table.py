@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -135,6 +136,20 @@ def load_spec(path: str | Path) -> tuple:
         model(entry, False) for entry in spec.get("models", [])
     ]
     return models, spec.get("concepts")
+
+
+def spec_of(models: Sequence[ModelSpec], spec_path: str | Path) -> dict:
+    """The spec JSON (the module docstring's format, what :func:`load_spec` reads) of ``models`` — the original
+    one first — for a spec file at ``spec_path``: model paths relative to the spec's folder."""
+    base = Path(spec_path).parent.resolve()
+
+    def entry(m: ModelSpec) -> dict:
+        out = {"name": m.name, "path": os.path.relpath(Path(m.path).resolve(), base)}
+        return out if m.original else {**out, "erased": list(m.erased), "restored": list(m.restored)}
+
+    original = [m for m in models if m.original]
+    spec: dict = {"original": entry(original[0])} if original else {}
+    return {**spec, "models": [entry(m) for m in models if not m.original]}
 
 
 def _mean(values: Sequence[float]) -> float:
