@@ -18,7 +18,6 @@ from conftest import assert_one_line_error, projection_outputs, run_script
 from ldm.checkpoint import read_state_dict
 from PIL import Image
 
-from sepce.attack import tokenizer_from_config
 from sepce.baseline_losses import (
     ABLATING_VARIANTS,
     FMN_VARIANTS,
@@ -32,7 +31,7 @@ from sepce.baseline_losses import (
     model_based_ablation_loss,
     prior_preservation_loss,
 )
-from sepce.modeling import attn2_modules, unet_of
+from sepce.modeling import attn2_modules, tokenizer_from_config, unet_of
 from sepce.records import load_record
 from sepce.training import SUMMARY_KEYS, select_parameters
 
