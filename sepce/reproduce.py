@@ -59,6 +59,7 @@ class Method:
     multi: bool = False  # SepCE: several concepts via --prompts
     run_method: Optional[str] = None  # the method part of the script's run names (None: ``name``)
     run_suffix: Optional[str] = None  # the suffix the script adds to its run names (ESD: its --train_method)
+    label: Optional[str] = None  # the table row (None: ``name``); FMN/AC say they are the authors' variants
 
     def run_name(self, concepts: Sequence[str]) -> str:
         """The run folder the training script writes for ``concepts`` when no ``--output_dir`` is given
@@ -87,13 +88,20 @@ METHODS: Dict[str, Method] = {
             uses_data=False,
             run_suffix="xattn",
         ),
-        Method("FMN", "train-scripts/FMN.py", ("--lr", "1e-5", "--iter_break", "10"), ("--lr", "1e-2")),
+        Method(
+            "FMN",
+            "train-scripts/FMN.py",
+            ("--lr", "1e-5", "--iter_break", "10"),
+            ("--lr", "1e-2"),
+            label="FMN (authors' variant)",
+        ),
         Method(
             "AC",
             "train-scripts/Abconcept.py",
             ("--lr", "1e-5", "--iter_break", "50"),
             ("--lr", "1e-2"),
             run_method="Abconcept",
+            label="AC (authors' variant)",
         ),
     )
 }
@@ -256,7 +264,7 @@ def model_rows(methods: Sequence[str], concept: str, sepce_concepts: Sequence[st
     for name in methods:
         method = METHODS[name]
         if not method.multi:
-            rows.append(Row(name, name.lower(), method.run_name([concept]), erased=[concept]))
+            rows.append(Row(method.label or name, name.lower(), method.run_name([concept]), erased=[concept]))
             continue
         for i in range(len(sepce_concepts), 0, -1):
             erased, restored = list(sepce_concepts[:i]), list(sepce_concepts[i:])

@@ -139,8 +139,8 @@ def test_tiny_reproduction_end_to_end_then_resume(tmp_path, capsys, reproduce):
         "SepCE (restore Cezanne)",
         "SepCE (restore Picasso+Cezanne)",
         "ESD",
-        "FMN",
-        "AC",
+        "FMN (authors' variant)",
+        "AC (authors' variant)",
     ]
     assert (work / "table" / "table.png").stat().st_size > 1000 and (work / "table" / "table.md").is_file()
     assert "| SepCE (restore Cezanne) |" in capsys.readouterr().out  # the table is printed

@@ -51,6 +51,7 @@ from sepce.evaluation.fid import FID_WORLD_CLASSIFIER_NETWORK
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.evaluation.loading import load_images
 from sepce.evaluation.results import stored_rows, write_metric
+from sepce.evaluation.table import ModelSpec, spec_of
 from sepce.paths import REPO_ROOT, run_name
 from sepce.prompts import case_classes, read_prompt_csv
 from sepce.reproduce import ORIGINAL_FOLDER, ScriptStep, tiny_inputs
@@ -465,19 +466,9 @@ def model_argv(lay: BenchmarkLayout, cell: Cell) -> List[str]:
 
 
 def table_spec(cells: Sequence[Cell], eval_dir: Path, spec_path: Path) -> dict:
-    """The make-table.py spec (paths relative to the spec file; concepts by style name)."""
-    import os
-
-    def where(cell: Cell) -> str:
-        return os.path.relpath((eval_dir / cell.folder).resolve(), spec_path.parent.resolve())
-
-    original, others = cells[0], cells[1:]
-    return {
-        "original": {"name": original.label, "path": where(original)},
-        "models": [
-            {"name": c.label, "path": where(c), "erased": list(c.erased), "restored": list(c.restored)} for c in others
-        ],
-    }
+    """The make-table.py spec of the cells (:func:`sepce.evaluation.table.spec_of`; concepts by style name)."""
+    models = [ModelSpec(c.label, eval_dir / c.folder, list(c.erased), list(c.restored), c.original) for c in cells]
+    return spec_of(models, spec_path)
 
 
 # ------------------------------------------------------------------------------------------------ metrics

@@ -127,6 +127,14 @@ def _txt(e: dict, fmt: str = "{:.1f}") -> str:
     return Estimate(e["value"], e["low"], e["high"]).text(fmt)
 
 
+def style_table(styles: Sequence[str], rows: Dict[str, Dict[str, dict]]) -> List[str]:
+    """A Markdown table with one column per style and one row per ``{label: {style: estimate}}`` entry."""
+    lines = ["| | " + " | ".join(styles) + " |", "|---|" + "|".join([":---:"] * len(styles)) + "|"]
+    for label, values in rows.items():
+        lines.append(f"| {label} | " + " | ".join(_txt(values[s]) if s in values else "–" for s in styles) + " |")
+    return lines
+
+
 def _aim(entry: dict) -> str:
     if entry["meets_aim"]:
         return "yes"
@@ -184,9 +192,7 @@ def report_markdown(
         "",
         "## Original model accuracy per style (%)",
         "",
-        "| " + " | ".join(styles) + " |",
-        "|" + "|".join([":---:"] * len(styles)) + "|",
-        "| " + " | ".join(_txt(summary["original_accuracy"][s]) for s in styles) + " |",
+        *style_table(styles, {"accuracy (%)": summary["original_accuracy"]}),
         "",
         "## Erasure: drops (points) and verdicts read off the intervals",
         "",
@@ -412,12 +418,13 @@ def sweep_markdown(form: Form, summary: dict, timings: Sequence[dict], presets: 
         "",
         "## Original model",
         "",
-        "| | " + " | ".join(styles) + " |",
-        "|---|" + "|".join([":---:"] * len(styles)) + "|",
-        "| accuracy (%) | " + " | ".join(_txt(summary["original_accuracy"][s]) for s in styles) + " |",
-        "| attack: learned-word accuracy (%) | "
-        + " | ".join(_txt(summary["original_attack"][s]) if s in summary["original_attack"] else "–" for s in styles)
-        + " |",
+        *style_table(
+            styles,
+            {
+                "accuracy (%)": summary["original_accuracy"],
+                "attack: learned-word accuracy (%)": summary["original_attack"],
+            },
+        ),
         "",
         "## Methods",
         "",
