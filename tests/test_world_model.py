@@ -159,6 +159,9 @@ def test_continuing_a_finished_run_keeps_its_autoencoder_and_counts_its_time(tmp
     more = WorldTrainSettings(**{**TINY_SETTINGS, "steps": 2, "seed": 1, "init_from": str(tmp_path / "first")})
     second = WorldTrainer(tmp_path / "second", more, config, progress=False)
     assert second.state.phase == "unet" and second.state.init["path"] == str(tmp_path / "first")
+    # the frozen text encoder the first stage drew (seed 0) is kept, whatever the new stage's seed
+    first_text, second_text = first.model.cond_stage_model.state_dict(), second.model.cond_stage_model.state_dict()
+    assert all(torch.equal(first_text[k], second_text[k]) for k in first_text)
     start = {k: v.clone() for k, v in second.state.unet.items()}
     assert second.run()
     assert all(torch.equal(second.state.vae[k], first.state.vae[k]) for k in first.state.vae)
@@ -210,4 +213,6 @@ def test_style_weights_and_finish_at_and_exported_init(tmp_path):
     more = WorldTrainSettings(**{**TINY_SETTINGS, "steps": 1, "init_from": str(tmp_path / "export")})
     again = WorldTrainer(tmp_path / "again", more, config, progress=False)
     assert again.state.phase == "unet" and again.state.scale_factor == pytest.approx(cut.model.scale_factor, rel=1e-5)
+    exported_text = load_world_model(ckpt, cfg).cond_stage_model.state_dict()
+    assert all(torch.allclose(exported_text[k], v) for k, v in again.model.cond_stage_model.state_dict().items())
     assert again.run()

@@ -258,6 +258,7 @@ class TrainState:
     unet: Optional[dict] = None
     unet_opt: Optional[dict] = None
     ema: Optional[dict] = None
+    text: Optional[dict] = None  # the frozen text encoder's weights (random at the first stage's seed, then kept)
     torch_rng: Optional[torch.Tensor] = None
     numpy_rng: Optional[dict] = None
     settings: Optional[dict] = None
@@ -303,6 +304,9 @@ class WorldTrainer:
             self.state = TrainState(settings=settings.to_dict())
             if settings.init_from:
                 self._continue(Path(settings.init_from))
+        if self.state.text is None:  # a new run (or one saved before the encoder was recorded): its seeded encoder
+            self.state.text = self._text_state(self.model)
+        self.model.cond_stage_model.load_state_dict(self.state.text)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.rng = np.random.default_rng(settings.seed)
         if self.state.torch_rng is not None:
@@ -325,6 +329,9 @@ class WorldTrainer:
             raise ValueError(f"--init_from {source_dir}: that run is not finished (phase {source.phase!r})")
         s = self.state
         s.vae, s.unet, s.scale_factor, s.phase = source.vae, source.unet, source.scale_factor, "unet"
+        # the text encoder the source's UNet was trained with: recorded, or (runs saved before it was recorded)
+        # the one its own seed drew
+        s.text = source.text or self._text_state(build_world_model(self.config_path, source.settings["seed"]))
         earlier = source.init or {}
         s.init = {
             "path": str(source_dir),
@@ -338,8 +345,13 @@ class WorldTrainer:
         s = self.state
         s.vae = {k: v.clone() for k, v in model.first_stage_model.state_dict().items()}
         s.unet = {k: v.clone() for k, v in model.model.state_dict().items()}
+        s.text = self._text_state(model)
         s.scale_factor, s.phase = float(model.scale_factor), "unet"
         s.init = {"path": str(source_dir), "settings": None, **exported_times(source_dir)}
+
+    @staticmethod
+    def _text_state(model: torch.nn.Module) -> dict:
+        return {k: v.detach().clone() for k, v in model.cond_stage_model.state_dict().items()}
 
     # -------------------------------------------------------------------------------------------- helpers
     def elapsed(self) -> float:
