@@ -219,3 +219,38 @@ def test_tuning_candidates_get_their_own_runs_and_the_rule_picks_the_weakest_tha
     assert (
         choose_presets(none, cells)["CiE"]["tag"] == "c1" and "largest" in choose_presets(none, cells)["CiE"]["reason"]
     )
+
+
+def test_sweep_report_pools_what_ran_and_names_its_seeds(tmp_path):
+    """sweep.md on synthetic predictions (no model): the seeds and triples it states are the ones run, every run
+    has a row, and the pooled erased drop equals the mean of the runs' drops."""
+    from sepce.evaluation.results import write_metric
+    from sepce.world.benchmark import eval_csv_text
+    from sepce.world.report import sweep_markdown, sweep_summary
+
+    lay = benchmark_layout(tmp_path / "work")
+    classes = load_class_map(lay.classes)
+    lay.prompts_path.parent.mkdir(parents=True)
+    lay.prompts_path.write_text(eval_csv_text(classes, 4))
+    styles = ["waves", "dots"]
+    cells = sweep_cells(["CiE", "UCE"], styles, [], [0, 3])
+    plan = plan_benchmark(lay, FORMS["sweep"], cells)
+
+    def write(folder, miss):  # every image right except ``miss[style]`` of its 4 seeds
+        preds = {}
+        for c in classes:
+            for k in range(4):
+                wrong = k < miss.get(c.name, 0)
+                preds[f"{k * 10 + c.index}_0.png"] = [c.index, (c.index + 1) % len(classes) if wrong else c.index]
+        write_metric(lay.eval_dir / folder, "accuracy", [], ["class"], {"predictions": preds})
+
+    for cell in cells:
+        write(cell.folder, {s: 2 + cell.seed // 3 for s in cell.erased})  # seed 0: 50-point drop, seed 3: 75
+    summary = sweep_summary(lay, plan, draws=200)
+    assert summary["seeds"] == [0, 3] and summary["triples"] == []
+    assert [r["seed"] for r in summary["runs"] if r["method"] == "CiE"] == [0, 3, 0, 3]
+    assert summary["methods"]["CiE"]["erased_drop"]["value"] == pytest.approx(62.5)
+    assert summary["methods"]["UCE"]["erased_drop"]["value"] == pytest.approx(50.0)  # deterministic: seed 0 only
+    text = sweep_markdown(FORMS["sweep"], summary, [], PRESETS)
+    assert "training seeds 0, 3" in text and "SepCE erased" not in text
+    assert all(f"| CiE | {s} | {seed} |" in text for s in styles for seed in (0, 3))

@@ -26,8 +26,6 @@ from sepce.stats import Estimate
 from sepce.world.analysis import Evaluated, MethodSummary, contact_sheet, model_report, outcomes, summarise_method
 from sepce.world.benchmark import (
     HELD_OUT,
-    SWEEP_SEEDS,
-    SWEEP_TRIPLES,
     WORLD_METHODS,
     BenchmarkLayout,
     BenchmarkPlan,
@@ -379,6 +377,8 @@ def sweep_summary(lay: BenchmarkLayout, plan: BenchmarkPlan, draws: int = 2000) 
         evaluated(lay, plan.cells[0], plan.attacked), original, classes, attacked=plan.attacked.get(ORIGINAL_FOLDER, [])
     )
     return {
+        "seeds": sorted({c.seed for c in plan.cells[1:]}),
+        "triples": list(dict.fromkeys(c.unit for c in plan.cells[1:] if c.method == "SepCE")),
         "original_accuracy": {s: _est(e) for s, e in ori.accuracy.items()},
         "original_attack": {s: _est(e) for s, e in ori.attack.items()},
         "methods": {
@@ -409,9 +409,13 @@ def sweep_markdown(form: Form, summary: dict, timings: Sequence[dict], presets: 
         "# Concept-world benchmark, sweep form",
         "",
         f"Each single-concept method erased each reported style (every style but the held-out {', '.join(HELD_OUT)}) "
-        f"with training seeds {', '.join(map(str, SWEEP_SEEDS))} (a deterministic method once); SepCE erased the "
-        f"disjoint triples {'; '.join('+'.join(t) for t in SWEEP_TRIPLES)} with each seed and restored subsets. "
-        f"{form.seeds_per_class} evaluation seeds per style, {form.sampler.upper()} {form.steps} steps, guidance "
+        f"with training seeds {', '.join(map(str, summary['seeds']))} (a deterministic method once)"
+        + (
+            f"; SepCE erased the disjoint triples {'; '.join(summary['triples'])} with each seed and restored subsets. "
+            if summary["triples"]
+            else ". "
+        )
+        + f"{form.seeds_per_class} evaluation seeds per style, {form.sampler.upper()} {form.steps} steps, guidance "
         f"{form.guidance:g}; the original's images are generated once and shared. Every number: mean [95 % "
         "interval], a hierarchical bootstrap over erasures (styles or triples), training seeds and evaluation "
         "seeds. Drops in accuracy points, paired by seed with the original.",
