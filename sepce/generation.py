@@ -19,7 +19,8 @@ Sampling (:class:`ImageSampler`)
 K-LMS (the paper's evaluation protocol: 100 steps, guidance 7.5, 512 px), DDIM or PLMS from
 :mod:`ldm.models.diffusion.sampling`; classifier-free guidance evaluates the unconditional and conditional
 halves in one batched UNet forward (:func:`ldm.models.diffusion.sampling.cfg`). Latents and sampler arithmetic
-stay float32; with ``fp16``/``bf16`` (GPU only) the networks run under ``torch.autocast`` (weights stay float32).
+stay float32; with ``fp16``/``bf16`` (GPU only) the networks' weights are cast to that type and they run under
+``torch.autocast`` (normalisations and softmax in float32).
 Decoded images are ``round(255 · clamp((x + 1) / 2, 0, 1))`` (as the ESD/diffusers scripts).
 
 Output folders
@@ -61,7 +62,7 @@ from tqdm.auto import tqdm
 
 from sepce.cli import Runtime, add_device, add_precision, add_quiet, folder_name, positive_int, show_progress
 from sepce.io import atomic_write, write_json
-from sepce.modeling import ResolvedModel, load_resolved, resolve_model
+from sepce.modeling import ResolvedModel, load_resolved, networks_to, resolve_model
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, EVALUATION_DIR, MODELS_DIR
 from sepce.prompts import PromptRow, shard_rows
 
@@ -120,11 +121,12 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class ImageSampler:
-    """Prompts + start noise → images, for one loaded (float32) LatentDiffusion model.
+    """Prompts + start noise → images, for one loaded LatentDiffusion model.
 
     ``dtype`` float16/bfloat16 runs the text encoder, UNet and decoder under ``torch.autocast`` (matrix products
     and convolutions in 16-bit, normalisations in float32; CompVis' ``--precision autocast``); latents and the
-    sampler arithmetic stay float32.
+    sampler arithmetic stay float32. The weights may be float32 or already ``dtype``
+    (:func:`sepce.modeling.networks_to`, what :func:`generate_rows` does).
     """
 
     def __init__(self, model, settings: SamplingSettings, device: torch.device, dtype: torch.dtype = torch.float32):
@@ -444,7 +446,10 @@ def generate_rows(
         return report
     if runtime.device.type == "cuda" and runtime.device.index is not None:  # set_device refuses a bare "cuda"
         torch.cuda.set_device(runtime.device)
-    sampler = setup.sampler(load_resolved(resolved, runtime.device))
+    model = load_resolved(resolved, runtime.device)
+    if runtime.dtype != torch.float32:  # 16-bit weights under autocast: half the memory, no per-call weight casts
+        networks_to(model, runtime.dtype)
+    sampler = setup.sampler(model)
     desc = folder.name if rank.world_size == 1 else f"{folder.name} [rank {rank.rank}/{rank.world_size}]"
     text = png_text(resolved, setup.sampling)
     report.written = run_jobs(sampler, jobs, setup.batch_size, num_samples, text, desc, setup.progress)
@@ -469,7 +474,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 100, im
     )
     add_precision(
         parser,
-        help="network precision; fp16/bf16 need a GPU and run under torch.autocast (latents and sampler stay fp32)",
+        help="network precision; fp16/bf16 need a GPU: 16-bit weights under autocast (latents, sampler in fp32)",
     )
     add_device(parser, help="torch device (cpu, cuda, cuda:N or N); under torchrun, 'cuda' means cuda:LOCAL_RANK")
     add_quiet(parser)

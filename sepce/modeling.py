@@ -73,6 +73,20 @@ def load_model(
     return model
 
 
+#: The three networks of a LatentDiffusion model (UNet wrapper, autoencoder, text encoder), by attribute.
+NETWORKS = ("model", "first_stage_model", "cond_stage_model")
+
+
+def networks_to(model, dtype: torch.dtype):
+    """Cast the parameters of the three networks of ``model`` to ``dtype`` in place and return it (16-bit
+    generation on a GPU). Half the weight memory, and ``torch.autocast`` no longer makes a 16-bit copy of every
+    weight at every call; autocast still runs normalisations and softmax in float32. The diffusion schedule buffers
+    of ``model`` itself (``alphas_cumprod`` ...) stay float32: the sampler arithmetic reads them."""
+    for name in NETWORKS:
+        getattr(model, name).to(dtype)
+    return model
+
+
 def unet_of(model: torch.nn.Module) -> torch.nn.Module:
     """The UNet (``model.model.diffusion_model``)."""
     return model.model.diffusion_model
@@ -280,7 +294,7 @@ def load_resolved(resolved: ResolvedModel, device: torch.device):
     """Load the model of ``resolved`` (float32, eval mode, no gradients) on ``device``.
 
     Erasure records are applied on the CPU (where their tensors live) before the model moves to ``device``.
-    16-bit sampling runs under ``torch.autocast`` (:class:`ImageSampler`), so the weights stay float32 here.
+    For 16-bit generation the caller casts the networks afterwards (:func:`networks_to`).
     """
     on_cpu_first = resolved.record is not None or resolved.unet_path is not None
     model = load_model(resolved.config_path, resolved.ckpt_path, "cpu" if on_cpu_first else device)

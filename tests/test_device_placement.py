@@ -688,3 +688,24 @@ def test_image_sampler(gpu_model, compvis_tiny_model, sim, dtype):
     if dtype == torch.float32:
         cpu = ImageSampler(compvis_tiny_model, settings, torch.device("cpu"))(["Picasso", "Picasso"], noise)
         assert np.abs(images.astype(int) - cpu.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["bf16", "fp16"])
+def test_image_sampler_with_16bit_weights(gpu_model, sim, dtype):
+    """What generate-images runs for --precision fp16/bf16: the networks' weights cast to 16 bit
+    (sepce.modeling.networks_to), the schedule buffers still float32, no float/half mismatch under autocast,
+    float32 latents."""
+    from sepce.generation import ImageSampler, SamplingSettings, case_noise
+    from sepce.modeling import NETWORKS, networks_to
+
+    model = networks_to(copy.deepcopy(gpu_model), dtype)
+    assert model.alphas_cumprod.dtype == torch.float32 and gpu_model.alphas_cumprod.dtype == torch.float32
+    for name in NETWORKS:
+        assert {p.dtype for p in getattr(model, name).parameters()} == {dtype}, name
+    settings = SamplingSettings(sampler="ddim", steps=2, guidance_scale=7.5, image_size=16)
+    sampler = ImageSampler(model, settings, CUDA, dtype)
+    latents = sampler.sample_latents(["Picasso", "a cat"], case_noise(0, 2, sampler.latent_shape))
+    assert_on(CUDA, latents)
+    assert latents.dtype == torch.float32 and bool(torch.isfinite(latents.elem).all())
+    images = sampler.decode(latents)
+    assert images.dtype == np.uint8 and images.shape == (2, 16, 16, 3)
