@@ -6,7 +6,7 @@ work folder). Three sections; a section (or one configuration of it) that fails 
 the others still run:
 
 gen       images/s of this toolkit's sampler (sepce.generation.ImageSampler + SamplingSettings, what
-          eval-scripts/generate-images.py runs: fp16/bf16 weights under autocast) and of diffusers'
+          eval-scripts/generate-images.py runs: fp16/bf16 weights, no autocast) and of diffusers'
           StableDiffusionPipeline loaded from our own export (sepce.convert.export_pipeline, what
           `convertModels.py --pipeline` writes) with torch_dtype of that precision and a DDIMScheduler from the
           exported config (CompVis DDIM) — DDIM 50 steps, guidance 7.5, 512 px, batch 8, the same start latents
@@ -519,7 +519,7 @@ def time_precision(model, folder: Optional[Path], folder_error: Optional[str], p
     noise = case_noise(s.seed, z.batch_size, ImageSampler(model, settings, s.device).latent_shape)
     out: dict[str, Any] = {"batch_size": z.batch_size, "steps": z.steps, "image_size": z.image_size}
 
-    if dtype != torch.float32:  # what generate-images runs: 16-bit weights under autocast (a copy; ``model`` stays)
+    if dtype != torch.float32:  # what generate-images runs: 16-bit weights, native (a copy; ``model`` stays)
         model = networks_to(copy.deepcopy(model), dtype)
 
     def ours():  # a new sampler per call: the prompts are encoded every call, as diffusers does

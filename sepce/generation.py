@@ -19,8 +19,7 @@ Sampling (:class:`ImageSampler`)
 K-LMS (the paper's evaluation protocol: 100 steps, guidance 7.5, 512 px), DDIM or PLMS from
 :mod:`ldm.models.diffusion.sampling`; classifier-free guidance evaluates the unconditional and conditional
 halves in one batched UNet forward (:func:`ldm.models.diffusion.sampling.cfg`). Latents and sampler arithmetic
-stay float32; with ``fp16``/``bf16`` (GPU only) the networks' weights are cast to that type and they run under
-``torch.autocast`` (normalisations and softmax in float32).
+stay float32; with ``fp16``/``bf16`` (GPU only) the networks' weights are cast to that type and run in it.
 Decoded images are ``round(255 · clamp((x + 1) / 2, 0, 1))`` (as the ESD/diffusers scripts).
 
 Output folders
@@ -123,10 +122,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 class ImageSampler:
     """Prompts + start noise → images, for one loaded LatentDiffusion model.
 
-    ``dtype`` float16/bfloat16 runs the text encoder, UNet and decoder under ``torch.autocast`` (matrix products
-    and convolutions in 16-bit, normalisations in float32; CompVis' ``--precision autocast``); latents and the
-    sampler arithmetic stay float32. The weights may be float32 or already ``dtype``
-    (:func:`sepce.modeling.networks_to`, what :func:`generate_rows` does).
+    ``dtype`` float16/bfloat16: with float32 weights the text encoder, UNet and decoder run under
+    ``torch.autocast`` (matrix products and convolutions in 16-bit, normalisations in float32; CompVis'
+    ``--precision autocast``); with weights already in ``dtype`` (:func:`sepce.modeling.networks_to`, what
+    :func:`generate_rows` does) they run natively in ``dtype``, as diffusers' pipelines do, with no per-call casts.
+    Either way the latents and the sampler arithmetic stay float32.
     """
 
     def __init__(self, model, settings: SamplingSettings, device: torch.device, dtype: torch.dtype = torch.float32):
@@ -134,9 +134,13 @@ class ImageSampler:
         factor = 2**model.num_downs
         self.latent_shape = (model.channels, settings.image_size // factor, settings.image_size // factor)
         self._embeddings: Dict[str, torch.Tensor] = {}
+        weights = next(model.model.parameters()).dtype
+        self.native = dtype != torch.float32 and weights == dtype  # 16-bit weights: no autocast
+        self.net_dtype = dtype if self.native else torch.float32  # what the networks are fed
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        enabled = self.dtype != torch.float32 and not self.native
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
 
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text conditioning (B, 77, D), cached per prompt (the text encoder runs once per distinct prompt)."""
@@ -148,9 +152,9 @@ class ImageSampler:
         return torch.stack([self._embeddings[p] for p in prompts])
 
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """ε_θ (under autocast for 16-bit), returned as float32 for the sampler arithmetic."""
+        """ε_θ (16-bit: native or under autocast), returned as float32 for the sampler arithmetic."""
         with self.autocast():
-            return self.model.apply_model(x, t, cond).float()
+            return self.model.apply_model(x.to(self.net_dtype), t, cond.to(self.net_dtype)).float()
 
     @torch.no_grad()
     def sample_latents(self, prompts: Sequence[str], noise: torch.Tensor, progress: bool = False) -> torch.Tensor:
@@ -170,7 +174,7 @@ class ImageSampler:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         with self.autocast():
-            return to_uint8(self.model.decode_first_stage(latents))
+            return to_uint8(self.model.decode_first_stage(latents.to(self.net_dtype)))
 
     def __call__(self, prompts: Sequence[str], noise: torch.Tensor, progress: bool = False) -> np.ndarray:
         """uint8 images (B, H, W, 3)."""
@@ -447,7 +451,7 @@ def generate_rows(
     if runtime.device.type == "cuda" and runtime.device.index is not None:  # set_device refuses a bare "cuda"
         torch.cuda.set_device(runtime.device)
     model = load_resolved(resolved, runtime.device)
-    if runtime.dtype != torch.float32:  # 16-bit weights under autocast: half the memory, no per-call weight casts
+    if runtime.dtype != torch.float32:  # 16-bit weights, run natively: half the weight memory, no casts
         networks_to(model, runtime.dtype)
     sampler = setup.sampler(model)
     desc = folder.name if rank.world_size == 1 else f"{folder.name} [rank {rank.rank}/{rank.world_size}]"
@@ -474,7 +478,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 100, im
     )
     add_precision(
         parser,
-        help="network precision; fp16/bf16 need a GPU: 16-bit weights under autocast (latents, sampler in fp32)",
+        help="network precision; fp16/bf16 need a GPU: the networks in 16-bit (latents and sampler stay fp32)",
     )
     add_device(parser, help="torch device (cpu, cuda, cuda:N or N); under torchrun, 'cuda' means cuda:LOCAL_RANK")
     add_quiet(parser)

@@ -692,9 +692,9 @@ def test_image_sampler(gpu_model, compvis_tiny_model, sim, dtype):
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=["bf16", "fp16"])
 def test_image_sampler_with_16bit_weights(gpu_model, sim, dtype):
-    """What generate-images runs for --precision fp16/bf16: the networks' weights cast to 16 bit
-    (sepce.modeling.networks_to), the schedule buffers still float32, no float/half mismatch under autocast,
-    float32 latents."""
+    """What generate-images runs for --precision fp16/bf16: the networks' weights cast to 16 bit and run natively
+    (sepce.modeling.networks_to; no autocast), the schedule buffers still float32, no float/half mismatch anywhere
+    (outside autocast the simulated device raises on one), float32 latents."""
     from sepce.generation import ImageSampler, SamplingSettings, case_noise
     from sepce.modeling import NETWORKS, networks_to
 
@@ -704,6 +704,7 @@ def test_image_sampler_with_16bit_weights(gpu_model, sim, dtype):
         assert {p.dtype for p in getattr(model, name).parameters()} == {dtype}, name
     settings = SamplingSettings(sampler="ddim", steps=2, guidance_scale=7.5, image_size=16)
     sampler = ImageSampler(model, settings, CUDA, dtype)
+    assert sampler.native and not torch.is_autocast_enabled("cuda")
     latents = sampler.sample_latents(["Picasso", "a cat"], case_noise(0, 2, sampler.latent_shape))
     assert_on(CUDA, latents)
     assert latents.dtype == torch.float32 and bool(torch.isfinite(latents.elem).all())

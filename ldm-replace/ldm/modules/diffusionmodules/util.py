@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint
 
 #: The forward-process buffers ``DDPM.register_schedule`` derives from the config (Ho et al. 2020, Eq. 4, 6-7).
@@ -77,10 +78,12 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the input dtype (as CompVis does)."""
+    """GroupNorm computed in float32 whatever the input and parameter dtypes (as CompVis does; its parameters may
+    be 16-bit when the whole UNet is, for 16-bit generation)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        w, b = (None if p is None else p.float() for p in (self.weight, self.bias))
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).type(x.dtype)
 
 
 def normalization(channels: int) -> nn.Module:
