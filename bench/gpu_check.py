@@ -564,6 +564,16 @@ def time_precision(model, folder: Optional[Path], folder_error: Optional[str], p
             }
     if out["ours"]["status"] == out["diffusers"]["status"] == "ok":
         out["ratio_ours_over_diffusers"] = out["ours"]["images_per_s"] / out["diffusers"]["images_per_s"]
+        import numpy as np
+
+        with torch.no_grad():  # the same latents and prompts in this precision: how far the two images are apart
+            mine, other = np.asarray(ours(), np.float32) / 255.0, np.asarray(runners["diffusers"](), np.float32)
+        finite = bool(np.isfinite(other).all())
+        out["agreement"] = {
+            "mean_abs_diff": float(np.abs(mine - other).mean()) if finite else None,
+            "max_abs_diff": float(np.abs(mine - other).max()) if finite else None,
+            "finite": finite,
+        }
     if out["ours"]["status"] != "ok":
         raise RuntimeError(f"our sampler failed: {out['ours']['error']}")
     return out
@@ -895,6 +905,9 @@ def _section_rows(name: str, sec: Mapping[str, Any], settings: Mapping[str, Any]
             if "ratio_ours_over_diffusers" in entry:
                 ratio = entry["ratio_ours_over_diffusers"]
                 note = f"images/s ours / images/s diffusers (> 1: ours faster; time ratio {1 / ratio:.2f})"
+                agree = entry.get("agreement") or {}
+                if agree.get("finite"):
+                    note += f"; same latents: mean |d| {agree['mean_abs_diff']:.4f}, max {agree['max_abs_diff']:.3f}"
                 rows.append((name, f"{precision} ours/diffusers", f"{ratio:.2f}x", "-", note))
     elif name == "train":
         for case, entry in sec["cases"].items():
