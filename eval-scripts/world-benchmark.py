@@ -23,7 +23,9 @@ import json
 import os
 import shlex
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,7 +53,7 @@ from sepce.world.benchmark import (
 )
 from sepce.world.classifier import SHIPPED_CLASSIFIER
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
-from sepce.world.report import Timer, write_report, write_sweep_report
+from sepce.world.report import Timer, book_invocation, record_time, write_report, write_sweep_report
 
 
 def _preset(value: str) -> tuple:
@@ -155,15 +157,29 @@ def main(args: argparse.Namespace) -> Optional[dict]:
         return None
     timings_file = lay.work / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    invocation = {"started": stamp, "stages": list(args.stages), "jobs": args.jobs}
+    started = time.monotonic()
+
+    def book() -> list:  # this invocation's wall time so far, with the earlier (resumed) ones
+        seconds = round(time.monotonic() - started, 1)
+        return book_invocation(lay.work / "invocations.json", {**invocation, "seconds": seconds})
+
+    try:
+        return _run_plan(args, lay, form, plan, presets, timings, timings_file, book)
+    finally:
+        book()
+
+
+def _run_plan(args, lay, form, plan, presets, timings, timings_file, book) -> Optional[dict]:
     lock = threading.Lock()
     runner = "subprocess" if args.jobs > 1 else args.runner
     if args.jobs > 1:
         os.environ["OMP_NUM_THREADS"] = "1"  # each child process one thread: --jobs of them share the cores
 
-    def record(stage: str, name: str, status: str, seconds: float) -> None:
+    def record(stage: str, name: str, status: str, seconds: float, resumes: bool = False) -> None:
         with lock:
-            if status == "done" or name not in timings:  # a skipped step keeps the time it took when it ran
-                timings[name] = {"stage": stage, "name": name, "status": status, "seconds": round(seconds, 1)}
+            if record_time(timings, stage, name, status, seconds, resumes):
                 write_text(timings_file, json.dumps(timings, indent=2) + "\n")
 
     def execute(steps) -> None:
@@ -174,8 +190,8 @@ def main(args: argparse.Namespace) -> Optional[dict]:
                     status = run_step(step, runner)
                 except StepFailed as error:
                     raise ValueError(f"{error}; fix it and re-run (finished steps are skipped)") from None
-            if step.write is None:
-                record(step.stage, step.name, status, timer.seconds)
+            if step.write is None:  # generation keeps the images it finds: it resumes, the others start over
+                record(step.stage, step.name, status, timer.seconds, resumes=step.skip_if is None)
 
     execute(plan.setup)
     if args.jobs > 1:
@@ -197,7 +213,7 @@ def main(args: argparse.Namespace) -> Optional[dict]:
     ordered = sorted(timings.values(), key=lambda t: (order.get(t["name"], len(order)), t["name"]))
     used = {m: presets[m] for m in args.methods}
     writer = write_sweep_report if form.sweep else write_report
-    report, summary = writer(lay, form, plan, ordered, used)
+    report, summary = writer(lay, form, plan, ordered, used, book())
     print(report.read_text())
     print(f"wrote {report}")
     return summary

@@ -196,6 +196,34 @@ def test_benchmark_smoke_form_prints_the_table_and_restores_exactly(tmp_path):
     assert "contact.png" in report and (work / "contact.png").is_file()
     assert "FMN (authors' variant)" in report and "AC (original)" in report and "[" in report
     assert (work / "table" / "table.png").is_file()
+    (invocation,) = json.loads((work / "invocations.json").read_text())
+    assert invocation["jobs"] == 1 and invocation["seconds"] > 0 and "Wall time" in report
+
+
+def test_step_times_survive_a_resumed_run(tmp_path):
+    """A re-run that finds a generation step's images already there adds its check to the booked time (it used to
+    replace minutes of sampling with the 2 s check); a skipped training step keeps its time, a re-trained one books
+    its new run; invocations add up to the wall time."""
+    from sepce.world.report import book_invocation, record_time, timing_lines
+
+    timings: dict = {}
+    assert record_time(timings, "generate", "images of A", "done", 115.0, resumes=True)
+    assert record_time(timings, "generate", "images of A", "done", 1.8, resumes=True)
+    assert timings["images of A"]["seconds"] == pytest.approx(116.8)
+    record_time(timings, "erase", "A", "done", 20.0, resumes=False)
+    assert not record_time(timings, "erase", "A", "skipped", 0.1, resumes=False)
+    assert timings["A"]["seconds"] == 20.0
+    record_time(timings, "erase", "A", "done", 18.0, resumes=False)
+    assert timings["A"]["seconds"] == 18.0
+    assert record_time(timings, "erase", "B", "skipped", 0.1, resumes=False)  # never ran here: its check is booked
+    path = tmp_path / "work" / "invocations.json"
+    book_invocation(path, {"started": "t0", "seconds": 100.0, "jobs": 2, "stages": ["generate"]})
+    book_invocation(path, {"started": "t1", "seconds": 10.0, "jobs": 2, "stages": ["generate"]})
+    both = book_invocation(path, {"started": "t1", "seconds": 50.0, "jobs": 2, "stages": ["generate"]})
+    assert [i["seconds"] for i in both] == [100.0, 50.0]
+    lines = timing_lines(list(timings.values()), detail=False, invocations=both)
+    assert lines[0].startswith("Wall time 150 s (2.5 min) over 2 invocation(s)")
+    assert "| generate | 117 | 87 % |" in lines  # 116.8 of 134.9 s
 
 
 def test_tuning_candidates_get_their_own_runs_and_the_rule_picks_the_weakest_that_erases(tmp_path):

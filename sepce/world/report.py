@@ -148,9 +148,47 @@ def stage_times(timings: Sequence[dict]) -> Dict[str, float]:
     return out
 
 
-def timing_lines(timings: Sequence[dict], detail: bool = True) -> List[str]:
+def record_time(timings: Dict[str, dict], stage: str, name: str, status: str, seconds: float, resumes: bool) -> bool:
+    """Book one step's time in ``timings`` (step name -> entry); returns whether the entry changed.
+
+    A skipped step keeps the time it took when it ran. A step that ``resumes`` its own partial output (image
+    generation: existing images are kept) adds each run's time to what was booked before, so a step interrupted
+    and resumed counts all its work and a re-run that only finds its images already there adds the seconds of
+    that check instead of replacing the real time. A step that starts over (training, metrics) books its last run.
+    """
+    before = timings.get(name)
+    if status != "done" and before is not None:
+        return False
+    if status == "done" and resumes and before is not None and before["status"] == "done":
+        seconds += float(before["seconds"])
+    timings[name] = {"stage": stage, "name": name, "status": status, "seconds": round(seconds, 1)}
+    return True
+
+
+def book_invocation(path: Path, entry: dict) -> List[dict]:
+    """Add (or update, matched on its ``started`` stamp) one invocation of the benchmark script in the JSON list at
+    ``path``; returns the whole list. The wall time of a resumed benchmark is the sum over its invocations."""
+    before = json.loads(path.read_text()) if path.is_file() else []
+    invocations = [i for i in before if i["started"] != entry["started"]] + [entry]
+    write_text(path, json.dumps(invocations, indent=2) + "\n")
+    return invocations
+
+
+def wall_line(invocations: Sequence[dict]) -> str:
+    """One sentence: the wall time of the invocations (resumed runs) that built this work directory."""
+    total = sum(float(i["seconds"]) for i in invocations)
+    jobs = sorted({int(i["jobs"]) for i in invocations})
+    return (
+        f"Wall time {total:.0f} s ({total / 60:.1f} min) over {len(invocations)} invocation(s) of the script "
+        f"(--jobs {', '.join(map(str, jobs))}); the step times below are summed, so with several jobs they add "
+        "up to more than the wall time."
+    )
+
+
+def timing_lines(timings: Sequence[dict], detail: bool = True, invocations: Sequence[dict] = ()) -> List[str]:
     total = sum(t["seconds"] for t in timings)
-    lines = ["| Stage | seconds | share |", "|---|---:|---:|"]
+    lines = [wall_line(invocations), ""] if invocations else []
+    lines += ["| Stage | seconds | share |", "|---|---:|---:|"]
     for stage, seconds in stage_times(timings).items():
         lines.append(f"| {stage} | {seconds:.0f} | {100 * seconds / total if total else 0:.0f} % |")
     lines.append(f"| **total** | **{total:.0f}** | |")
@@ -173,6 +211,7 @@ def report_markdown(
     timings: Sequence[dict],
     presets: Dict[str, tuple],
     sheet: Optional[str] = None,
+    invocations: Sequence[dict] = (),
 ) -> str:
     """``report.md`` of a single-erasure form (see the module docstring)."""
     styles = list(summary["original_accuracy"])
@@ -254,7 +293,7 @@ def report_markdown(
     if candidates:
         lines += ["", "Candidates (flags in the runs' args.json): " + ", ".join(candidates)]
     lines += choice_lines(summary.get("preset_choice", {}))
-    lines += ["", "## Run times (wall clock, this machine)", "", *timing_lines(timings), ""]
+    lines += ["", "## Run times (this machine)", "", *timing_lines(timings, invocations=invocations), ""]
     return "\n".join(lines)
 
 
@@ -319,14 +358,16 @@ def choice_lines(choices: Dict[str, dict]) -> List[str]:
     return lines
 
 
-def write_report(lay: BenchmarkLayout, form: Form, plan: BenchmarkPlan, timings, presets) -> tuple[Path, dict]:
+def write_report(
+    lay: BenchmarkLayout, form: Form, plan: BenchmarkPlan, timings, presets, invocations: Sequence[dict] = ()
+) -> tuple[Path, dict]:
     """``report.md``, ``summary.json``, ``timings.csv`` and ``contact.png`` of a single-erasure form (with the
     preset rule's choice when methods had several candidates)."""
     summary = summarise(lay, plan)
     summary["preset_choice"] = choose_presets(summary, plan.cells)
     table_md = (lay.table_dir / "table.md").read_text()
     sheet = write_contact_sheet(lay, plan.cells, lay.work / "contact.png")
-    text = report_markdown(form, table_md, summary, timings, presets, sheet.name)
+    text = report_markdown(form, table_md, summary, timings, presets, sheet.name, invocations)
     write_text(lay.work / "report.md", text)
     write_text(lay.work / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     write_text(lay.work / "timings.csv", timings_csv(timings))
@@ -402,7 +443,9 @@ def sweep_summary(lay: BenchmarkLayout, plan: BenchmarkPlan, draws: int = 2000) 
     }
 
 
-def sweep_markdown(form: Form, summary: dict, timings: Sequence[dict], presets: Dict[str, tuple]) -> str:
+def sweep_markdown(
+    form: Form, summary: dict, timings: Sequence[dict], presets: Dict[str, tuple], invocations: Sequence[dict] = ()
+) -> str:
     """``sweep.md``: the pooled comparison, per-style detail, training records, restoration, times."""
     styles = list(summary["original_accuracy"])
     lines = [
@@ -488,13 +531,15 @@ def sweep_markdown(form: Form, summary: dict, timings: Sequence[dict], presets: 
             f"{rec.get('iterations', '–')} | {rec.get('stop_reason', '–')} |"
         )
     lines += ["", "## Presets", "", *preset_lines(presets)]
-    lines += ["", "## Run times (wall clock, this machine)", "", *timing_lines(timings, detail=False), ""]
+    lines += ["", "## Run times (this machine)", "", *timing_lines(timings, False, invocations), ""]
     return "\n".join(lines)
 
 
-def write_sweep_report(lay: BenchmarkLayout, form: Form, plan: BenchmarkPlan, timings, presets) -> tuple[Path, dict]:
+def write_sweep_report(
+    lay: BenchmarkLayout, form: Form, plan: BenchmarkPlan, timings, presets, invocations: Sequence[dict] = ()
+) -> tuple[Path, dict]:
     summary = sweep_summary(lay, plan)
-    write_text(lay.work / "sweep.md", sweep_markdown(form, summary, timings, presets))
+    write_text(lay.work / "sweep.md", sweep_markdown(form, summary, timings, presets, invocations))
     write_text(lay.work / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     write_text(lay.work / "timings.csv", timings_csv(timings))
     return lay.work / "sweep.md", summary
