@@ -155,8 +155,6 @@ def main(args: argparse.Namespace) -> Optional[dict]:
         for step in plan.steps:
             print(f"\n# [{step.stage}] {step.name}\n{step.shell()}")
         return None
-    timings_file = lay.work / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     invocation = {"started": stamp, "stages": list(args.stages), "jobs": args.jobs}
     started = time.monotonic()
@@ -166,18 +164,20 @@ def main(args: argparse.Namespace) -> Optional[dict]:
         return book_invocation(lay.work / "invocations.json", {**invocation, "seconds": seconds})
 
     try:
-        return _run_plan(args, lay, form, plan, presets, timings, timings_file, book)
+        return _run_plan(args, lay, form, plan, presets, book)
     finally:
         book()
 
 
-def _run_plan(args, lay, form, plan, presets, timings, timings_file, book) -> Optional[dict]:
+def _run_plan(args, lay, form, plan, presets, book) -> Optional[dict]:
+    timings_file = lay.work / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     lock = threading.Lock()
     runner = "subprocess" if args.jobs > 1 else args.runner
     if args.jobs > 1:
         os.environ["OMP_NUM_THREADS"] = "1"  # each child process one thread: --jobs of them share the cores
 
-    def record(stage: str, name: str, status: str, seconds: float, resumes: bool = False) -> None:
+    def record(stage: str, name: str, status: str, seconds: float, resumes: bool) -> None:
         with lock:
             if record_time(timings, stage, name, status, seconds, resumes):
                 write_text(timings_file, json.dumps(timings, indent=2) + "\n")
@@ -190,8 +190,8 @@ def _run_plan(args, lay, form, plan, presets, timings, timings_file, book) -> Op
                     status = run_step(step, runner)
                 except StepFailed as error:
                     raise ValueError(f"{error}; fix it and re-run (finished steps are skipped)") from None
-            if step.write is None:  # generation keeps the images it finds: it resumes, the others start over
-                record(step.stage, step.name, status, timer.seconds, resumes=step.skip_if is None)
+            if step.write is None:
+                record(step.stage, step.name, status, timer.seconds, step.resumes)
 
     execute(plan.setup)
     if args.jobs > 1:
@@ -205,7 +205,7 @@ def _run_plan(args, lay, form, plan, presets, timings, timings_file, book) -> Op
         print("=== [metrics] accuracy, feature distance, FID", flush=True)
         with Timer() as timer:
             run_metrics(lay, plan.cells)
-        record("metrics", "accuracy, feature distance and FID", "done", timer.seconds)
+        record("metrics", "accuracy, feature distance and FID", "done", timer.seconds, False)
     if "table" not in args.stages:
         return None
     execute(plan.table)

@@ -118,6 +118,7 @@ class ScriptStep:
     nproc: int = 1  # > 1: launched with torchrun
     write: Optional[Path] = None  # a file this step writes (content below) instead of running a script
     content: str = ""
+    resumes: bool = False  # keeps the output an interrupted run left (images, a learned word) and goes on from it
 
     def shell(self) -> str:
         """The step as a shell command line."""
@@ -332,7 +333,7 @@ def data_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: Sequen
         argv = ["eval-scripts/generate-data.py", "--prompt", c.prompt, "--model_name", str(c.index)]
         argv += ["--save_path", str(lay.data_dir), "--num_cases", str(s.num_cases), "--num_samples", "1"]
         argv += [*_class_flags(lay), *_model_flags(lay), *_sample_flags(s)]
-        steps.append(ScriptStep("data", f"training images of {c.name}", argv, nproc=s.nproc_per_node))
+        steps.append(ScriptStep("data", f"training images of {c.name}", argv, nproc=s.nproc_per_node, resumes=True))
     return steps
 
 
@@ -375,7 +376,9 @@ def generate_stage(s: ReproductionSettings, lay: ReproductionLayout, rows: Seque
         argv += [*_class_flags(lay), *_model_flags(lay), *_sample_flags(s)]
         if row.erase is not None:
             argv += ["--erase", *row.erase]
-        steps.append(ScriptStep("generate", f"evaluation images of {row.name}", argv, nproc=s.nproc_per_node))
+        steps.append(
+            ScriptStep("generate", f"evaluation images of {row.name}", argv, nproc=s.nproc_per_node, resumes=True)
+        )
     return steps
 
 

@@ -405,7 +405,9 @@ def plan_benchmark(
     for prompt in data_prompts(cells, attacked, prompt_of):
         argv = ["eval-scripts/generate-data.py", "--prompt", prompt, "--model_name", "none", "--link", "none"]
         argv += ["--save_path", str(lay.data_dir), "--num_cases", str(form.train_images), "--classes", str(lay.classes)]
-        setup.append(ScriptStep("data", f"training images of {prompt!r}", argv + model_flags + sample_flags))
+        setup.append(
+            ScriptStep("data", f"training images of {prompt!r}", argv + model_flags + sample_flags, resumes=True)
+        )
     chains: Dict[str, List[ScriptStep]] = {}
     for cell in cells:
         chain = chains.setdefault(cell.run, [])
@@ -415,7 +417,7 @@ def plan_benchmark(
         argv = ["eval-scripts/generate-images.py", *model_argv(lay, cell), "--prompts_path", str(lay.prompts_path)]
         argv += ["--save_path", str(lay.eval_dir), "--output_name", cell.folder, "--num_samples", str(form.num_samples)]
         argv += ["--classes", str(lay.classes), *model_flags, *sample_flags]
-        chain.append(ScriptStep("generate", f"evaluation images of {cell.folder}", argv))
+        chain.append(ScriptStep("generate", f"evaluation images of {cell.folder}", argv, resumes=True))
         for style in attacked.get(cell.folder, []):
             argv = ["eval-scripts/attack-inversion.py", *model_argv(lay, cell), "--prompt", prompt_of[style]]
             argv += ["--data_dir", str(lay.data_dir), "--prompts_path", str(lay.prompts_path)]
@@ -424,7 +426,7 @@ def plan_benchmark(
             argv += ["--domain", "world", *model_flags, *sample_flags]
             if form.attack_steps is not None:
                 argv += ["--attack_steps", str(form.attack_steps)]
-            chain.append(ScriptStep("attack", f"attack on {style} in {cell.folder}", argv))
+            chain.append(ScriptStep("attack", f"attack on {style} in {cell.folder}", argv, resumes=True))
     table: List[ScriptStep] = []
     if not form.sweep:
         spec_path = lay.table_dir / "spec.json"

@@ -151,10 +151,11 @@ def stage_times(timings: Sequence[dict]) -> Dict[str, float]:
 def record_time(timings: Dict[str, dict], stage: str, name: str, status: str, seconds: float, resumes: bool) -> bool:
     """Book one step's time in ``timings`` (step name -> entry); returns whether the entry changed.
 
-    A skipped step keeps the time it took when it ran. A step that ``resumes`` its own partial output (image
-    generation: existing images are kept) adds each run's time to what was booked before, so a step interrupted
-    and resumed counts all its work and a re-run that only finds its images already there adds the seconds of
-    that check instead of replacing the real time. A step that starts over (training, metrics) books its last run.
+    A skipped step keeps the time it took when it ran. A step that ``resumes`` its own partial output
+    (``ScriptStep.resumes``: data and image generation, the attack) adds each run's time to what was booked before,
+    so a step interrupted and resumed counts all its work and a re-run that only finds its output already there adds
+    the seconds of that check instead of replacing the real time. A step that starts over (training, metrics, the
+    table) books its last run.
     """
     before = timings.get(name)
     if status != "done" and before is not None:
