@@ -613,7 +613,7 @@ def test_every_method_ends_with_the_same_summary_schema(wide_ckpt, workdir, load
     ],
 )
 def test_sepce_bad_input_fails_before_the_model_loads(wide_ckpt, workdir, monkeypatch, argv, message, sepce_script):
-    monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
+    monkeypatch.setattr(training.session, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
     with pytest.raises((ValueError, FileNotFoundError)) as info:
         sepce_script.main(sepce_script.parse_args([*argv, *small(workdir, "bad", wide_ckpt)]))
     assert message in str(info.value) and "\n" not in str(info.value)

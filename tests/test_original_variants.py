@@ -297,9 +297,9 @@ def changed_keys(record, base):
 def test_fmn_original_end_to_end(tiny_ckpt, tiny_model, data_dir, tmp_path, load_script, monkeypatch):
     """Default run folder ``FMN-VanGogh-original``, the common summary schema, the positions and defaults in the
     record; the whole UNet is recorded and moves; the losses.csv loss is the norm of the concept attention."""
-    import sepce.training
+    import sepce.training.session
 
-    monkeypatch.setattr(sepce.training, "MODELS_DIR", tmp_path / "models")
+    monkeypatch.setattr(sepce.training.session, "MODELS_DIR", tmp_path / "models")
     fmn = load_script("train-scripts/FMN.py")
     argv = ["--variant", "original", "--prompt", "Van Gogh", *tiny_flags(tiny_ckpt, 2, data_dir)]
     assert fmn.parse_args(argv).lr == 2e-6
