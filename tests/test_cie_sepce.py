@@ -18,18 +18,18 @@ from PIL import Image
 
 from sepce import cli, records, training
 from sepce.increments import SeparableIncrements
-from sepce.losses import (
-    MomentumStop,
+from sepce.methods.cie import cie_loss
+from sepce.methods.common import MomentumStop, concept_direction, direction_term, l1_drift
+from sepce.methods.sepce import (
+    JointTraining,
+    SepCESettings,
+    SequentialTraining,
     balance_weights,
-    cie_loss,
     coefficient_l1,
-    concept_direction,
-    direction_term,
-    l1_drift,
+    run_sepce,
     sepce_loss,
 )
 from sepce.modeling import load_model
-from sepce.sepce_training import JointTraining, SepCESettings, SequentialTraining, run_sepce
 from sepce.training import FrozenReference, ParameterTrainer, select_parameters
 
 FOLDERS = ["Van Gogh", "VanGogh", "Cezanne", "Picasso"]

@@ -18,18 +18,20 @@ from conftest import assert_one_line_error, projection_outputs, run_script
 from ldm.checkpoint import read_state_dict
 from PIL import Image
 
-from sepce.baseline_losses import (
+from sepce.methods.ablation import (
     ABLATING_VARIANTS,
+    ablating_original_loss,
+    model_based_ablation_loss,
+    prior_preservation_loss,
+)
+from sepce.methods.fmn import (
     FMN_VARIANTS,
     AttentionCapture,
-    ablating_original_loss,
     attention_probabilities,
     concept_attention_loss,
     concept_token_positions,
     fmn_attention_loss,
     fmn_original_defaults,
-    model_based_ablation_loss,
-    prior_preservation_loss,
 )
 from sepce.modeling import attn2_modules, tokenizer_from_config, unet_of
 from sepce.records import load_record
