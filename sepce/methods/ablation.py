@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from sepce.data_generation import data_folder_name
-from sepce.methods.common import DriftLog, check_concept_names
-from sepce.methods.variants import VARIANTS, VariantDefaults, VariantStep, check_template, fill_template, train_variant
+from sepce.methods.common import DriftLog
+from sepce.methods.variants import VariantDefaults, VariantSettings, VariantStep, train_variant
 from sepce.modeling import prompts_embeddings
 from sepce.training import ImageFolder, TrainingSession, TrainingSettings, TrainStep
 
@@ -149,36 +149,26 @@ def anchor_images(data_dir: Path, anchor_text: str, image_size: int) -> tuple[st
 
 
 @dataclass(frozen=True)
-class AblationSettings:
-    """Ablating Concepts' own settings, validated on construction (one-line ``ValueError`` naming the flag): the
-    concept ``prompt``, the ``variant``, the concept prompt's template and the anchor prompt; the authors'
-    variant's ``anchor_weight``; the original's ``ablation_weight`` and ``prior_weight``."""
+class AblationSettings(VariantSettings):
+    """Ablating Concepts' own settings (:class:`~sepce.methods.variants.VariantSettings`): the concept prompt's
+    template and the anchor prompt; the authors' variant's ``anchor_weight``; the original's ``ablation_weight``
+    and ``prior_weight``."""
 
-    prompt: str
-    variant: str = "authors"
     concept_template: str = ABLATING_CONCEPT_TEMPLATE
     anchor_prompt: str = ABLATING_ANCHOR_PROMPT
     anchor_weight: float = ABLATING_ANCHOR_WEIGHT
     ablation_weight: float = ABLATING_ABLATION_WEIGHT
     prior_weight: float = ABLATING_PRIOR_WEIGHT
 
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"--variant {self.variant!r}: expected one of {', '.join(VARIANTS)}")
+    def check_own(self) -> None:
         if self.variant == "authors" and not (math.isfinite(self.anchor_weight) and self.anchor_weight >= 0):
             raise ValueError(f"--anchor_weight {self.anchor_weight!r}: expected a finite number >= 0")
         if self.variant == "original":
             check_ablating_weights(self.ablation_weight, self.prior_weight)
-        check_concept_names([self.prompt])
-        check_template(self.concept_template)
 
     @property
     def spec(self) -> VariantDefaults:
         return ABLATING_VARIANTS[self.variant]
-
-    @property
-    def concept_prompt(self) -> str:
-        return fill_template(self.concept_template, self.prompt)
 
 
 def train_authors(session: TrainingSession, settings: AblationSettings) -> dict:

@@ -23,8 +23,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from sepce.methods.common import DriftLog, check_concept_names
-from sepce.methods.variants import VARIANTS, VariantDefaults, VariantStep, check_template, fill_template, train_variant
+from sepce.methods.common import DriftLog
+from sepce.methods.variants import VariantDefaults, VariantSettings, VariantStep, train_variant
 from sepce.modeling import attn2_modules, prompts_embeddings, tokenizer_from_config
 from sepce.training import TrainingSession, TrainingSettings, TrainStep
 
@@ -208,23 +208,14 @@ def fmn_attention_loss(
 
 
 @dataclass(frozen=True)
-class FMNSettings:
-    """FMN's own settings, validated on construction (one-line ``ValueError`` naming the flag): the concept
-    ``prompt`` (its images in ``<data_dir>/<prompt>/``), the ``variant``, the concept prompt's template; the authors'
-    variant's concept-free ``neutral_prompt``; the original's ``use_pooler`` and ``only_cross_attention``."""
+class FMNSettings(VariantSettings):
+    """FMN's own settings (:class:`~sepce.methods.variants.VariantSettings`): the concept prompt's template, the
+    authors' variant's concept-free ``neutral_prompt``; the original's ``use_pooler`` and ``only_cross_attention``."""
 
-    prompt: str
-    variant: str = "authors"
     concept_template: str = FMN_CONCEPT_TEMPLATE
     neutral_prompt: str = FMN_NEUTRAL_PROMPT
     use_pooler: bool = False
     only_cross_attention: bool = False
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"--variant {self.variant!r}: expected one of {', '.join(VARIANTS)}")
-        check_concept_names([self.prompt])
-        check_template(self.concept_template)
 
     @property
     def spec(self) -> VariantDefaults:
@@ -232,10 +223,6 @@ class FMNSettings:
         if self.variant == "original":
             return fmn_original_defaults(self.only_cross_attention)
         return FMN_VARIANTS[self.variant]
-
-    @property
-    def concept_prompt(self) -> str:
-        return fill_template(self.concept_template, self.prompt)
 
 
 def train_authors(session: TrainingSession, settings: FMNSettings) -> dict:

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
+from sepce.methods.common import check_concept_names
 from sepce.training import TrainingSession, TrainStep, select_parameters
 
 #: Variants of FMN and Ablating Concepts: "authors" is the released SepCE scripts' form, which the paper's table
@@ -170,6 +171,32 @@ def fill_template(concept_template: str, prompt: str) -> str:
     with ``prompt`` in its ``{}`` — the released scripts' ``a painting of <prompt>`` (FMN, with the concept-free
     context ``a painting of``) and ``<prompt> painting`` (Ablating Concepts, anchor ``painting``)."""
     return check_template(concept_template).format(prompt)
+
+
+@dataclass(frozen=True)
+class VariantSettings:
+    """What every FMN and Ablating Concepts run is given, validated on construction (one-line ``ValueError`` naming
+    the flag): the concept ``prompt`` (its images in ``<data_dir>/<prompt>/``), the ``variant`` and the concept
+    prompt's template. A method's settings extend it with their own flags and :meth:`check_own`."""
+
+    prompt: str
+    variant: str = "authors"
+    concept_template: str = "{}"
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"--variant {self.variant!r}: expected one of {', '.join(VARIANTS)}")
+        self.check_own()
+        check_concept_names([self.prompt])
+        check_template(self.concept_template)
+
+    def check_own(self) -> None:
+        """Check the method's own settings (called after the variant, before the prompt and template)."""
+
+    @property
+    def concept_prompt(self) -> str:
+        """The concept prompt: the template with the prompt in its ``{}`` (:func:`fill_template`)."""
+        return fill_template(self.concept_template, self.prompt)
 
 
 @dataclass
