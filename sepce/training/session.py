@@ -9,7 +9,6 @@ All randomness (image choice, timesteps, posterior and forward-process noise) co
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -22,7 +21,7 @@ from sepce.paths import MODELS_DIR, run_name
 from sepce.training.data import ImageFolder, encode_latents, q_sample, sample_timesteps
 from sepce.training.parameters import FrozenReference
 from sepce.training.run import Run, check_output_dir
-from sepce.training.settings import TrainingSettings, settings_from_args
+from sepce.training.settings import TrainingSettings
 from sepce.training.trainer import FitResult, ParameterTrainer, TrainStep
 
 
@@ -63,11 +62,6 @@ class TrainingSession:
         self.device_generator: Optional[torch.Generator] = None
         self.model: Optional[torch.nn.Module] = None
         self.run: Optional[Run] = None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, method: str, concepts: Sequence[str], **kw: Any) -> TrainingSession:
-        """The session of a script's parsed flags (:func:`settings_from_args`); ``kw`` as the constructor's."""
-        return cls(settings_from_args(args), method, concepts, **kw)
 
     @property
     def devices(self) -> list[torch.device]:
