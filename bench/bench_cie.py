@@ -10,7 +10,8 @@ image, measured in one run; each variant runs in its own subprocess so that peak
   gradient checkpointing as the config says, Adam without ``zero_grad``.
 * ``ours`` — ``train-scripts/CiE.py``'s path: one model copy, the original's outputs with the original attn2
   tensors substituted (``FrozenReference.substituted``), gradients only for attn2, one batched forward for prompt
-  and blank (``sepce.losses.cie_objective``), SDPA attention, the shared ``ParameterTrainer``; checkpointing per config.
+  and blank (``sepce.methods.cie.cie_objective``), SDPA attention, the shared ``ParameterTrainer``; checkpointing
+  per config.
 * ``ours-nockpt`` — the same with ``--gradient_checkpointing off`` (faster, more activation memory).
 
 Each iteration includes the VAE encoding of the image, the timestep draw and q_sample. Times are the mean over
@@ -96,7 +97,7 @@ def run_released(config_path: Path, iterations: int, image_size: int, lr: float,
 def run_ours(
     config_path: Path, iterations: int, image_size: int, lr: float, reg_beta: float, checkpointing: str
 ) -> list[float]:
-    from sepce.losses import cie_objective
+    from sepce.methods.cie import cie_objective
     from sepce.training import FrozenReference, ParameterTrainer, TrainStep, select_parameters
 
     model = build(config_path, checkpointing)

@@ -1,4 +1,5 @@
-"""Benchmark: wall time and peak memory of the UCE closed-form edit (sepce/uce.py) on the full SD v1.4 architecture.
+"""Benchmark: wall time and peak memory of the UCE closed-form edit (sepce/methods/uce.py) on the full SD v1.4
+architecture.
 
 Full-size SD v1.4 with RANDOM weights (``configs/stable-diffusion/v1-inference.yaml``, built on the CPU as
 ``bench_cie.py`` does), CPU: the edit of all 32 ``attn2`` ``to_k``/``to_v`` weights (16 layers, d_out 320–1280,
@@ -46,7 +47,7 @@ CASES = {"erase 1": 0, "erase 1, preserve 10": len(PRESERVE)}
 
 
 def child(config_path: Path, n_preserve: int, repeats: int) -> dict:
-    from sepce.uce import UCESettings, closed_form_edit, kv_weights, last_word_embedding, uce_edit
+    from sepce.methods.uce import UCESettings, closed_form_edit, kv_weights, last_word_embedding, uce_edit
 
     tic = time.perf_counter()
     model = random_model(config_path)

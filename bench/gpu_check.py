@@ -22,7 +22,7 @@ train     seconds per iteration (median after warm-up, from the run's losses.csv
           iterations.
 torchrun  `torchrun --nproc_per_node N eval-scripts/generate-images.py` (N = visible GPUs; --tiny on the CPU: 2
           processes) on a CSV of 2N rows, 1 image each: every expected <case>_<k>.png exists exactly once, each
-          rank wrote exactly its shard (sepce.prompts.shard_rows), the images equal a single-process run's;
+          rank wrote exactly its shard (sepce.prompt_csv.shard_rows), the images equal a single-process run's;
           wall times of both.
 
     python bench/gpu_check.py                          # full check on the GPU(s); planned for < 8 min on an H200
@@ -779,7 +779,7 @@ def compare_images(a: Path, b: Path, names: Sequence[str]) -> dict:
 
 
 def write_prompt_csv(path: Path, n: int, seed: int) -> list:
-    from sepce.prompts import PromptRow
+    from sepce.prompt_csv import PromptRow
 
     rows = [PromptRow(i, PROMPTS[i % len(PROMPTS)], seed + 1000 + i) for i in range(n)]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -802,7 +802,7 @@ def generate(label: str, cmd: list[str], s: CheckSettings) -> tuple[float, subpr
 
 
 def section_torchrun(s: CheckSettings, w: Weights, work: Path) -> dict:
-    from sepce.prompts import shard_rows
+    from sepce.prompt_csv import shard_rows
 
     n, z, num_samples = s.nproc, s.sizes, 1
     folder = work / "torchrun"

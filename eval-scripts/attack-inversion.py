@@ -45,7 +45,7 @@ from sepce.generation import (
     model_from_args,
 )
 from sepce.paths import DATA_DIR
-from sepce.prompts import read_prompt_csv
+from sepce.prompt_csv import read_prompt_csv
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

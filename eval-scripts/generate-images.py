@@ -34,7 +34,7 @@ from sepce.generation import (
     generation_setup,
     model_from_args,
 )
-from sepce.prompts import read_prompt_csv
+from sepce.prompt_csv import read_prompt_csv
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -36,7 +36,7 @@ from sepce.evaluation.images import pair_images
 from sepce.evaluation.lpips_metric import LPIPS_IMAGE_SIZE, build_lpips
 from sepce.evaluation.weights import ALEXNET, FID_INCEPTION, MissingWeightsError, resolve_weights
 from sepce.paths import EVALUATE_CSV, EVALUATION_DIR
-from sepce.prompts import case_classes, read_prompt_csv
+from sepce.prompt_csv import case_classes, read_prompt_csv
 
 log = logging.getLogger("lpips_eval")
 

@@ -35,7 +35,7 @@ from sepce.cli import (
     run,
 )
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, EVALUATE_CSV, REPO_ROOT
-from sepce.prompts import read_prompt_csv
+from sepce.prompt_csv import read_prompt_csv
 from sepce.reproduce import (
     METHODS,
     STAGES,

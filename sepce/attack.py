@@ -68,7 +68,7 @@ from sepce.generation import check_folder_settings as check_generation_settings
 from sepce.io import atomic_write
 from sepce.modeling import ResolvedModel, load_resolved, tokenizer_from_config
 from sepce.paths import concept_slug
-from sepce.prompts import PromptRow, case_classes
+from sepce.prompt_csv import PromptRow, case_classes
 from sepce.training import ImageFolder, ParameterTrainer, TrainStep
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 from sepce.classes import ConceptClass, class_by_name
 from sepce.generation import file_slug, image_name
 from sepce.io import atomic_write
-from sepce.prompts import PromptRow, read_prompt_csv
+from sepce.prompt_csv import PromptRow, read_prompt_csv
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ from sepce.cli import Runtime, add_device, add_precision, add_quiet, folder_name
 from sepce.io import atomic_write, write_json
 from sepce.modeling import ResolvedModel, load_resolved, networks_to, resolve_model
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, EVALUATION_DIR, MODELS_DIR
-from sepce.prompts import PromptRow, shard_rows
+from sepce.prompt_csv import PromptRow, shard_rows
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from sepce.evaluation.table import ModelSpec, spec_of
 from sepce.generation import file_slug
 from sepce.io import write_text
 from sepce.paths import ARTIST_CLASSIFIER, REPO_ROOT, run_name
-from sepce.prompts import read_prompt_csv
+from sepce.prompt_csv import read_prompt_csv
 from sepce.tiny import TINY_WIDE_CONFIG
 
 STAGES = ("model", "data", "classifier", "erase", "generate", "sort", "classify", "metrics", "table")

@@ -104,12 +104,12 @@ def wide_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture()
 def no_model_load(monkeypatch):
     """Any attempt to load a model fails the test: bad input must be refused before."""
-    import sepce.training
+    import sepce.training.session
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the bad input was refused")
 
-    monkeypatch.setattr(sepce.training, "load_model", refuse)
+    monkeypatch.setattr(sepce.training.session, "load_model", refuse)
 
 
 def assert_one_line_error(

@@ -20,7 +20,7 @@ from sepce.classes import ConceptClass, load_class_map
 from sepce.evaluation.results import read_metric, write_metric
 from sepce.evaluation.table import ModelSpec, collect, to_csv, to_markdown
 from sepce.generation import ImageSampler, SamplingSettings, case_noise
-from sepce.prompts import PromptRow
+from sepce.prompt_csv import PromptRow
 from sepce.training import ImageFolder
 
 SCRIPT = "eval-scripts/attack-inversion.py"

@@ -18,23 +18,19 @@ from ldm.checkpoint import read_state_dict
 from ldm.models.diffusion.sampling import ddim_timesteps
 from PIL import Image
 
-from sepce.baseline_losses import (
-    ABLATING_ANCHOR_PROMPT,
-    ABLATING_CONCEPT_TEMPLATE,
-    FMN_CONCEPT_TEMPLATE,
-    FMN_NEUTRAL_PROMPT,
-    AttentionCapture,
-    ablating_loss,
-    check_template,
+from sepce.methods.ablation import ABLATING_ANCHOR_PROMPT, ABLATING_CONCEPT_TEMPLATE, ablating_loss
+from sepce.methods.esd import (
+    ESD_TRAIN_METHODS,
     esd_loss,
+    esd_parameter_keys,
     esd_sample_till_t,
     esd_sampling_steps,
     esd_target,
-    fill_template,
-    fmn_loss,
+    esd_unet_names,
     split_concepts,
 )
-from sepce.esd_params import ESD_TRAIN_METHODS, esd_parameter_keys, esd_unet_names
+from sepce.methods.fmn import FMN_CONCEPT_TEMPLATE, FMN_NEUTRAL_PROMPT, AttentionCapture, fmn_loss
+from sepce.methods.variants import check_template, fill_template
 from sepce.modeling import attn2_modules, unet_of
 from sepce.paths import DEFAULT_CONFIG
 

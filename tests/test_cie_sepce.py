@@ -18,18 +18,18 @@ from PIL import Image
 
 from sepce import cli, records, training
 from sepce.increments import SeparableIncrements
-from sepce.losses import (
-    MomentumStop,
+from sepce.methods.cie import cie_loss
+from sepce.methods.common import MomentumStop, concept_direction, direction_term, l1_drift
+from sepce.methods.sepce import (
+    JointTraining,
+    SepCESettings,
+    SequentialTraining,
     balance_weights,
-    cie_loss,
     coefficient_l1,
-    concept_direction,
-    direction_term,
-    l1_drift,
+    run_sepce,
     sepce_loss,
 )
 from sepce.modeling import load_model
-from sepce.sepce_training import JointTraining, SepCESettings, SequentialTraining, run_sepce
 from sepce.training import FrozenReference, ParameterTrainer, select_parameters
 
 FOLDERS = ["Van Gogh", "VanGogh", "Cezanne", "Picasso"]
@@ -613,7 +613,7 @@ def test_every_method_ends_with_the_same_summary_schema(wide_ckpt, workdir, load
     ],
 )
 def test_sepce_bad_input_fails_before_the_model_loads(wide_ckpt, workdir, monkeypatch, argv, message, sepce_script):
-    monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
+    monkeypatch.setattr(training.session, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
     with pytest.raises((ValueError, FileNotFoundError)) as info:
         sepce_script.main(sepce_script.parse_args([*argv, *small(workdir, "bad", wide_ckpt)]))
     assert message in str(info.value) and "\n" not in str(info.value)

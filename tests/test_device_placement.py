@@ -532,7 +532,7 @@ def test_separable_increments_and_records(wide_gpu, wide_cpu, inputs, sim):
 
 
 def test_fmn_attention_capture(wide_gpu, wide_cpu, inputs, sim):
-    from sepce.baseline_losses import fmn_loss
+    from sepce.methods.fmn import fmn_loss
     from sepce.modeling import attn2_modules
 
     emb, x, t = inputs
@@ -556,8 +556,9 @@ def test_fmn_attention_capture(wide_gpu, wide_cpu, inputs, sim):
 def test_losses_with_the_frozen_original_on_a_second_device(wide_gpu, wide_gpu1, inputs, sim):
     """The released two-device layout: trained model on cuda:0, frozen original on cuda:1; every loss ends on
     cuda:0 (the reference's outputs come back to the trained model's device)."""
-    from sepce.baseline_losses import ablating_loss, esd_loss, esd_sample_till_t
-    from sepce.losses import cie_objective
+    from sepce.methods.ablation import ablating_loss
+    from sepce.methods.cie import cie_objective
+    from sepce.methods.esd import esd_loss, esd_sample_till_t
     from sepce.training import FrozenReference
 
     emb, x, t = inputs
@@ -617,8 +618,8 @@ def test_training_steps_on_two_devices(wide_ckpt, image_folders, tmp_path, preci
     SepCE's joint and one-at-a-time steps (original = increments switched off), each under the trainer's
     autocast; every loss on cuda:0 and finite."""
     from sepce.increments import SeparableIncrements, basic_solution_sets
-    from sepce.losses import cie_objective
-    from sepce.sepce_training import ConceptDirections, JointTraining, SequentialTraining
+    from sepce.methods.cie import cie_objective
+    from sepce.methods.sepce import ConceptDirections, JointTraining, SequentialTraining
     from sepce.training import FrozenReference, select_parameters
 
     session = training_session(wide_ckpt, image_folders, tmp_path / "run", precision)  # checks files: host only

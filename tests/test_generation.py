@@ -27,7 +27,7 @@ import sepce.generation as G
 import sepce.modeling as M
 from sepce.cli import parse_device
 from sepce.cli import run as run_cli
-from sepce.prompts import PromptRow, read_prompt_csv
+from sepce.prompt_csv import PromptRow, read_prompt_csv
 from sepce.records import ErasureRecord, base_info, changed_tensors, save_record, write_full_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

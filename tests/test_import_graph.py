@@ -1,4 +1,5 @@
-"""The import graph of the ``ldm`` and ``sepce`` packages has no cycles, and ``ldm`` does not import ``sepce``.
+"""The import graph of the ``ldm`` and ``sepce`` packages has no cycles, ``ldm`` does not import ``sepce``, and no
+method module (``sepce/methods/``) imports the concept world (``sepce.world``).
 
 The graph is read from the source with :mod:`ast` (nothing is imported): every ``import``/``from ... import`` at
 module level and inside functions and classes counts, with relative imports resolved and ``from pkg import name``
@@ -214,3 +215,13 @@ def test_ldm_does_not_import_sepce():
 def test_no_import_cycles(package):
     found = describe(import_graph(), package)
     assert not found, f"import cycle(s) in {package}:\n{found}"
+
+
+def test_methods_do_not_import_the_concept_world():
+    """A method module (``sepce/methods/<method>.py``) holds that method's loss and training on any model: the concept
+    world benchmark runs the methods through their scripts, never the other way round."""
+    graph = import_graph()
+    methods = sorted(m for m in graph if m == "sepce.methods" or m.startswith("sepce.methods."))
+    assert {"sepce.methods.cie", "sepce.methods.sepce", "sepce.methods.esd", "sepce.methods.uce"} <= set(methods)
+    bad = sorted(f"{m} -> {t}" for m in methods for t in graph[m] if t == "sepce.world" or t.startswith("sepce.world."))
+    assert not bad, "modules under sepce/methods/ import the concept world:\n" + "\n".join(bad)

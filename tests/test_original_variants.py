@@ -18,18 +18,20 @@ from conftest import assert_one_line_error, projection_outputs, run_script
 from ldm.checkpoint import read_state_dict
 from PIL import Image
 
-from sepce.baseline_losses import (
+from sepce.methods.ablation import (
     ABLATING_VARIANTS,
+    ablating_original_loss,
+    model_based_ablation_loss,
+    prior_preservation_loss,
+)
+from sepce.methods.fmn import (
     FMN_VARIANTS,
     AttentionCapture,
-    ablating_original_loss,
     attention_probabilities,
     concept_attention_loss,
     concept_token_positions,
     fmn_attention_loss,
     fmn_original_defaults,
-    model_based_ablation_loss,
-    prior_preservation_loss,
 )
 from sepce.modeling import attn2_modules, tokenizer_from_config, unet_of
 from sepce.records import load_record
@@ -297,9 +299,9 @@ def changed_keys(record, base):
 def test_fmn_original_end_to_end(tiny_ckpt, tiny_model, data_dir, tmp_path, load_script, monkeypatch):
     """Default run folder ``FMN-VanGogh-original``, the common summary schema, the positions and defaults in the
     record; the whole UNet is recorded and moves; the losses.csv loss is the norm of the concept attention."""
-    import sepce.training
+    import sepce.training.session
 
-    monkeypatch.setattr(sepce.training, "MODELS_DIR", tmp_path / "models")
+    monkeypatch.setattr(sepce.training.session, "MODELS_DIR", tmp_path / "models")
     fmn = load_script("train-scripts/FMN.py")
     argv = ["--variant", "original", "--prompt", "Van Gogh", *tiny_flags(tiny_ckpt, 2, data_dir)]
     assert fmn.parse_args(argv).lr == 2e-6

@@ -1,5 +1,6 @@
-"""The shared training harness (sepce/training.py): flags, image folders, the common diffusion step, parameter
-selection, the frozen original, the optimisation loop (accumulation, NaN handling, stopping) and the run folder."""
+"""The shared training harness (the sepce/training/ package): flags, image folders, the common diffusion step,
+parameter selection, the frozen original, the optimisation loop (accumulation, NaN handling, stopping) and the run
+folder."""
 
 from __future__ import annotations
 
@@ -357,7 +358,7 @@ def test_concept_names_with_a_dot_are_refused_naming_the_flag():
 )
 def test_session_rejects_bad_input_before_loading(tiny_ckpt, tmp_path, monkeypatch, extra, message):
     write_images(tmp_path / "data" / "Van Gogh", 2)
-    monkeypatch.setattr(training, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
+    monkeypatch.setattr(training.session, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
     args = parser_with().parse_args([*session_argv(tiny_ckpt, tmp_path), *extra])
     with pytest.raises((ValueError, FileNotFoundError)) as info:
         TrainingSession(settings_from_args(args), "CiE", [args.prompt])

@@ -1,6 +1,6 @@
-"""UCE, the closed-form erasure baseline (sepce/uce.py; docs/method.md "UCE"): the edit solves its least-squares
-objective (normal equations), erased concepts' keys/values go to their guides' original ones as λ → 0, preserved
-concepts move less the larger their scale, last-word token positions, validation."""
+"""UCE, the closed-form erasure baseline (sepce/methods/uce.py; docs/method.md "UCE"): the edit solves its
+least-squares objective (normal equations), erased concepts' keys/values go to their guides' original ones as
+λ → 0, preserved concepts move less the larger their scale, last-word token positions, validation."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from conftest import one_line_error
 
-from sepce import uce
+from sepce.methods import uce
+from sepce.methods.uce import UCESettings, closed_form_edit, kv_weights, last_word_embedding, uce_edit
 from sepce.training import SUMMARY_KEYS
-from sepce.uce import UCESettings, closed_form_edit, kv_weights, last_word_embedding, uce_edit
 
 ERASE = ["Van Gogh", "Cezanne"]
 GUIDES = ["", "art"]

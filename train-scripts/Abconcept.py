@@ -28,47 +28,30 @@ For concepts that are not painters, set the prompts, e.g. ``--concept_template '
 ``<output_dir>/erasure.safetensors`` (the trained tensors), ``args.json``, ``losses.csv``, ``summary.json``,
 ``loss.png`` and, with ``--save_full``, a full CompVis checkpoint ``Abconcept-<prompt>.ckpt`` (or ``.safetensors``).
 The original variant's default run folder and checkpoint carry the suffix ``-original``
-(``models/Abconcept-VanGogh-original``).
+(``models/Abconcept-VanGogh-original``). The method itself is ``sepce/methods/ablation.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-from pathlib import Path
 from typing import Optional, Sequence
 
-from sepce.baseline_losses import (
+from sepce.cli import run
+from sepce.methods.ablation import (
     ABLATING_ABLATION_WEIGHT,
     ABLATING_ANCHOR_PROMPT,
     ABLATING_ANCHOR_WEIGHT,
     ABLATING_CONCEPT_TEMPLATE,
     ABLATING_PRIOR_WEIGHT,
     ABLATING_VARIANTS,
-    VARIANTS,
-    ablating_loss,
-    ablating_original_loss,
-    check_ablating_weights,
-    check_concept_names,
-    check_template,
-    fill_template,
-    peek_variant,
-    prior_preservation_loss,
-    variant_help,
+    AblationSettings,
+    run_ablation,
 )
-from sepce.cli import run
-from sepce.data_generation import data_folder_name
-from sepce.losses import DriftLog
-from sepce.modeling import prompts_embeddings
-from sepce.training import (
-    ImageFolder,
-    TrainingSession,
-    TrainStep,
-    finished_message,
-    select_parameters,
-    settings_from_args,
-    training_parser,
-)
+from sepce.methods.variants import VARIANTS, peek_variant, variant_help
+from sepce.training import finished_message, settings_from_args, training_parser
+
+#: The flags only one variant has (its parser adds them).
+VARIANT_FLAGS = ("anchor_weight", "ablation_weight", "prior_weight")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -123,120 +106,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    if args.variant == "authors" and not (math.isfinite(args.anchor_weight) and args.anchor_weight >= 0):
-        raise ValueError(f"--anchor_weight {args.anchor_weight!r}: expected a finite number >= 0")
-    if args.variant == "original":
-        check_ablating_weights(args.ablation_weight, args.prior_weight)
-    check_concept_names([args.prompt])
-    check_template(args.concept_template)
-    return train_original(args) if args.variant == "original" else train_authors(args)
-
-
-def train_authors(args: argparse.Namespace) -> dict:
-    """The authors' variant (docs/method.md, "The authors' variants of FMN and Ablating Concepts")."""
-    session = TrainingSession.from_args(args, "Abconcept", [args.prompt])
-    model = session.load_model()
-    params = select_parameters(model, "attn2")
-    reference = session.frozen_reference(model, params)
-    drift = DriftLog(params, reference.originals)
-    concept_text = fill_template(args.concept_template, args.prompt)
-    conds = prompts_embeddings(model, [concept_text, args.anchor_prompt])  # 2 77 D: concept, anchor
-    session.start_run({"concept_prompt": concept_text})
-
-    def step(i: int) -> TrainStep:
-        _, t = session.timesteps()
-        x = session.noisy(session.latent(args.prompt), t)
-        e_n = reference(x, t, conds[1:])
-        e_pn, e_p0 = model.apply_model(x.expand(2, -1, -1, -1), t.expand(2), conds).chunk(2)
-        loss, concept_term, anchor_term = ablating_loss(e_pn, e_p0, e_n, args.anchor_weight)
-        values = {"concept_mse": concept_term.item(), "anchor_mse": anchor_term.item(), "l1_drift": drift()}
-        return TrainStep(loss, values)
-
-    spec = ABLATING_VARIANTS["authors"]
-    options = spec.trainer_options(params.values(), session.settings.lr)
-    result = session.fit(params, step, f"Abconcept {args.prompt}", **options)
-    summary = session.finish(
-        result,
-        session.tensor_record(params),
-        reference=reference.kind,
-        settings=spec.run_settings(
-            args.variant,
-            args.prompt,
-            args.concept_template,
-            anchor_prompt=args.anchor_prompt,
-            anchor_weight=args.anchor_weight,
-        ),
+    own = {name: getattr(args, name) for name in VARIANT_FLAGS if hasattr(args, name)}
+    settings = AblationSettings(
+        prompt=args.prompt,
+        variant=args.variant,
+        concept_template=args.concept_template,
+        anchor_prompt=args.anchor_prompt,
+        **own,
     )
-    print(finished_message(summary))
-    return summary
-
-
-def anchor_images(data_dir: Path, anchor_text: str, image_size: int) -> tuple[str, ImageFolder]:
-    """The anchor prompt's image folder (generate-data.py's folder name for it) and its images, checked before
-    any model loads (one-line error when missing or empty)."""
-    try:
-        name = data_folder_name(anchor_text)
-    except ValueError:
-        raise ValueError(
-            f"--anchor_prompt {anchor_text!r} cannot name an image folder under --data_dir (no '/', no leading '.')"
-        ) from None
-    folder = Path(data_dir) / name
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"anchor image folder {folder} does not exist: the original Ablating Concepts trains on images of the "
-            f"anchor prompt {anchor_text!r} (eval-scripts/generate-data.py --prompt {anchor_text!r} --save_path "
-            f"{data_dir})"
-        )
-    return name, ImageFolder(folder, image_size)
-
-
-def train_original(args: argparse.Namespace) -> dict:
-    """The original Ablating Concepts, model-based (docs/method.md, "The original FMN and Ablating Concepts")."""
-    spec = ABLATING_VARIANTS["original"]
-    settings = settings_from_args(args)
-    concept_text, anchor_text = fill_template(args.concept_template, args.prompt), args.anchor_prompt
-    folder_name, folder = anchor_images(settings.data_dir, anchor_text, settings.image_size)
-    session = TrainingSession(  # the training images are the anchor prompt's
-        settings, "Abconcept", [args.prompt], images=False, suffix="original", image_folders={folder_name: folder}
-    )
-    model = session.load_model()
-    params = select_parameters(model, spec.parameter_rule)
-    drift = DriftLog(params)
-    concept_cond, anchor_cond = prompts_embeddings(model, [concept_text]), prompts_embeddings(model, [anchor_text])
-    session.start_run({"concept_prompt": concept_text, "anchor_folder": folder_name})
-
-    def step(i: int) -> TrainStep:
-        z = session.latent(folder_name)
-        _, t = session.timesteps()
-        ablation = ablating_original_loss(model, session.noisy(z, t), t, concept_cond, anchor_cond)
-        loss = args.ablation_weight * ablation
-        values = {"ablation_mse": ablation.item()}
-        if args.prior_weight > 0:
-            _, t_prior = session.timesteps()
-            prior = prior_preservation_loss(model, z, t_prior, anchor_cond, session.device_generator)
-            loss = loss + args.prior_weight * prior
-            values["prior_mse"] = prior.item()
-        values["l1_drift"] = drift()
-        return TrainStep(loss, values)
-
-    result = session.fit(
-        params, step, f"Abconcept (original) {args.prompt}", **spec.trainer_options(params.values(), settings.lr)
-    )
-    summary = session.finish(
-        result,
-        session.tensor_record(params),
-        reference="none (the target is the trained model's own prediction for the anchor prompt, detached)",
-        settings=spec.run_settings(
-            args.variant,
-            args.prompt,
-            args.concept_template,
-            len(params),
-            anchor_prompt=anchor_text,
-            anchor_folder=folder_name,
-            ablation_weight=args.ablation_weight,
-            prior_weight=args.prior_weight,
-        ),
-    )
+    summary = run_ablation(settings_from_args(args), settings)
     print(finished_message(summary))
     return summary
 

@@ -24,7 +24,7 @@ For concepts that are not painters, set the prompts, e.g. ``--prompt 'in the sty
 used. Writes ``<output_dir>/erasure.safetensors`` (the trained tensors), ``args.json``, ``losses.csv`` (with the L1
 drift of the weights, logged only), ``summary.json``, ``loss.png`` and, with ``--save_full``, a full CompVis
 checkpoint ``FMN-<prompt>.ckpt`` (or ``.safetensors``). The original variant's default run folder and checkpoint
-carry the suffix ``-original`` (``models/FMN-VanGogh-original``).
+carry the suffix ``-original`` (``models/FMN-VanGogh-original``). The method itself is ``sepce/methods/fmn.py``.
 """
 
 from __future__ import annotations
@@ -32,27 +32,13 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from sepce.baseline_losses import (
-    FMN_CONCEPT_TEMPLATE,
-    FMN_NEUTRAL_PROMPT,
-    FMN_VARIANTS,
-    VARIANTS,
-    check_concept_names,
-    check_template,
-    concept_token_positions,
-    fill_template,
-    fmn_attention_loss,
-    fmn_loss,
-    fmn_original_defaults,
-    peek_variant,
-    variant_help,
-)
 from sepce.cli import run
-from sepce.losses import DriftLog
-from sepce.modeling import attn2_modules, prompts_embeddings, tokenizer_from_config
-from sepce.training import TrainingSession, TrainStep, finished_message, select_parameters, training_parser
+from sepce.methods.fmn import FMN_CONCEPT_TEMPLATE, FMN_NEUTRAL_PROMPT, FMN_VARIANTS, FMNSettings, run_fmn
+from sepce.methods.variants import VARIANTS, peek_variant, variant_help
+from sepce.training import finished_message, settings_from_args, training_parser
 
-TEXTUAL_INVERSION = "not implemented (the original's optional pre-stage; the concept is named by its words)"
+#: The flags only one variant has (its parser adds them).
+VARIANT_FLAGS = ("neutral_prompt", "use_pooler", "only_cross_attention")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -100,88 +86,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    check_concept_names([args.prompt])
-    check_template(args.concept_template)
-    return train_original(args) if args.variant == "original" else train_authors(args)
-
-
-def train_authors(args: argparse.Namespace) -> dict:
-    """The authors' variant (docs/method.md, "The authors' variants of FMN and Ablating Concepts")."""
-    session = TrainingSession.from_args(args, "FMN", [args.prompt])
-    model = session.load_model()
-    params = select_parameters(model, "attn2")
-    drift = DriftLog(params)
-    layers = attn2_modules(model)
-    concept_text = fill_template(args.concept_template, args.prompt)
-    context, context2 = prompts_embeddings(model, [concept_text]), prompts_embeddings(model, [args.neutral_prompt])
-    session.start_run({"concept_prompt": concept_text})
-
-    def step(i: int) -> TrainStep:
-        _, t = session.timesteps()
-        x = session.noisy(session.latent(args.prompt), t)
-        loss = fmn_loss(model, x, t, context, context2, layers)
-        return TrainStep(loss, {"l1_drift": drift()})
-
-    spec = FMN_VARIANTS["authors"]
-    result = session.fit(
-        params, step, f"FMN {args.prompt}", **spec.trainer_options(params.values(), session.settings.lr)
-    )
-    summary = session.finish(
-        result,
-        session.tensor_record(params),
-        reference="none (FMN compares two contexts of the trained model)",
-        settings=spec.run_settings(
-            args.variant,
-            args.prompt,
-            args.concept_template,
-            neutral_prompt=args.neutral_prompt,
-            attention_layers=len(layers),
-        ),
-    )
-    print(finished_message(summary))
-    return summary
-
-
-def train_original(args: argparse.Namespace) -> dict:
-    """The original Forget-Me-Not (docs/method.md, "The original FMN and Ablating Concepts")."""
-    spec = fmn_original_defaults(args.only_cross_attention)
-    session = TrainingSession.from_args(args, "FMN", [args.prompt], suffix="original")
-    concept_text = fill_template(args.concept_template, args.prompt)
-    tokenizer = tokenizer_from_config(session.settings.config_path)  # positions are checked before the model loads
-    positions = concept_token_positions(tokenizer, concept_text, args.prompt, args.use_pooler)
-    ids = tokenizer([concept_text])[0].tolist()
-    model = session.load_model()
-    params = select_parameters(model, spec.parameter_rule)
-    drift = DriftLog(params)
-    layers = attn2_modules(model)
-    context = prompts_embeddings(model, [concept_text])
-    session.start_run({"concept_prompt": concept_text, "concept_positions": positions})
-
-    def step(i: int) -> TrainStep:
-        _, t = session.timesteps()
-        x = session.noisy(session.latent(args.prompt), t)
-        loss, mean_attention = fmn_attention_loss(model, x, t, context, positions, layers)
-        return TrainStep(loss, {"concept_attention": mean_attention.item(), "l1_drift": drift()})
-
-    options = spec.trainer_options(params.values(), session.settings.lr)
-    result = session.fit(params, step, f"FMN (original) {args.prompt}", **options)
-    summary = session.finish(
-        result,
-        session.tensor_record(params),
-        reference="none (the loss reads the trained model's own attention)",
-        settings=spec.run_settings(
-            args.variant,
-            args.prompt,
-            args.concept_template,
-            len(params),
-            concept_positions=positions,
-            concept_tokens=[tokenizer.decode([ids[i]]) for i in positions],
-            use_pooler=args.use_pooler,
-            only_cross_attention=args.only_cross_attention,
-            attention_layers=len(layers),
-            textual_inversion=TEXTUAL_INVERSION,
-        ),
-    )
+    own = {name: getattr(args, name) for name in VARIANT_FLAGS if hasattr(args, name)}
+    settings = FMNSettings(prompt=args.prompt, variant=args.variant, concept_template=args.concept_template, **own)
+    summary = run_fmn(settings_from_args(args), settings)
     print(finished_message(summary))
     return summary
 

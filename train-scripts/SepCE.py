@@ -14,7 +14,7 @@ time instead (less memory), and ``--add_to RUN`` trains new concepts into a copy
 Writes ``erasure.safetensors`` (bases + coefficients + metadata), ``args.json``, ``losses.csv``, ``summary.json``,
 ``loss.png``; ``--save_full`` also writes a full CompVis checkpoint for every non-empty subset of the concepts
 (the released script's 7 files for 3 concepts; ``--save_full safetensors`` for .safetensors files). The training
-itself is ``sepce/sepce_training.py``. ``train-scripts/compose_erasure.py`` composes any subset later.
+itself is ``sepce/methods/sepce.py``. ``train-scripts/compose_erasure.py`` composes any subset later.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sepce.cli import run
-from sepce.sepce_training import RELEASED_CONCEPTS, RELEASED_THRESHOLDS, SepCESettings, run_sepce
+from sepce.methods.sepce import RELEASED_CONCEPTS, RELEASED_THRESHOLDS, SEPCE_DEFAULTS, SepCESettings, run_sepce
 from sepce.training import finished_message, settings_from_args, training_parser
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = training_parser(__doc__, lr=1e-2, iterations=1000, prompt=False)
+    p = training_parser(__doc__, lr=SEPCE_DEFAULTS["lr"], iterations=SEPCE_DEFAULTS["iterations"], prompt=False)
     p.add_argument(
         "--prompts",
         nargs="+",
@@ -44,8 +44,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="momentum threshold per concept (one value = all); default: the released "
         f"{list(RELEASED_THRESHOLDS)} for the released concepts, else 0",
     )
-    p.add_argument("--scale_factor", type=float, default=1e-4, help="beta, the scale of the basis in dW = A(beta S)")
-    p.add_argument("--reg_beta", type=float, default=3e-5, help="weight of the coefficient L1 regulariser")
+    p.add_argument(
+        "--scale_factor",
+        type=float,
+        default=SEPCE_DEFAULTS["scale_factor"],
+        help="beta, the scale of the basis in dW = A(beta S)",
+    )
+    p.add_argument(
+        "--reg_beta", type=float, default=SEPCE_DEFAULTS["reg_beta"], help="weight of the coefficient L1 regulariser"
+    )
     p.add_argument(
         "--preserve",
         nargs="*",

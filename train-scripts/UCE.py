@@ -9,32 +9,23 @@ with c = a prompt's text embedding at its last word token (erased concepts e_i, 
 in float64 in seconds. Writes <output_dir>/erasure.safetensors (the changed to_k/to_v tensors, as every method),
 args.json, losses.csv (one row: the objective before and after), summary.json (the schema of every training run:
 1 iteration, stop reason 'closed form') and, with --save_full, a full CompVis checkpoint;
-eval-scripts/generate-images.py --model_name UCE-<concepts> then uses it.
+eval-scripts/generate-images.py --model_name UCE-<concepts> then uses it. The method itself is
+sepce/methods/uce.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import time
 from dataclasses import replace
 from typing import Optional, Sequence
 
 from sepce.cli import EXIT_HELP, default_device, parser, run
+from sepce.methods.uce import METHOD, UCE_DEFAULTS, UCESettings, run_uce, split_concepts
 from sepce.records import check_concept_name
-from sepce.training import (
-    FitResult,
-    TrainingSession,
-    TrainingSettings,
-    add_run_args,
-    finished_message,
-    settings_from_args,
-)
-from sepce.uce import UCESettings, split_concepts, uce_edit
+from sepce.training import TrainingSettings, add_run_args, finished_message, settings_from_args
 
-log = logging.getLogger("UCE")
-METHOD = "UCE"
-STOP_REASON = "closed form"
+log = logging.getLogger(METHOD)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -54,9 +45,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         help="';'-separated concepts whose keys/values should stay (none by default)",
     )
-    p.add_argument("--erase_scale", type=float, default=1.0, help="weight s_e of the erase term (>= 0)")
-    p.add_argument("--preserve_scale", type=float, default=1.0, help="weight s_p of the preserve term (>= 0)")
-    p.add_argument("--lamb", type=float, default=0.5, help="weight lambda of |W - W_old|^2 (> 0)")
+    p.add_argument(
+        "--erase_scale", type=float, default=UCE_DEFAULTS["erase_scale"], help="weight s_e of the erase term (>= 0)"
+    )
+    p.add_argument(
+        "--preserve_scale",
+        type=float,
+        default=UCE_DEFAULTS["preserve_scale"],
+        help="weight s_p of the preserve term (>= 0)",
+    )
+    p.add_argument("--lamb", type=float, default=UCE_DEFAULTS["lamb"], help="weight lambda of |W - W_old|^2 (> 0)")
     add_run_args(
         p,
         devices=default_device(),
@@ -88,44 +86,8 @@ def run_settings(args: argparse.Namespace) -> TrainingSettings:
 
 
 def main(args: argparse.Namespace) -> dict:
-    settings = uce_settings(args)
-    session = TrainingSession(run_settings(args), METHOD, settings.edit_concepts, images=False)
-    model = session.load_model()
-    resolved = {
-        "edit": list(settings.edit_concepts),
-        "guides": list(settings.guides),
-        "preserve": list(settings.preserve_concepts),
-    }
-    run_folder = session.start_run({"resolved": resolved})
-    tic = time.perf_counter()
-    result = uce_edit(model, settings)
-    seconds = time.perf_counter() - tic
-    run_folder.log(
-        {
-            "iteration": 0,
-            "loss": result.objective_after,
-            "loss_before": result.objective_before,
-            "erase_residual": max(result.erase_residual.values()),
-            "preserve_drift": max(result.preserve_drift.values(), default=0.0),
-            "seconds": round(seconds, 4),
-        }
-    )
-    record = session.tensor_record(result.tensors)
-    concepts = {
-        c: {"iterations": 1, "stop_reason": STOP_REASON, "guide": g, "erase_residual": result.erase_residual[c]}
-        for c, g in zip(settings.edit_concepts, settings.guides)
-    }
-    report = {
-        **resolved,
-        "erase_scale": settings.erase_scale,
-        "preserve_scale": settings.preserve_scale,
-        "lamb": settings.lamb,
-        "edit_seconds": seconds,
-        **result.summary(),
-    }
-    summary = session.finish(
-        FitResult(1, STOP_REASON), record, reference="none (closed form)", concepts=concepts, settings=report
-    )
+    settings = uce_settings(args)  # the concepts and scales are checked first
+    summary = run_uce(run_settings(args), settings)
     print(finished_message(summary))
     return summary
 

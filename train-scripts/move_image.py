@@ -23,7 +23,7 @@ from sepce.cli import EXIT_HELP, add_classes, add_evaluation_path, add_prompts_p
 from sepce.evaluation.images import SortReport, generated_images, has_class_folders, sort_into_class_folders
 from sepce.evaluation.results import RESULTS_DIR
 from sepce.paths import EVALUATE_CSV
-from sepce.prompts import case_classes, read_prompt_csv
+from sepce.prompt_csv import case_classes, read_prompt_csv
 
 log = logging.getLogger("move_image")
 

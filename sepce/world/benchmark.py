@@ -53,7 +53,7 @@ from sepce.evaluation.loading import load_images
 from sepce.evaluation.results import stored_rows, write_metric
 from sepce.evaluation.table import ModelSpec, spec_of
 from sepce.paths import REPO_ROOT, run_name
-from sepce.prompts import case_classes, read_prompt_csv
+from sepce.prompt_csv import case_classes, read_prompt_csv
 from sepce.reproduce import ORIGINAL_FOLDER, ScriptStep, tiny_inputs
 from sepce.world.classifier import SHIPPED_CLASSIFIER, WorldClassifier, feature_distance, load_classifier, predict
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG

@@ -20,7 +20,7 @@ import numpy as np
 from sepce.classes import load_class_map
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.io import write_text
-from sepce.prompts import case_classes, read_prompt_csv
+from sepce.prompt_csv import case_classes, read_prompt_csv
 from sepce.reproduce import ORIGINAL_FOLDER
 from sepce.stats import Estimate
 from sepce.world.analysis import Evaluated, MethodSummary, contact_sheet, model_report, outcomes, summarise_method

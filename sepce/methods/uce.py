@@ -22,19 +22,27 @@ concepts' keys/values move less the larger s_p.
 * :func:`closed_form_edit` — the edit of given weights for given embeddings (pure linear algebra).
 * :func:`uce_edit` — the edit of a model's ``attn2`` ``to_k``/``to_v`` weights, with residual diagnostics.
 * :func:`objective` — the value of the objective above for one weight.
+* :func:`run_uce` — the run on a :class:`~sepce.training.TrainingSession` (its run folder, ``losses.csv`` row,
+  record and summary): ``train-scripts/UCE.py`` is its flags and this one call.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 import torch
 
 from sepce.modeling import attn2_modules
+from sepce.training import FitResult, TrainingSession, TrainingSettings
 
+METHOD = "UCE"
+STOP_REASON = "closed form"
 PROJECTIONS = ("to_k", "to_v")
+#: The released defaults of the objective's weights (s_e, s_p, λ).
+UCE_DEFAULTS = {"erase_scale": 1.0, "preserve_scale": 1.0, "lamb": 0.5}
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -68,9 +76,9 @@ class UCESettings:
     edit_concepts: tuple[str, ...]
     guide_concepts: tuple[str, ...] = ("",)
     preserve_concepts: tuple[str, ...] = ()
-    erase_scale: float = 1.0
-    preserve_scale: float = 1.0
-    lamb: float = 0.5
+    erase_scale: float = UCE_DEFAULTS["erase_scale"]
+    preserve_scale: float = UCE_DEFAULTS["preserve_scale"]
+    lamb: float = UCE_DEFAULTS["lamb"]
 
     def __post_init__(self) -> None:
         for name in ("edit_concepts", "guide_concepts", "preserve_concepts"):
@@ -300,3 +308,46 @@ def _relative_errors(
         num += (got - target).square().sum(1).cpu()
         den += target.square().sum(1).cpu()
     return {n: float((a / b).sqrt()) if b > 0 else float(a.sqrt()) for n, a, b in zip(names, num, den)}
+
+
+def run_uce(common: TrainingSettings, settings: UCESettings) -> dict:
+    """One UCE run (one device, no optimiser): the model, the edit (:func:`uce_edit`), one ``losses.csv`` row (the
+    objective before and after, the worst residuals), the record of the changed to_k/to_v tensors and the summary
+    of every training run (1 iteration, stop reason :data:`STOP_REASON`); returns the summary."""
+    session = TrainingSession(common, METHOD, settings.edit_concepts, images=False)
+    model = session.load_model()
+    resolved = {
+        "edit": list(settings.edit_concepts),
+        "guides": list(settings.guides),
+        "preserve": list(settings.preserve_concepts),
+    }
+    run_folder = session.start_run({"resolved": resolved})
+    tic = time.perf_counter()
+    result = uce_edit(model, settings)
+    seconds = time.perf_counter() - tic
+    run_folder.log(
+        {
+            "iteration": 0,
+            "loss": result.objective_after,
+            "loss_before": result.objective_before,
+            "erase_residual": max(result.erase_residual.values()),
+            "preserve_drift": max(result.preserve_drift.values(), default=0.0),
+            "seconds": round(seconds, 4),
+        }
+    )
+    record = session.tensor_record(result.tensors)
+    concepts = {
+        c: {"iterations": 1, "stop_reason": STOP_REASON, "guide": g, "erase_residual": result.erase_residual[c]}
+        for c, g in zip(settings.edit_concepts, settings.guides)
+    }
+    report = {
+        **resolved,
+        "erase_scale": settings.erase_scale,
+        "preserve_scale": settings.preserve_scale,
+        "lamb": settings.lamb,
+        "edit_seconds": seconds,
+        **result.summary(),
+    }
+    return session.finish(
+        FitResult(1, STOP_REASON), record, reference="none (closed form)", concepts=concepts, settings=report
+    )

@@ -1,8 +1,13 @@
-"""Training of Separable Concept Erasure (SepCE; Zhao et al., "Separable Multi-Concept Erasure from Diffusion
-Models", Sec. 3; docs/method.md, "SepCE").
+"""Separable Concept Erasure (SepCE; Zhao et al., "Separable Multi-Concept Erasure from Diffusion Models", Sec. 3;
+docs/method.md, "SepCE"): its loss, settings and training.
 
 Each concept c gets ΔW_{c,l} = A_{c,l} (β S_c) on every attn2 to_k/to_v (A zero-initialised, S_c the null-space
 basis of the token embeddings of "", the other concepts and the preserved prompts; :mod:`sepce.increments`).
+
+* The loss: per concept c, d_c = mean(r_c(θ + Σ ΔW) ⊙ r_c(θ_orig)) (the direction term of
+  :mod:`sepce.methods.common`) weighted by w_c = ‖p_1‖₂ / ‖p_c‖₂ (:func:`balance_weights`; p_c the element-wise
+  product, w_1 = 1, detached), plus β_reg Σ_l mean|A_{c,l}| (:func:`coefficient_l1`); concepts that stopped have
+  flag 0; total = Σ_c flag_c·loss_c / Σ_c flag_c (:func:`sepce_loss`).
 
 * :class:`SepCESettings` — the method's own settings (concepts, thresholds, β, regulariser weight, preserved
   prompts, rank tolerance, one-at-a-time training, a run to extend), validated on construction;
@@ -32,13 +37,16 @@ import torch
 
 from sepce import records
 from sepce.increments import SeparableIncrements, basic_solution_sets
-from sepce.losses import MomentumStop, balance_weights, coefficient_l1, concept_direction, direction_product, sepce_loss
+from sepce.methods.common import MomentumStop, concept_direction, direction_product
 from sepce.training import FitResult, FrozenReference, ParameterTrainer, TrainingSession, TrainingSettings, TrainStep
 
 log = logging.getLogger(__name__)
 
+METHOD = "SepCE"
 RELEASED_CONCEPTS = ("VanGogh", "Cezanne", "Picasso")
 RELEASED_THRESHOLDS = (0.0, 1.5e-4, 0.0)
+#: The released command's values (``--lr 1e-2 --scale_factor 1e-4 --reg_beta 3e-5``), 1000 iterations at most.
+SEPCE_DEFAULTS = {"lr": 1e-2, "iterations": 1000, "scale_factor": 1e-4, "reg_beta": 3e-5}
 #: --save_full writes 2^n − 1 full checkpoints for n concepts: refused above this many.
 MAX_FULL_CONCEPTS = 4
 
@@ -49,6 +57,34 @@ TrainerFactory = Callable[[Sequence[torch.Tensor], str], ParameterTrainer]
 DirectionFn = Callable[[list[str]], tuple[list[torch.Tensor], list[torch.Tensor]]]
 
 
+def coefficient_l1(coefs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """SepCE regulariser of one concept: Σ_l mean|A_{c,l}| over its edited layers."""
+    return sum(a.abs().mean() for a in coefs.values())
+
+
+def balance_weights(products: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """w_1 = 1, w_c = ‖p_1‖₂ / ‖p_c‖₂ (detached), p_c = r_c(θ) ⊙ r_c(θ_orig): each concept's direction term is
+    rescaled to the first concept's magnitude."""
+    norms = [p.detach().float().norm() for p in products]
+    ref = norms[0]
+    return [torch.ones((), device=ref.device)] + [ref / n.clamp_min(torch.finfo(n.dtype).tiny) for n in norms[1:]]
+
+
+def sepce_loss(
+    directions: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    regs: Sequence[torch.Tensor],
+    flags: Sequence[bool],
+    reg_beta: float,
+) -> torch.Tensor:
+    """Σ_c flag_c (w_c d_c + reg_beta reg_c) / Σ_c flag_c (docs/method.md, SepCE)."""
+    active = sum(bool(f) for f in flags)
+    if active == 0:
+        raise ValueError("sepce_loss: every concept has stopped")
+    total = sum((w * d + reg_beta * r) for d, w, r, f in zip(directions, weights, regs, flags) if f)
+    return total / active
+
+
 @dataclass(frozen=True)
 class SepCESettings:
     """SepCE's own settings. ``thresholds`` None: the released thresholds for the released concepts, else 0; one
@@ -56,8 +92,8 @@ class SepCESettings:
 
     concepts: tuple[str, ...] = RELEASED_CONCEPTS
     thresholds: Optional[tuple[float, ...]] = None
-    scale_factor: float = 1e-4
-    reg_beta: float = 3e-5
+    scale_factor: float = SEPCE_DEFAULTS["scale_factor"]
+    reg_beta: float = SEPCE_DEFAULTS["reg_beta"]
     preserve: tuple[str, ...] = ()
     rank_rtol: Optional[float] = None
     sequential: bool = False
@@ -218,7 +254,7 @@ class JointTraining(ConceptTraining):
     def fit(self, make_trainer: TrainerFactory) -> list[FitResult]:
         """Train until every concept stopped (or the run failed); concepts still running at the end keep their
         current coefficients and the run's iterations and stop reason."""
-        result = make_trainer(self.inc.parameters(self.concepts), "SepCE").fit(self.step, self.after_step)
+        result = make_trainer(self.inc.parameters(self.concepts), METHOD).fit(self.step, self.after_step)
         for c in self.concepts:
             self.info.setdefault(c, {"iterations": result.iterations, "stop_reason": result.stop_reason})
         return [result]
@@ -246,7 +282,7 @@ class SequentialTraining(ConceptTraining):
         offset = 0
         for c in self.concepts:
             self.inc.activate([c])
-            result = make_trainer(self.inc.parameters([c]), f"SepCE {c}").fit(self._step(c), start=offset)
+            result = make_trainer(self.inc.parameters([c]), f"{METHOD} {c}").fit(self._step(c), start=offset)
             results.append(result)
             offset += result.iterations + (0 if result.ok else 1)
             self.info[c] = {"iterations": result.iterations, "stop_reason": result.stop_reason}
@@ -344,5 +380,5 @@ def run_sepce(common: TrainingSettings, settings: SepCESettings) -> dict:
     """Check everything that can be checked before a model loads (:func:`check_settings`, image folders, output
     folder — ``models/SepCE-<concepts>`` by default, ``...-added`` when extending a run), then :func:`train_sepce`."""
     old = check_settings(settings, common)
-    session = TrainingSession(common, "SepCE", settings.concepts, folder_suffix="added" if old is not None else None)
+    session = TrainingSession(common, METHOD, settings.concepts, folder_suffix="added" if old is not None else None)
     return train_sepce(session, settings, old)

@@ -1,4 +1,4 @@
-"""Prompt-CSV validation (sepce/prompts.py), torchrun sharding, and the committed data/evaluate.csv."""
+"""Prompt-CSV validation (sepce/prompt_csv.py), torchrun sharding, and the committed data/evaluate.csv."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_one_line_error
 
 from sepce.classes import load_class_map
-from sepce.prompts import PromptRow, case_classes, read_prompt_csv, shard_rows
+from sepce.prompt_csv import PromptRow, case_classes, read_prompt_csv, shard_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = load_class_map()
