@@ -9,9 +9,8 @@ Every accuracy and every accuracy drop the benchmark reports carries a 95 % inte
 - a drop ``acc(original) − acc(erased)`` on the SAME evaluation seeds is a mean of paired differences
   ``d_i = correct_original(i) − correct_erased(i)`` ∈ {−1, 0, 1}; its interval is the percentile interval of a
   bootstrap over seeds (Efron & Tibshirani 1993, ch. 13);
-- a number pooled over several erasures (a method's mean drop over styles × training seeds) gets a hierarchical
-  bootstrap: resample the top-level units (styles), then the runs within each (training seeds), then the
-  evaluation seeds within each run (Davison & Hinkley 1997, §3.8), so every source of variation is in the interval.
+- (protocol v1 pooled sweep numbers with a hierarchical bootstrap over styles, training seeds and evaluation seeds;
+  with two training seeds it under-covered, so v2 replaced it by the exact and t intervals below.)
 
 Protocol v2 (docs/world-benchmark.md, "Protocol v2") adds what never comes out narrower than exact:
 
@@ -108,46 +107,6 @@ def paired_difference(
     idx = rng.integers(0, d.size, size=(draws, d.size))
     lo, hi = percentile_interval(d[idx].mean(axis=1), level)
     return Estimate(float(d.mean()), lo, hi)
-
-
-#: A two-level sample: units (e.g. erased styles) → runs (e.g. training seeds) → per-seed values of a run, as an
-#: array of shape (seeds, K) — K columns of paired quantities a statistic combines (e.g. one per evaluated style).
-Tree = Sequence[Sequence[np.ndarray]]
-
-
-def hierarchical_bootstrap(
-    tree: Tree,
-    statistic: Callable[[np.ndarray], float],
-    level: float = LEVEL,
-    draws: int = BOOTSTRAP_DRAWS,
-    seed: int = 0,
-) -> Estimate:
-    """A pooled statistic and its hierarchical-bootstrap interval.
-
-    ``tree[u][r]`` is run ``r`` of unit ``u``: an array (seeds, K) of per-evaluation-seed values. ``statistic``
-    maps the per-seed MEAN of one run (a length-K vector) to that run's number (e.g. the drop on its erased style,
-    or the largest drop over its other styles); the pooled value is the mean over units of the mean over their runs.
-    Each draw resamples units, then runs within each drawn unit, then seeds within each drawn run (rows of the
-    array, so paired columns stay paired)."""
-    units = [[np.asarray(run, np.float64) for run in unit] for unit in tree if len(unit)]
-    if not units:
-        return NAN
-
-    def pooled(chosen_units) -> float:
-        return float(np.mean([np.mean([statistic(run.mean(axis=0)) for run in unit]) for unit in chosen_units]))
-
-    value = pooled(units)
-    rng = np.random.default_rng(seed)
-    out = np.empty(draws)
-    for j in range(draws):
-        drawn_units = [units[u] for u in rng.integers(0, len(units), len(units))]
-        resampled = []
-        for unit in drawn_units:
-            runs = [unit[r] for r in rng.integers(0, len(unit), len(unit))]
-            resampled.append([run[rng.integers(0, len(run), len(run))] for run in runs])
-        out[j] = pooled(resampled)
-    lo, hi = percentile_interval(out, level)
-    return Estimate(value, lo, hi)
 
 
 def verdict(estimate: Estimate, threshold: float, above: str, below: str) -> str:

@@ -13,7 +13,6 @@ from sepce.stats import (
     clopper_pearson,
     erased_verdict,
     exact_drop,
-    hierarchical_bootstrap,
     holm,
     hull,
     paired_difference,
@@ -67,25 +66,6 @@ def test_paired_difference_is_the_mean_with_a_bootstrap_interval():
     assert paired_difference(before, after, seed=3) == paired_difference(before, after, seed=3)
     with pytest.raises(ValueError, match="equal length"):
         paired_difference([1, 0], [1])
-
-
-def test_hierarchical_bootstrap_pools_units_runs_and_seeds():
-    rng = np.random.default_rng(1)
-    # 5 units (styles) x 2 runs (training seeds) x 16 seeds x 3 columns
-    tree = [[rng.integers(0, 2, size=(16, 3)).astype(float) for _ in range(2)] for _ in range(5)]
-    first = hierarchical_bootstrap(tree, lambda m: m[0], draws=500)
-    expected = np.mean([np.mean([run.mean(axis=0)[0] for run in unit]) for unit in tree])
-    assert first.value == pytest.approx(expected)
-    assert first.low <= first.value <= first.high
-    # more levels of variation -> the interval is at least as wide as resampling one run's seeds only
-    one = hierarchical_bootstrap([[tree[0][0]]], lambda m: m[0], draws=500)
-    direct = paired_difference(tree[0][0][:, 0], np.zeros(16), draws=500)
-    assert one.value == pytest.approx(direct.value)
-    assert one.high - one.low == pytest.approx(direct.high - direct.low, abs=0.1)
-    # identical runs everywhere -> a zero-width interval
-    same = [[np.ones((4, 2))] * 2] * 3
-    est = hierarchical_bootstrap(same, lambda m: m.max(), draws=50)
-    assert (est.value, est.low, est.high) == (1.0, 1.0, 1.0)
 
 
 def test_verdicts_read_the_interval():

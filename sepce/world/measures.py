@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from sepce.evaluation.common import fingerprint
 from sepce.evaluation.fid import fid_from_features
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.evaluation.loading import load_images
-from sepce.evaluation.results import metric_paths, stored_rows, write_metric
+from sepce.evaluation.results import OVERALL, metric_paths, stored_rows, write_metric
 from sepce.prompts import PromptRow
 from sepce.stats import BOOTSTRAP_DRAWS, Estimate, percentile_interval
 from sepce.world.classifier import WorldClassifier, feature_distance
@@ -32,6 +32,7 @@ from sepce.world.render import OBJECTS, STYLES, Scene, render
 
 RENDER_SEED = 20  # the ground-truth renders' master seed (fixed before any v2 run)
 IMAGE_SIZE = 64
+OVERALL_ROW = {"class": OVERALL, "name": "overall"}
 QUALITY_DRAWS = 1000  # bootstrap draws of the FID interval (each a 128-d Fréchet distance)
 
 
@@ -71,7 +72,7 @@ def cra_results(folder: Path, rows: Sequence[PromptRow], classifier: WorldClassi
     paths = [p for p, _ in found]
     key = _key(paths, classifier_id)
     if stored_rows(folder, "cra", key, overwrite=True) is not None:
-        return read_meta(folder, "cra")
+        return read_record(folder, "cra")
     classifier.eval()
     styles, objects = [], []
     for start in range(0, len(paths), 128):
@@ -83,14 +84,15 @@ def cra_results(folder: Path, rows: Sequence[PromptRow], classifier: WorldClassi
     }
     meta = {"classifier": classifier_id, "images": len(paths), "predictions": predictions, "fingerprint": key}
     correct = sum(int(v[2] == v[3]) for v in predictions.values())
-    rows_out = [{"images": len(paths), "object_correct": correct}]
-    write_metric(folder, "cra", rows_out, ["images", "object_correct"], meta)
+    rows_out = [{**OVERALL_ROW, "images": len(paths), "object_accuracy_pct": 100.0 * correct / len(paths)}]
+    write_metric(folder, "cra", rows_out, ["class", "name", "images", "object_accuracy_pct"], meta)
     return meta
 
 
-def read_meta(folder: Path, metric: str) -> dict:
-    """The stored ``results/<metric>.json`` of a folder."""
-    return json.loads(metric_paths(folder, metric)[1].read_text())
+def read_record(folder: Path, metric: str) -> Optional[dict]:
+    """The stored ``results/<metric>.json`` of a folder, or None when there is none."""
+    path = metric_paths(folder, metric)[1]
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def bootstrap_fid(a: np.ndarray, b: np.ndarray, draws: int = QUALITY_DRAWS, seed: int = 0) -> Estimate:
@@ -139,7 +141,7 @@ def quality_results(
     paths = [p for p, _ in found]
     key = _key(paths, classifier_id, original=str(original), renders=RENDER_SEED)
     if stored_rows(folder, "quality", key, overwrite=True) is not None:
-        return read_meta(folder, "quality")
+        return read_record(folder, "quality")
     classifier.eval()
     originals, _ = index_images(original)
     to_render, to_original, features, render_features = {}, {}, [], []
@@ -168,6 +170,6 @@ def quality_results(
         "distance_to_original": to_original,
         "fingerprint": key,
     }
-    summary = [{"images": len(paths), "fid_to_renders": fid.value}]
-    write_metric(folder, "quality", summary, ["images", "fid_to_renders"], meta)
+    summary = [{**OVERALL_ROW, "images": len(paths), "fid_to_renders": fid.value}]
+    write_metric(folder, "quality", summary, ["class", "name", "images", "fid_to_renders"], meta)
     return meta
