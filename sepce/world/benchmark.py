@@ -48,7 +48,7 @@ import torch
 from sepce.classes import ConceptClass, classes_by_names, load_class_map
 from sepce.evaluation.classifier import accuracy_table
 from sepce.evaluation.common import fingerprint
-from sepce.evaluation.compare import compare_folders
+from sepce.evaluation.compare import CompareSettings, compare_folders
 from sepce.evaluation.fid import FID_WORLD_CLASSIFIER_NETWORK
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.evaluation.loading import load_images
@@ -681,6 +681,16 @@ def run_metrics(lay: BenchmarkLayout, cells: Sequence[Cell]) -> Dict[str, dict]:
     original = lay.eval_dir / ORIGINAL_FOLDER
     rows = read_prompt_csv(lay.prompts_path, classes, require_class=True)
     cra_rows = read_prompt_csv(lay.cra_prompts, classes, require_class=True)
+    compare = CompareSettings(
+        lpips_factory=lambda: DistanceMetric(classifier),
+        fid_factory=lambda: ClassifierFeatures(classifier),
+        fid_network=FID_WORLD_CLASSIFIER_NETWORK,
+        info={"classifier": classifier_id, "lpips_is": "world classifier feature distance"},
+        batch_size=64,
+        lpips_image_size=IMAGE_SIZE,
+        fid_image_size=IMAGE_SIZE,
+        overwrite=True,
+    )
     out = {}
     for cell in cells:
         folder = lay.eval_dir / cell.folder
@@ -691,21 +701,5 @@ def run_metrics(lay: BenchmarkLayout, cells: Sequence[Cell]) -> Dict[str, dict]:
         }
         if cell.original:
             continue
-        out[cell.folder].update(
-            compare_folders(
-                original,
-                folder,
-                case_to_class,
-                classes,
-                torch.device("cpu"),
-                lpips_factory=lambda: DistanceMetric(classifier),
-                fid_factory=lambda: ClassifierFeatures(classifier),
-                fid_network=FID_WORLD_CLASSIFIER_NETWORK,
-                settings={"classifier": classifier_id, "lpips_is": "world classifier feature distance"},
-                batch_size=64,
-                lpips_image_size=IMAGE_SIZE,
-                fid_image_size=IMAGE_SIZE,
-                overwrite=True,
-            )
-        )
+        out[cell.folder].update(compare_folders(original, folder, case_to_class, classes, torch.device("cpu"), compare))
     return out
