@@ -8,27 +8,32 @@ which this module computes in-process with the world classifier):
    under ``<work>/data/<prompt>/``.
 2. ``erase`` -- every method of :data:`WORLD_METHODS` with its world preset (:data:`PRESETS`), one run folder per
    (method, erased styles, training seed) under ``<work>/models/`` (:func:`sepce.paths.run_name`).
-3. ``generate`` -- ``generate-images.py`` from the evaluation CSV (the first ``seeds_per_class`` seeds of each
-   style in ``data/world/evaluate.csv``, prompt ``in the style of <style>``) for the original (folder ``default``,
-   generated once and shared), every erased model and SepCE's subsets (erase the first i styles, restore the rest).
+3. ``generate`` -- ``generate-images.py`` from the evaluation CSV (``seeds_per_class`` seeds of each style in
+   ``data/world/evaluate.csv`` per seed block, prompt ``in the style of <style>``; the sweep's training seed i on
+   block i) and from the CRA CSV (``a <object> in the style of <style>``, 64 prompts, under ``images-cra/``) for
+   the original (folder ``default``, generated once and shared), every erased model and SepCE's subsets (erase the
+   first i styles, restore the rest).
 4. ``attack`` -- ``attack-inversion.py``: the concept-inversion attack (docs/method.md) on every erased style of
    every model, and on the original for every such style (the ceiling), one preset for all
    (:data:`sepce.attack.PRESETS` ``world``); results in each model folder's ``results/attack.*``.
 5. ``metrics`` -- per model folder, in ``results/`` (:mod:`sepce.evaluation.results`): ``accuracy.csv`` (the
-   world classifier's style accuracy per class, each image's prediction in ``accuracy.json``), and for erased models
+   world classifier's style accuracy per class, each image's prediction in ``accuracy.json``), ``cra.json`` and
+   ``quality.json`` (:mod:`sepce.world.measures`: CRA predictions; distances and FID against ground-truth renders
+   and the distance to the original), and for erased models
    ``lpips.csv`` and ``fid.csv`` against ``default`` through :func:`sepce.evaluation.compare.compare_folders`. The
    "LPIPS" column holds the world classifier's feature distance (the LPIPS construction on features trained for
    this world); FID uses the classifier's pooled features ("FID (world classifier features)") -- LPIPS and
    Inception with random weights would be meaningless, and no pretrained weights can be downloaded.
 6. ``table`` -- single-erasure forms: ``make-table.py`` (``table.md``, ``table.csv``, ``table.png``) and
-   ``report.md`` (:func:`report_markdown`): accuracies and drops with 95 % intervals and the verdicts read off them
-   (:mod:`sepce.world.analysis`), the attack, the SepCE restoration check, a contact sheet, presets, run times.
-   The ``sweep`` form writes ``sweep.md`` instead (:func:`sweep_markdown`): every method pooled over its erasures.
+   ``report.md``; the ``sweep`` form ``sweep.md`` (:mod:`sepce.world.report`). Both judge every row by protocol
+   v2's one rule (:mod:`sepce.world.analysis`, docs/world-benchmark.md "Protocol v2"): drops with exact-hulled
+   intervals and per-style verdicts, UA/IRA/CRA, quality, the attack, paired method differences.
 
 Every stage resumes (finished runs, images, attacks and unchanged metrics are skipped). Forms (:data:`FORMS`):
-``full`` (one erasure per method, the documented table), ``sweep`` (every method erases every reported style with
-two training seeds; SepCE two disjoint triples), ``short`` (a few minutes: the README quick start), ``tune``
-(preset selection on the held-out styles) and ``smoke`` (CI: seconds, numbers meaningless).
+``full`` (one erasure per method, 40 seeds per style), ``sweep`` (every method erases every reported style with
+training seeds 0-4; SepCE two disjoint triples), ``short`` (the README quick start, 8 seeds per style), ``tune``
+(preset selection on the held-out styles, 40 seeds so that ``spared`` is reachable) and ``smoke`` (CI: seconds,
+numbers meaningless).
 
 Presets were chosen on the held-out styles (:data:`HELD_OUT`) only, by the rule in docs/world-benchmark.md.
 """
@@ -109,7 +114,7 @@ FORMS: Dict[str, Form] = {
     "full": Form("full", 40, 1, 128, "ddim", 50, 7.5, attack=True),
     "sweep": Form("sweep", 16, 1, 128, "ddim", 50, 7.5, attack=True, sweep=True, attack_seeds=SWEEP_ATTACK_SEEDS),
     "short": Form("short", 8, 1, 64, "ddim", 25, 7.5),
-    "tune": Form("tune", 16, 1, 64, "ddim", 50, 7.5),
+    "tune": Form("tune", 40, 1, 64, "ddim", 50, 7.5),  # v2 re-tuning rule needs spared reachable: >= 36
     "smoke": Form("smoke", 1, 2, 2, "ddim", 4, 7.5, iterations=2, attack=True, attack_steps=2, cra_objects=1),
 }
 
