@@ -235,20 +235,20 @@ def pooled_drop(original: Dict[str, Dict[str, float]], runs: Sequence[Run], styl
     """The drop of ``style`` pooled over ``runs`` (points) and the number of paired images: the hull of the exact
     drop interval of the pooled images and the between-run interval (t over runs for r >= 2; one run: the
     bootstrap over evaluation seeds paired with the original) — docs/world-benchmark.md, "Intervals"."""
-    a = k = n = 0
-    per_run, boot = [], NAN
+    pairs = []
     for run in runs:
         names = sorted(set(original[style]) & set(run.styles[style]))
-        if not names:
-            continue
-        before = [original[style][m] for m in names]
-        after = [run.styles[style][m] for m in names]
-        a, k, n = a + int(sum(before)), k + int(sum(after)), n + len(names)
-        per_run.append(100.0 * (sum(before) - sum(after)) / len(names))
-        boot = paired_difference(before, after, seed=seed).scaled(100.0)
-    if n == 0:
+        if names:
+            pairs.append(([original[style][m] for m in names], [run.styles[style][m] for m in names]))
+    if not pairs:
         return NAN, 0
-    between = t_interval(per_run) if len(per_run) > 1 else boot
+    a = int(sum(sum(before) for before, _ in pairs))
+    k = int(sum(sum(after) for _, after in pairs))
+    n = sum(len(before) for before, _ in pairs)
+    if len(pairs) > 1:
+        between = t_interval([100.0 * (sum(before) - sum(after)) / len(before) for before, after in pairs])
+    else:
+        between = paired_difference(*pairs[0], seed=seed).scaled(100.0)
     return hull(exact_drop(a, k, n), between), n
 
 
