@@ -408,7 +408,8 @@ def difference_lines(differences: Sequence[PairDifference]) -> List[str]:
         t = d.test
         p = "–" if math.isnan(t.p_value) else f"{t.p_value:.3f}"
         adj = "–" if math.isnan(t.adjusted_p) else f"{t.adjusted_p:.3f}"
-        lines.append(f"| {d.measure} | {d.a} | {d.b} | {t.pairs} | {t.difference.text()} | {p} | {adj} | {d.verdict} |")
+        diff = t.difference.text() if t.pairs > 1 else f"{t.difference.value:.1f} (no interval)"
+        lines.append(f"| {d.measure} | {d.a} | {d.b} | {t.pairs} | {diff} | {p} | {adj} | {d.verdict} |")
     return lines
 
 
