@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 from sepce.classes import load_class_map
 from sepce.cli import EXIT_HELP, BatchSettings, add_batch_args, add_classes, add_prompts_path, parser, positive_int, run
 from sepce.evaluation.common import file_signature
-from sepce.evaluation.compare import compare_folders
+from sepce.evaluation.compare import CompareSettings, compare_folders
 from sepce.evaluation.fid import (
     FID_INCEPTION_NETWORK,
     INCEPTION_IMAGE_SIZE,
@@ -114,22 +114,19 @@ def main(args: argparse.Namespace) -> Dict[str, List[dict]]:
             settings["fid_network"] = file_signature([fid_weights])[0]
     if "fid" in args.metrics:
         settings["fid_size"] = args.fid_size
-    results = compare_folders(
-        args.original_path,
-        args.edited_path,
-        case_to_class,
-        classes,
-        batches.device,
-        metrics=args.metrics,
+    compare = CompareSettings(
+        metrics=tuple(args.metrics),
         lpips_factory=functools.partial(build_lpips, not args.no_pretrained, lpips_weights),
         fid_factory=functools.partial(inception_extractor, not args.no_pretrained, fid_weights, args.fid_size),
         fid_network=FID_INCEPTION_NETWORK,
-        settings=settings,
+        info=settings,
         batch_size=batches.batch_size,
         lpips_image_size=args.lpips_size,
         overwrite=args.overwrite,
-        pairs=report,
         progress=batches.progress,
+    )
+    results = compare_folders(
+        args.original_path, args.edited_path, case_to_class, classes, batches.device, compare, pairs=report
     )
     print(f"{args.edited_path} vs {args.original_path}: {report.num_pairs} image pairs")
     lpips_by_name = {row["name"]: row for row in results.get("lpips", [])}

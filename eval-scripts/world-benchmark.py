@@ -4,14 +4,16 @@ concept inversion, measure accuracy / feature distance / FID with the world clas
 
     python eval-scripts/world-benchmark.py --form short          # a few minutes on 2 CPU cores (README quick start)
     python eval-scripts/world-benchmark.py --form full           # one erasure per method, with the attack
-    python eval-scripts/world-benchmark.py --form sweep --jobs 2 # every method x every reported style x 2 seeds
+    python eval-scripts/world-benchmark.py --form sweep --jobs 2 # every method x every reported style x 5 seeds
     python eval-scripts/world-benchmark.py --form short --dry_run   # the commands, as a shell script
 
 Stages: data erase generate attack metrics table (see sepce/world/benchmark.py); everything goes under --work_dir
 and re-running resumes. Single-erasure forms: single-concept methods erase --concept, SepCE erases
---sepce_concepts together and the table adds the subsets that restore the later ones; report.md has the table,
-drops and verdicts with 95 % intervals, the attack, the restoration check and a contact sheet. The sweep form
-erases every reported style (--styles) with every --seeds and SepCE's disjoint triples, and writes sweep.md.
+--sepce_concepts together and the table adds the subsets that restore the later ones; report.md has protocol v2's
+table (drops and per-style verdicts on exact-hulled 95 % intervals, UA/IRA/CRA, quality, the attack, paired method
+differences), the paper-style table, the restoration check and a contact sheet. The sweep form erases every
+reported style (--styles) with every --seeds (training seed i on evaluation-seed block i) and SepCE's disjoint
+triples, and writes sweep.md with the same v2 tables pooled over the runs.
 Method flags are the world presets unless overridden with --preset 'CiE=--lr 1e-4 --iterations 100' (how the
 presets were tuned, on the held-out styles: --form tune --concept grid --sepce_concepts grid stripes).
 """

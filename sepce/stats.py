@@ -1,4 +1,5 @@
-"""Intervals for the benchmark's numbers: a proportion (Wilson), a paired difference and a pooled mean (bootstrap).
+"""Intervals for the benchmark's numbers: proportions (Wilson, Clopper–Pearson), drops (bootstrap, exact), means
+over a few units (Student t), paired method differences (paired t, Holm).
 
 Every accuracy and every accuracy drop the benchmark reports carries a 95 % interval, and its verdicts ("erased",
 "spared") are read off the interval, not the point (docs/method.md, "Evaluation"):
@@ -8,16 +9,25 @@ Every accuracy and every accuracy drop the benchmark reports carries a 95 % inte
 - a drop ``acc(original) − acc(erased)`` on the SAME evaluation seeds is a mean of paired differences
   ``d_i = correct_original(i) − correct_erased(i)`` ∈ {−1, 0, 1}; its interval is the percentile interval of a
   bootstrap over seeds (Efron & Tibshirani 1993, ch. 13);
-- a number pooled over several erasures (a method's mean drop over styles × training seeds) gets a hierarchical
-  bootstrap: resample the top-level units (styles), then the runs within each (training seeds), then the
-  evaluation seeds within each run (Davison & Hinkley 1997, §3.8), so every source of variation is in the interval.
+- (protocol v1 pooled sweep numbers with a hierarchical bootstrap over styles, training seeds and evaluation seeds;
+  with two training seeds it under-covered, so v2 replaced it by the exact and t intervals below.)
+
+Protocol v2 (docs/world-benchmark.md, "Protocol v2") adds what never comes out narrower than exact:
+
+- a count ``k / n`` gets the Clopper–Pearson interval (Clopper & Pearson 1934), computed from the binomial tail
+  sums (integer ``n``: the beta quantile is the root of a finite sum, found by bisection; no SciPy at run time);
+- a drop ``a − k/n`` with the original's accuracy ``a`` known gets the exact drop interval
+  ``[a − CP_high(k, n), a − CP_low(k, n)]`` (:func:`exact_drop`), hulled with the between-run interval;
+- a mean over ``r`` units gets ``mean ± t(0.975, r − 1)·sd/√r`` (:func:`t_interval`; the t distribution for
+  integer degrees of freedom by Abramowitz & Stegun 26.7.3–4); a paired difference the paired t interval and
+  p-value (:func:`paired_t`); several p-values Holm's step-down adjustment (Holm 1979, :func:`holm`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -99,46 +109,6 @@ def paired_difference(
     return Estimate(float(d.mean()), lo, hi)
 
 
-#: A two-level sample: units (e.g. erased styles) → runs (e.g. training seeds) → per-seed values of a run, as an
-#: array of shape (seeds, K) — K columns of paired quantities a statistic combines (e.g. one per evaluated style).
-Tree = Sequence[Sequence[np.ndarray]]
-
-
-def hierarchical_bootstrap(
-    tree: Tree,
-    statistic: Callable[[np.ndarray], float],
-    level: float = LEVEL,
-    draws: int = BOOTSTRAP_DRAWS,
-    seed: int = 0,
-) -> Estimate:
-    """A pooled statistic and its hierarchical-bootstrap interval.
-
-    ``tree[u][r]`` is run ``r`` of unit ``u``: an array (seeds, K) of per-evaluation-seed values. ``statistic``
-    maps the per-seed MEAN of one run (a length-K vector) to that run's number (e.g. the drop on its erased style,
-    or the largest drop over its other styles); the pooled value is the mean over units of the mean over their runs.
-    Each draw resamples units, then runs within each drawn unit, then seeds within each drawn run (rows of the
-    array, so paired columns stay paired)."""
-    units = [[np.asarray(run, np.float64) for run in unit] for unit in tree if len(unit)]
-    if not units:
-        return NAN
-
-    def pooled(chosen_units) -> float:
-        return float(np.mean([np.mean([statistic(run.mean(axis=0)) for run in unit]) for unit in chosen_units]))
-
-    value = pooled(units)
-    rng = np.random.default_rng(seed)
-    out = np.empty(draws)
-    for j in range(draws):
-        drawn_units = [units[u] for u in rng.integers(0, len(units), len(units))]
-        resampled = []
-        for unit in drawn_units:
-            runs = [unit[r] for r in rng.integers(0, len(unit), len(unit))]
-            resampled.append([run[rng.integers(0, len(run), len(run))] for run in runs])
-        out[j] = pooled(resampled)
-    lo, hi = percentile_interval(out, level)
-    return Estimate(value, lo, hi)
-
-
 def verdict(estimate: Estimate, threshold: float, above: str, below: str) -> str:
     """``above`` when the whole interval is >= ``threshold``, ``below`` when it is entirely below, else
     ``undecided``."""
@@ -165,6 +135,175 @@ def spared_verdict(drop: Estimate, limit: float = 10.0) -> str:
     if drop.low > limit:
         return "damaged"
     return "undecided"
+
+
+# ------------------------------------------------------------------------------------------------ exact (protocol v2)
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (stable for the n used here, up to thousands)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k + 1)
+    ]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def _bisect(f: Callable[[float], float], lo: float, hi: float, iterations: int = 200) -> float:
+    """Root of an increasing ``f`` on [lo, hi] (f(lo) <= 0 <= f(hi)) by bisection to machine precision."""
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        if f(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def clopper_pearson(successes: int, trials: int, level: float = LEVEL) -> Estimate:
+    """Clopper–Pearson ("exact") interval of ``successes / trials`` as a fraction: the lower bound is the p with
+    P(X >= k | p) = α/2 (0 when k = 0), the upper the p with P(X <= k | p) = α/2 (1 when k = n). Never narrower
+    than the binomial test's acceptance region; it equals the beta quantiles Beta(α/2; k, n−k+1) and
+    Beta(1−α/2; k+1, n−k)."""
+    if trials < 0 or not 0 <= successes <= trials:
+        raise ValueError(f"clopper_pearson({successes}, {trials}): expected 0 <= successes <= trials")
+    if not 0 < level < 1:
+        raise ValueError(f"confidence level {level!r}: expected a number in (0, 1)")
+    if trials == 0:
+        return NAN
+    k, n, alpha = successes, trials, 1 - level
+    low = 0.0 if k == 0 else _bisect(lambda p: (1 - binomial_cdf(k - 1, n, p)) - alpha / 2, 0.0, 1.0)
+    high = 1.0 if k == n else _bisect(lambda p: alpha / 2 - binomial_cdf(k, n, p), 0.0, 1.0)
+    return Estimate(k / n, low, high)
+
+
+def exact_drop(original_correct: int, correct: int, images: int, level: float = LEVEL) -> Estimate:
+    """The exact drop interval in points: the original's accuracy a = ``original_correct / images`` on the same
+    images is fixed (known, not estimated), the erased model's ``correct`` of ``images`` is binomial, so the drop
+    ``a − k/n`` lies in ``[a − CP_high(k, n), a − CP_low(k, n)]`` (docs/world-benchmark.md, "Intervals")."""
+    if not 0 <= original_correct <= images:
+        raise ValueError(f"exact_drop: original_correct {original_correct} not in [0, {images}]")
+    cp = clopper_pearson(correct, images, level)
+    if images == 0:
+        return NAN
+    a = original_correct / images
+    return Estimate(a - cp.value, a - cp.high, a - cp.low).scaled(100.0)
+
+
+def hull(*estimates: Estimate) -> Estimate:
+    """The smallest interval containing every (defined) interval, around the first estimate's value."""
+    defined = [e for e in estimates if not math.isnan(e.value)]
+    if not defined:
+        return NAN
+    return Estimate(defined[0].value, min(e.low for e in defined), max(e.high for e in defined))
+
+
+def t_cdf(t: float, df: int) -> float:
+    """Student's t distribution function for integer ``df`` >= 1 (Abramowitz & Stegun 26.7.3 (odd df) and 26.7.4
+    (even df): A(t|ν) = P(|T| <= |t|) as a finite series in θ = atan(t/√ν))."""
+    if df < 1 or int(df) != df:
+        raise ValueError(f"t_cdf: degrees of freedom {df!r}, expected an integer >= 1")
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    theta = math.atan(abs(t) / math.sqrt(df))
+    s, c = math.sin(theta), math.cos(theta)
+    if df % 2 == 1:
+        total, term = 0.0, c
+        if df > 1:
+            total = c
+            for j in range(3, df, 2):
+                term *= c * c * (j - 1) / j
+                total += term
+        a = 2 / math.pi * (theta + s * total)
+    else:
+        total, term = 1.0, 1.0
+        for j in range(2, df, 2):
+            term *= c * c * (j - 1) / j
+            total += term
+        a = s * total
+    a = min(1.0, max(0.0, a))
+    return 0.5 + a / 2 if t >= 0 else 0.5 - a / 2
+
+
+def t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile of Student's t with integer ``df`` (bisection on :func:`t_cdf`)."""
+    if not 0 < q < 1:
+        raise ValueError(f"t_quantile: {q!r} is not in (0, 1)")
+    hi = 1.0
+    while t_cdf(hi, df) < q:
+        hi *= 2
+    lo = -1.0
+    while t_cdf(lo, df) > q:
+        lo *= 2
+    return _bisect(lambda x: t_cdf(x, df) - q, lo, hi)
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> Estimate:
+    """Mean of ``r`` unit values ± t((1+level)/2, r − 1)·sd/√r (a point interval for r = 1: one unit has no
+    between-unit spread; callers hull it with a within-unit interval)."""
+    x = np.asarray([v for v in values if not math.isnan(v)], np.float64)
+    if x.size == 0:
+        return NAN
+    mean = float(x.mean())
+    if x.size == 1:
+        return Estimate(mean, mean, mean)
+    half = t_quantile(0.5 + level / 2, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return Estimate(mean, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired t comparison: the mean difference with its t interval, the two-sided p-value, the number of pairs
+    and (after :func:`holm`) the adjusted p-value."""
+
+    difference: Estimate
+    p_value: float
+    pairs: int
+    adjusted_p: float = math.nan
+
+    def significant(self, alpha: float = 1 - LEVEL) -> bool:
+        return not math.isnan(self.adjusted_p) and self.adjusted_p < alpha
+
+
+def paired_t(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> PairedTest:
+    """Paired t test of ``a[i] − b[i]``: interval mean ± t·sd/√n, p = 2·(1 − F_t(|mean|/(sd/√n), n − 1));
+    p = 1 when every difference is 0, 0 when they are all equal and non-zero."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired_t: expected two 1-D sequences of equal length, got {x.shape} and {y.shape}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    d = x[keep] - y[keep]
+    if d.size < 2:
+        return PairedTest(t_interval(d, level), math.nan, int(d.size))
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0:
+        return PairedTest(Estimate(mean, mean, mean), 1.0 if mean == 0 else 0.0, int(d.size))
+    t = mean / (sd / math.sqrt(d.size))
+    p = 2 * (1 - t_cdf(abs(t), d.size - 1))
+    return PairedTest(t_interval(d, level), min(1.0, max(0.0, p)), int(d.size))
+
+
+def holm(p_values: Sequence[float]) -> List[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order: sorted ascending, the i-th (0-based) of
+    m is multiplied by m − i, made non-decreasing, capped at 1. NaN stays NaN and does not count towards m."""
+    indexed = [(p, i) for i, p in enumerate(p_values) if not math.isnan(p)]
+    indexed.sort()
+    m = len(indexed)
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(indexed):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
 
 
 def as_points(estimate: Optional[Estimate]) -> Estimate:

@@ -24,7 +24,7 @@ from torchvision import transforms
 
 from sepce import cli
 from sepce.classes import load_class_map
-from sepce.evaluation.compare import compare_folders
+from sepce.evaluation.compare import CompareSettings, compare_folders
 from sepce.evaluation.fid import (
     FID_INCEPTION_NETWORK,
     FID_WORLD_CLASSIFIER_NETWORK,
@@ -254,12 +254,12 @@ def test_compare_folders_records_the_fid_network_and_keeps_metric_fingerprints_a
     default, edited = tmp_path / "evaluation_folder" / "default", tmp_path / "evaluation_folder" / "eval"
     common = dict(lpips_factory=MeanDistance, fid_factory=lambda: colour_stats)
     lpips_only = compare_folders(
-        default, edited, case_to_class, classes, CPU, metrics=["lpips"],
-        settings={"pretrained": False, "lpips_is": "mean difference"}, **common,
+        default, edited, case_to_class, classes, CPU, CompareSettings(metrics=["lpips"],
+        info={"pretrained": False, "lpips_is": "mean difference"}, **common),
     )  # fmt: skip
     both = compare_folders(
-        default, edited, case_to_class, classes, CPU, fid_network=FID_WORLD_CLASSIFIER_NETWORK, fid_image_size=32,
-        settings={"pretrained": False, "fid_size": 32, "lpips_is": "mean difference"}, **common,
+        default, edited, case_to_class, classes, CPU, CompareSettings(fid_network=FID_WORLD_CLASSIFIER_NETWORK,
+        fid_image_size=32, info={"pretrained": False, "fid_size": 32, "lpips_is": "mean difference"}, **common),
     )  # fmt: skip
     # fid_* settings belong to FID only: adding FID reused the stored LPIPS result instead of refusing it
     assert both["lpips"] == json.loads(json.dumps(lpips_only["lpips"]))
@@ -279,15 +279,16 @@ def test_compare_folders_records_the_fid_network_and_keeps_metric_fingerprints_a
 
     with pytest.raises(FileExistsError, match="pass --overwrite"):  # another FID network: not silently reused
         compare_folders(
-            default, edited, case_to_class, classes, CPU, metrics=["fid"], fid_network=FID_INCEPTION_NETWORK,
-            fid_image_size=32, settings={"pretrained": False, "fid_size": 32}, **common,
+            default, edited, case_to_class, classes, CPU, CompareSettings(metrics=["fid"],
+            fid_network=FID_INCEPTION_NETWORK, fid_image_size=32, info={"pretrained": False, "fid_size": 32}, **common),
         )  # fmt: skip
     with pytest.raises(ValueError, match="needs fid_network"):
-        compare_folders(default, edited, case_to_class, classes, CPU, metrics=["fid"], **common)
+        compare_folders(default, edited, case_to_class, classes, CPU, CompareSettings(metrics=["fid"], **common))
     with pytest.raises(ValueError, match="may not set 'network'"):
         compare_folders(
-            default, edited, case_to_class, classes, CPU, metrics=["lpips"], settings={"network": "x"}, **common
-        )
+            default, edited, case_to_class, classes, CPU,
+            CompareSettings(metrics=["lpips"], info={"network": "x"}, **common),
+        )  # fmt: skip
 
 
 def test_progress_bars_follow_the_flag(tmp_path, capsys, load_script, monkeypatch):
@@ -304,15 +305,16 @@ def test_progress_bars_follow_the_flag(tmp_path, capsys, load_script, monkeypatc
         shutil.rmtree(edited / "results", ignore_errors=True)  # computed again, not reused
         capsys.readouterr()
         compare_folders(
-            default, edited, {case: case // 2 for case in range(4)}, classes, CPU, progress=progress, **common
-        )
+            default, edited, {case: case // 2 for case in range(4)}, classes, CPU,
+            CompareSettings(progress=progress, **common),
+        )  # fmt: skip
         err = capsys.readouterr().err
         assert ("LPIPS" in err and "FID 0 a" in err and "FID 1 b" in err) is progress, err
 
     script = load_script("eval-scripts/lpips_eval.py")
     seen = []
     monkeypatch.setattr(cli, "show_progress", lambda quiet: seen.append(quiet) or False)
-    monkeypatch.setattr(script, "compare_folders", lambda *a, **k: seen.append(k["progress"]) or {})
+    monkeypatch.setattr(script, "compare_folders", lambda *a, **k: seen.append(a[5].progress) or {})
     for quiet in ([], ["--quiet"]):
         argv = ["--original_path", default, "--edited_path", edited, "--prompts_path", tmp_path / "prompts.csv"]
         argv += ["--classes", tmp_path / "classes.csv", "--no_pretrained", "--device", "cpu", *quiet]

@@ -156,6 +156,22 @@ def test_committed_evaluate_csv_is_the_protocol_and_reproducible():
     assert module.render_csv(module.build_rows(CLASSES, 50, args.seed, args.max_seed)) == path.read_text()
 
 
+def test_world_evaluate_csv_has_100_seeds_and_keeps_the_v1_seeds():
+    """Protocol v2 (docs/world-benchmark.md): 100 seeds per style from the same master seed; the first 50 of each
+    style are the v1 file's seeds."""
+    path = ROOT / "data" / "world" / "evaluate.csv"
+    world = load_class_map(ROOT / "data" / "world" / "classes.csv")
+    module = load_make_evaluate()
+    args = module.parse_args([])
+    assert module.render_csv(module.build_rows(world, 100, args.seed, args.max_seed)) == path.read_text()
+    rows = read_prompt_csv(path, world, require_class=True)
+    v1 = module.build_rows(world, 50, args.seed, args.max_seed)
+    for c in world:
+        seeds = [r.evaluation_seed for r in rows if r.class_index == c.index]
+        assert len(seeds) == len(set(seeds)) == 100
+        assert seeds[:50] == [r["evaluation_seed"] for r in v1 if r["class"] == c.index]
+
+
 def test_make_evaluate_csv_cli_is_deterministic_and_safe(tmp_path):
     out = tmp_path / "evaluate.csv"
     script = str(ROOT / "data" / "make_evaluate_csv.py")

@@ -9,10 +9,18 @@ import pytest
 
 from sepce.stats import (
     Estimate,
+    binomial_cdf,
+    clopper_pearson,
     erased_verdict,
-    hierarchical_bootstrap,
+    exact_drop,
+    holm,
+    hull,
     paired_difference,
+    paired_t,
     spared_verdict,
+    t_cdf,
+    t_interval,
+    t_quantile,
     wilson,
 )
 
@@ -60,25 +68,6 @@ def test_paired_difference_is_the_mean_with_a_bootstrap_interval():
         paired_difference([1, 0], [1])
 
 
-def test_hierarchical_bootstrap_pools_units_runs_and_seeds():
-    rng = np.random.default_rng(1)
-    # 5 units (styles) x 2 runs (training seeds) x 16 seeds x 3 columns
-    tree = [[rng.integers(0, 2, size=(16, 3)).astype(float) for _ in range(2)] for _ in range(5)]
-    first = hierarchical_bootstrap(tree, lambda m: m[0], draws=500)
-    expected = np.mean([np.mean([run.mean(axis=0)[0] for run in unit]) for unit in tree])
-    assert first.value == pytest.approx(expected)
-    assert first.low <= first.value <= first.high
-    # more levels of variation -> the interval is at least as wide as resampling one run's seeds only
-    one = hierarchical_bootstrap([[tree[0][0]]], lambda m: m[0], draws=500)
-    direct = paired_difference(tree[0][0][:, 0], np.zeros(16), draws=500)
-    assert one.value == pytest.approx(direct.value)
-    assert one.high - one.low == pytest.approx(direct.high - direct.low, abs=0.1)
-    # identical runs everywhere -> a zero-width interval
-    same = [[np.ones((4, 2))] * 2] * 3
-    est = hierarchical_bootstrap(same, lambda m: m.max(), draws=50)
-    assert (est.value, est.low, est.high) == (1.0, 1.0, 1.0)
-
-
 def test_verdicts_read_the_interval():
     assert erased_verdict(Estimate(60, 52, 70)) == "erased"
     assert erased_verdict(Estimate(60, 45, 70)) == "undecided"
@@ -87,3 +76,70 @@ def test_verdicts_read_the_interval():
     assert spared_verdict(Estimate(8, -5, 14)) == "undecided"
     assert spared_verdict(Estimate(30, 15, 40)) == "damaged"
     assert Estimate(52.0, 38.4, 65.1).text() == "52.0 [38.4, 65.1]"
+
+
+# ------------------------------------------------------------------------------------------------ protocol v2
+@pytest.mark.parametrize("k, n", [(0, 16), (3, 16), (16, 16), (7, 40), (0, 36), (79, 80), (250, 400), (1, 1)])
+def test_clopper_pearson_equals_the_beta_quantiles_and_the_binomial_test(k, n):
+    from scipy import stats as sps
+
+    est = clopper_pearson(k, n)
+    low = 0.0 if k == 0 else sps.beta.ppf(0.025, k, n - k + 1)
+    high = 1.0 if k == n else sps.beta.ppf(0.975, k + 1, n - k)
+    assert est.value == pytest.approx(k / n)
+    assert est.low == pytest.approx(low, abs=1e-10) and est.high == pytest.approx(high, abs=1e-10)
+    ci = sps.binomtest(k, n).proportion_ci(0.95, method="exact")
+    assert (est.low, est.high) == pytest.approx((ci.low, ci.high), abs=1e-10)
+    assert binomial_cdf(k, n, 0.3) == pytest.approx(sps.binom.cdf(k, n, 0.3), abs=1e-12)
+
+
+def test_zero_errors_never_give_a_narrow_spared_bound():
+    """Issue 20's Done-when: 0/16 errors -> upper bound >= 20 points; spared (<= 10) needs 36 error-free images."""
+    drop16 = exact_drop(16, 16, 16)
+    assert drop16.value == 0 and drop16.low == 0 and drop16.high >= 20.0
+    assert drop16.high == pytest.approx(20.59, abs=0.01)
+    assert spared_verdict(exact_drop(36, 36, 36)) == "spared"
+    assert spared_verdict(exact_drop(35, 35, 35)) == "undecided"
+    # the hull with a zero-width bootstrap keeps the exact width
+    boot = paired_difference(np.ones(16), np.ones(16)).scaled(100)
+    assert (boot.low, boot.high) == (0.0, 0.0)
+    assert hull(boot, drop16).high == drop16.high
+    # an original that misses 2 of 16 shifts the drop interval by its known accuracy
+    shifted = exact_drop(14, 14, 16)
+    assert shifted.value == 0 and shifted.low == pytest.approx(100 * (14 / 16 - clopper_pearson(14, 16).high))
+    with pytest.raises(ValueError, match="original_correct"):
+        exact_drop(17, 3, 16)
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 30])
+def test_t_distribution_against_scipy(df):
+    from scipy import stats as sps
+
+    for t in (-3.1, -0.4, 0.0, 0.7, 2.2, 8.0):
+        assert t_cdf(t, df) == pytest.approx(sps.t.cdf(t, df), abs=1e-12)
+    assert t_quantile(0.975, df) == pytest.approx(sps.t.ppf(0.975, df), rel=1e-9)
+
+
+def test_t_interval_and_paired_t_against_scipy():
+    from scipy import stats as sps
+
+    x = np.array([53.1, 65.6, 87.5, 43.8, 71.0, 90.2])
+    y = np.array([40.0, 60.0, 80.0, 50.0, 50.0, 62.5])
+    est = t_interval(x)
+    low, high = sps.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=sps.sem(x))
+    assert (est.value, est.low, est.high) == pytest.approx((x.mean(), low, high))
+    test = paired_t(x, y)
+    ref = sps.ttest_rel(x, y)
+    assert test.p_value == pytest.approx(ref.pvalue, rel=1e-9) and test.pairs == 6
+    ci = ref.confidence_interval(0.95)
+    assert (test.difference.low, test.difference.high) == pytest.approx((ci.low, ci.high))
+    assert t_interval([5.0]) == Estimate(5.0, 5.0, 5.0) and math.isnan(t_interval([]).value)
+    assert paired_t([1, 2, 3], [1, 2, 3]).p_value == 1.0
+
+
+def test_holm_on_a_hand_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    adjusted = holm([0.01, math.nan])
+    assert adjusted[0] == pytest.approx(0.01) and math.isnan(adjusted[1])

@@ -1,5 +1,7 @@
-"""Benchmark statistics (sepce.world.analysis) on synthetic predictions: pooled drops equal the direct means,
-intervals bracket them, verdicts follow the intervals, restored/attack columns read the right folders."""
+"""Benchmark statistics (sepce.world.analysis, protocol v2) on synthetic predictions: pooled drops equal the direct
+means, their intervals are never narrower than the exact bound, verdicts follow the one rule, collateral pools only
+the runs that did not erase a style (held-out styles included), UA/IRA/CRA count the right images, and paired method
+differences follow the paired t test with Holm's adjustment."""
 
 from __future__ import annotations
 
@@ -11,19 +13,40 @@ from PIL import Image
 
 from sepce.classes import ConceptClass
 from sepce.evaluation.results import write_metric
-from sepce.world.analysis import Evaluated, contact_sheet, model_report, outcomes, paired_matrix, summarise_method
+from sepce.stats import clopper_pearson, exact_drop, holm, paired_t
+from sepce.world.analysis import (
+    Evaluated,
+    contact_sheet,
+    load_run,
+    outcomes,
+    pair_differences,
+    per_style_values,
+    pooled_drop,
+    row_result,
+)
 
 CLASSES = [ConceptClass(i, n, f"in the style of {n}") for i, n in enumerate(["a", "b", "c", "d"])]
 SEEDS = 16
 
 
-def write(folder, correct: dict, metric: str = "accuracy"):
-    """correct[style] = 0/1 array over seeds; image names k*10+class index so styles never share a name."""
+def write(folder, correct: dict, metric: str = "accuracy", offset: int = 0):
+    """correct[style] = 0/1 array over seeds; image names (offset+k)*10+class index so styles never share a name."""
     predictions = {}
     for c in CLASSES:
         for k, hit in enumerate(correct[c.name]):
-            predictions[f"{k * 10 + c.index}_0.png"] = [c.index, c.index if hit else (c.index + 1) % len(CLASSES)]
+            name = f"{(offset + k) * 10 + c.index}_0.png"
+            predictions[name] = [c.index, c.index if hit else (c.index + 1) % len(CLASSES)]
     write_metric(folder, metric, [], ["class"], {"predictions": predictions})
+    return folder
+
+
+def write_cra(folder, style_hits: dict, object_hits: dict):
+    """CRA predictions: per style, one image per entry of the hit arrays (object index = position)."""
+    predictions = {}
+    for c in CLASSES:
+        for j, (s_hit, o_hit) in enumerate(zip(style_hits[c.name], object_hits[c.name])):
+            predictions[f"{c.index * 100 + j}_0.png"] = [c.index, c.index if s_hit else 99, j, j if o_hit else 99]
+    write_metric(folder, "cra", [], ["class"], {"predictions": predictions})
     return folder
 
 
@@ -33,62 +56,104 @@ def draw(rng, p):
 
 @pytest.fixture()
 def sweep(tmp_path):
+    """The original on two seed blocks; method M erases a and b with training seeds 0, 1 (seed i on block i)."""
     rng = np.random.default_rng(0)
-    ori = write(tmp_path / "ori", {c.name: draw(rng, 0.95) for c in CLASSES})
+    ori = tmp_path / "ori"
+    both = {c.name: np.r_[draw(rng, 0.95), draw(rng, 0.95)] for c in CLASSES}
+    write(ori, both)
     models = []
     for style in ("a", "b"):
         for seed in (0, 1):
             acc = {c.name: draw(rng, 0.1 if c.name == style else 0.9) for c in CLASSES}
-            folder = write(tmp_path / f"m-{style}-{seed}", acc)
-            attack = write(folder, {c.name: draw(rng, 0.6) for c in CLASSES}, "attack")
-            models.append(Evaluated(f"M {style}", "M", folder, (style,), (), style, seed, attack))
+            folder = write(tmp_path / f"m-{style}-{seed}", acc, offset=SEEDS * seed)
+            attack = write(folder, {c.name: draw(rng, 0.6) for c in CLASSES}, "attack", offset=SEEDS * seed)
+            cra = write_cra(tmp_path / f"cra-{style}-{seed}", acc, {c.name: draw(rng, 0.75) for c in CLASSES})
+            models.append(Evaluated(f"M {style}", "M", folder, (style,), (), style, seed, attack, cra))
     return tmp_path, ori, models
 
 
-def test_pooled_numbers_equal_direct_means(sweep):
+def test_pooled_drop_is_the_pooled_mean_and_never_narrower_than_exact(sweep):
     root, ori_folder, models = sweep
     ori = outcomes(ori_folder, CLASSES)
-    summary = summarise_method("M", models, ori, CLASSES, held_out=("d",), draws=300)
-    names = [c.name for c in CLASSES]
-    mats = {m.folder: paired_matrix(ori, outcomes(m.folder, CLASSES), names) for m in models}
-
-    def per_unit(fn):
-        units = {}
-        for m in models:
-            units.setdefault(m.unit, []).append(fn(m))
-        return np.mean([np.mean(v) for v in units.values()])
-
-    erased = per_unit(lambda m: mats[m.folder][:, names.index(m.erased[0])].mean())
-    others = lambda m: [names.index(s) for s in names if s not in m.erased and s != "d"]  # noqa: E731
-    assert summary.erased_drop.value == pytest.approx(erased)
-    assert summary.other_mean_drop.value == pytest.approx(per_unit(lambda m: mats[m.folder][:, others(m)].mean()))
-    assert summary.other_max_drop.value == pytest.approx(
-        per_unit(lambda m: mats[m.folder][:, others(m)].mean(axis=0).max())
-    )
-    for est in (summary.erased_drop, summary.other_mean_drop, summary.attack_accuracy):
-        assert est.low <= est.value <= est.high
-    assert summary.units == 2 and summary.runs == 4
-    assert math.isnan(summary.restored_drop.value)  # nothing restored
-    assert "d" not in summary.per_style_collateral
-    # collateral on "a" pools only the models that did not erase it
-    a_only = [m for m in models if m.erased != ("a",)]
-    direct = np.mean([mats[m.folder][:, 0].mean() for m in a_only])
-    assert summary.per_style_collateral["a"].value == pytest.approx(direct)
-    assert 40 <= summary.attack_accuracy.value <= 80
-    assert summary.erased_verdict == "erased"
+    runs = [load_run(m, CLASSES) for m in models if m.erased == ("a",)]
+    drop, images = pooled_drop(ori, runs, "a")
+    names = [sorted(set(ori["a"]) & set(r.styles["a"])) for r in runs]
+    a = sum(ori["a"][n] for ns in names for n in ns)
+    k = sum(r.styles["a"][n] for r, ns in zip(runs, names) for n in ns)
+    assert images == 2 * SEEDS
+    assert drop.value == pytest.approx(100 * (a - k) / images)
+    exact = exact_drop(int(a), int(k), images)
+    assert drop.low <= exact.low and drop.high >= exact.high  # the hull contains the exact interval
+    per_run = [100 * np.mean([ori["a"][n] - r.styles["a"][n] for n in ns]) for r, ns in zip(runs, names)]
+    half = 12.706 * np.std(per_run, ddof=1) / np.sqrt(2)  # t(0.975, 1): two runs
+    assert drop.low <= np.mean(per_run) - half + 1e-3 and drop.high >= np.mean(per_run) + half - 1e-3
 
 
-def test_model_report_verdicts_follow_intervals(sweep):
+def test_row_judges_each_erased_style_and_every_other_style(sweep):
     root, ori_folder, models = sweep
     ori = outcomes(ori_folder, CLASSES)
-    report = model_report(models[0], ori, CLASSES)
-    assert set(report.drop) == {"a", "b", "c", "d"}
-    assert report.erased_verdicts == {"a": "erased"}
-    assert report.other_verdict in {"spared", "undecided", "damaged"}
-    assert set(report.attack) == {"a"}
-    same = model_report(Evaluated("ORI again", "ORI", ori_folder, ("a",)), ori, CLASSES)
-    assert same.drop["b"].value == 0 and same.other_verdict == "spared"
-    assert same.erased_verdicts == {"a": "not erased"} and not same.meets_aim
+    row = row_result("M", models, ori, CLASSES)
+    assert [v.style for v in row.erased] == ["a", "b"] and row.runs == 4
+    assert all(v.runs == 2 and v.images == 2 * SEEDS for v in row.erased)  # per erased style, its own runs only
+    # collateral: every style, held-out ones included; a and b pooled over the runs that did not erase them
+    assert [v.style for v in row.collateral] == ["a", "b", "c", "d"]
+    assert row.drop_of("c").runs == 4 and [v.runs for v in row.collateral[:2]] == [2, 2]
+    for v in row.erased:
+        assert v.verdict == ("erased" if v.drop.low >= 50 else "not erased" if v.drop.high < 50 else "undecided")
+    for v in row.collateral:
+        expected = "spared" if v.drop.high <= 10 else "damaged" if v.drop.low > 10 else "undecided"
+        assert v.verdict == expected
+    # 64 images per pooled collateral style at p = 0.9 cannot be spared: its exact upper bound is above 10
+    assert row.spares != "yes" and row.aim != "yes"
+    # UA: erased-style images not classified as it; IRA: every other style's images; CRA: the object head
+    runs = [load_run(m, CLASSES) for m in models]
+    miss = sum(1 - v for r in runs for s in r.model.erased for v in r.styles[s].values())
+    assert row.ua.images == 4 * SEEDS and row.ua.estimate.value == pytest.approx(100 * miss / (4 * SEEDS))
+    cp = clopper_pearson(int(4 * SEEDS - miss), 4 * SEEDS)
+    assert row.ua.estimate.low == pytest.approx(100 - 100 * cp.high)
+    assert row.ira.images == 4 * 3 * SEEDS and row.cra.images == 4 * 4 * SEEDS
+    objects = sum(v[1] for r in runs for values in r.context.values() for v in values.values())
+    assert row.cra.estimate.value == pytest.approx(100 * objects / (16 * SEEDS))
+    assert [a.style for a in row.attack] == ["a", "b"] and row.attack[0].accuracy.images == 2 * SEEDS
+
+
+def test_one_model_row_and_an_original_that_erased_nothing(sweep):
+    root, ori_folder, models = sweep
+    ori = outcomes(ori_folder, CLASSES)
+    single = row_result("M a 0", models[:1], ori, CLASSES)
+    assert [v.style for v in single.erased] == ["a"] and single.erased[0].images == SEEDS
+    same = row_result("ORI again", [Evaluated("ORI again", "ORI", ori_folder, ("a",))], ori, CLASSES)
+    assert same.drop_of("b").drop.value == 0
+    assert same.erased[0].verdict == "not erased" and same.aim == "no"
+    # 32 error-free paired images are not enough for spared (exact bound 10.9 > 10)
+    assert same.drop_of("b").drop.high >= 100 * (1 - clopper_pearson(32, 32).low) - 1e-9
+    assert same.drop_of("b").verdict in {"undecided", "spared"}
+
+
+def test_paired_differences_follow_the_paired_t_test_and_holm(sweep):
+    root, ori_folder, models = sweep
+    ori = outcomes(ori_folder, CLASSES)
+    values = per_style_values(models, ori, CLASSES)
+    direct = {}
+    for m in models:
+        drop = pooled_drop(ori, [load_run(m, CLASSES)], m.erased[0])[0].value
+        direct.setdefault(m.erased[0], []).append(drop)
+    assert values["erased drop"] == pytest.approx({s: np.mean(v) for s, v in direct.items()})
+    table = {
+        "X": {"erased drop": {"a": 90.0, "b": 70.0, "c": 80.0}, "collateral": {"a": 1.0, "b": 2.0, "c": 3.0}},
+        "Y": {"erased drop": {"a": 50.0, "b": 40.0, "c": 45.0}, "collateral": {"a": 1.0, "b": 2.5, "c": 2.0}},
+        "Z": {"erased drop": {"a": 91.0, "b": 69.0, "c": 82.0}, "collateral": {"a": 0.0, "b": 2.0, "c": 3.5}},
+    }
+    pairs = pair_differences(table, ["a", "b", "c"])
+    drops = [d for d in pairs if d.measure == "erased drop"]
+    assert [(d.a, d.b) for d in drops] == [("X", "Y"), ("X", "Z"), ("Y", "Z")]
+    raw = [paired_t(list(table[d.a]["erased drop"].values()), list(table[d.b]["erased drop"].values())) for d in drops]
+    assert [d.test.p_value for d in drops] == pytest.approx([t.p_value for t in raw])
+    assert [d.test.adjusted_p for d in drops] == pytest.approx(holm([t.p_value for t in raw]))
+    assert drops[1].verdict == "not distinguishable"
+    assert all(d.test.pairs == 3 for d in pairs)
+    few = pair_differences({"X": table["X"], "Y": {"erased drop": {"a": 1.0}, "collateral": {}}}, ["a", "b"])
+    assert few[0].verdict == "too few styles (1)" and math.isnan(few[0].test.p_value)
 
 
 def test_missing_predictions_fail_with_one_line(tmp_path):

@@ -19,11 +19,14 @@ from sepce.world.benchmark import (
     FORMS,
     HELD_OUT,
     PRESETS,
+    SWEEP_ATTACK_SEEDS,
     SWEEP_SEEDS,
     SWEEP_TRIPLES,
     WORLD_METHODS,
     benchmark_layout,
     concept_prompts,
+    evaluation_prompts,
+    expand_preset,
     plan_benchmark,
     reported_styles,
     single_cells,
@@ -131,7 +134,8 @@ def test_plan_names_the_presets_and_the_model_geometry(tmp_path):
     assert ac.argv[ac.argv.index("--anchor_prompt") + 1] == "" and "--variant" in ac.argv
     uce = next(s for s in steps if s.stage == "erase" and s.name.startswith("UCE"))
     preserved = uce.argv[uce.argv.index("--preserve_concepts") + 1].split(";")
-    assert "in the style of waves" not in preserved and len(preserved) == len(STYLES) - 1 and "--seed" not in uce.argv
+    assert "waves style" not in preserved and len(preserved) == len(STYLES) - 1 and "--seed" not in uce.argv
+    assert "grid style" in preserved  # the training template of every other style, held-out ones included
     restore = next(c for c in plan.cells if c.label == "SepCE (restore rings)")
     gen = by_name[f"evaluation images of {restore.folder}"]
     assert gen.argv[gen.argv.index("--model_name") + 1] == "SepCE-waves+dots+rings-seed0"
@@ -144,6 +148,9 @@ def test_plan_names_the_presets_and_the_model_geometry(tmp_path):
     assert data == {"", "in the style of waves", "in the style of dots", "in the style of rings"}
     csv_text = by_name["evaluation CSV"].content.splitlines()
     assert len(csv_text) == 1 + len(STYLES) * FORMS["full"].seeds_per_class
+    cra = by_name["CRA prompt CSV"].content.splitlines()
+    assert len(cra) == 1 + len(STYLES) * len(OBJECTS) and cra[1].split(",")[1] == "a circle in the style of stripes"
+    assert any(s.name == "CRA images of SepCE-waves+dots+rings-seed0-restore-rings" for s in steps)
     short = plan_benchmark(lay, FORMS["short"], cells)
     assert not short.attacked and not any(s.stage == "attack" for s in short.steps)
 
@@ -160,6 +167,27 @@ def test_sweep_covers_every_reported_style_seed_and_triple(tmp_path):
     assert sum(c.original for c in cells) == 1  # the original's images are generated once and shared
     plan = plan_benchmark(lay, FORMS["sweep"], cells)
     assert not plan.table and len(plan.chains) == len(runs) + 1
+    # protocol v2: training seed i on seed block i (16 seeds each); UCE's one run and the original on all 80
+    spc, span = FORMS["sweep"].seeds_per_class, len(SWEEP_SEEDS)
+    by_name = {s.name: s for s in plan.steps}
+    assert len(by_name["evaluation CSV"].content.splitlines()) == 1 + len(STYLES) * spc * span
+    for cell in cells:
+        gen = by_name[f"evaluation images of {cell.folder}"]
+        path = Path(gen.argv[gen.argv.index("--prompts_path") + 1])
+        content = by_name["evaluation CSV" if path == lay.prompts_path else f"evaluation CSV {path.name}"].content
+        expected = span if cell.original or cell.method == "UCE" else 1
+        assert len(content.splitlines()) == 1 + len(STYLES) * spc * expected, cell.folder
+        if cell.method == "CiE":
+            assert path.name == f"evaluate-blocks{cell.seed}-{cell.seed}.csv"
+    seeds_of = {}
+    for cell in cells:
+        if cell.method == "CiE" and cell.styles == ("waves",):
+            gen = by_name[f"evaluation images of {cell.folder}"]
+            text = by_name[f"evaluation CSV {Path(gen.argv[gen.argv.index('--prompts_path') + 1]).name}"].content
+            seeds_of[cell.seed] = {line.split(",")[0] for line in text.splitlines()[1:]}  # cases
+    assert len(set.union(*seeds_of.values())) == sum(map(len, seeds_of.values()))  # disjoint blocks
+    attacked_seeds = {c.seed for c in cells if plan.attacked.get(c.folder) and not c.original}
+    assert attacked_seeds == set(SWEEP_ATTACK_SEEDS)
     for chain in plan.chains:  # a chain trains first, then generates and attacks that run's models
         names = [s.name for s in chain]
         assert chain[0].stage == "erase" or chain[0].name == "evaluation images of default"
@@ -183,18 +211,25 @@ def test_benchmark_smoke_form_prints_the_table_and_restores_exactly(tmp_path):
     restore_rows = [f"SepCE (restore {'+'.join(later[i:])})" for i in range(len(later))]
     assert "| ORI |" in run.stdout and all(f"| {row} |" in run.stdout for row in restore_rows)
     summary = json.loads((work / "summary.json").read_text())
-    assert set(summary["original_accuracy"]) == set(STYLES)
-    assert all({"value", "low", "high"} <= set(e) for e in summary["original_accuracy"].values())
-    for row in summary["rows"].values():
-        for check in summary["restoration"].get(row["folder"], {}).values():
-            assert check["images"] >= 1 and check["max_abs_diff"] <= 1, (row, check)
-        assert set(row["attack"]) == set(row["erased"])  # the attack ran on every erased style
-    assert set(summary["original_attack"]) == set(DEFAULT_SEPCE)
+    assert summary["protocol"] == "v2" and summary["commit"]
+    assert set(summary["original"]["accuracy"]) == set(STYLES)
+    assert all({"value", "low", "high"} <= set(c["estimate"]) for c in summary["original"]["accuracy"].values())
+    for run in summary["runs"]:
+        for check in summary["restoration"].get(run["folder"], {}).values():
+            assert check["images"] >= 1 and check["max_abs_diff"] <= 1, (run, check)
+    for row in summary["rows"]:
+        assert [a["style"] for a in row["attack"]] == [v["style"] for v in row["erased"]]  # every erased style
+        assert {v["style"] for v in row["collateral"]} | {v["style"] for v in row["erased"]} == set(STYLES)
+        assert row["cra"]["images"] == len(STYLES) * FORMS["smoke"].cra_objects * FORMS["smoke"].num_samples
+        assert row["quality"]["images"] > 0 and row["aim"] in {"yes", "no", "undecided"}
+    assert set(summary["original"]["attack_ceiling"]) == set(DEFAULT_SEPCE)
+    assert {d["measure"] for d in summary["differences"]} == {"erased drop", "collateral"}
     for folder in ("CiE-waves-seed0", "ESD-waves-seed0", "UCE-waves-seed0", "SepCE-waves+dots+gradient-seed0"):
         assert (work / "images" / folder / "results" / "fid.csv").is_file()
     report = (work / "report.md").read_text()
     assert "contact.png" in report and (work / "contact.png").is_file()
     assert "FMN (authors' variant)" in report and "AC (original)" in report and "[" in report
+    assert "| Row | runs | erased: drop (verdict, images) | UA | IRA |" in report and "Holm p" in report
     assert (work / "table" / "table.png").is_file()
     (invocation,) = json.loads((work / "invocations.json").read_text())
     assert invocation["jobs"] == 1 and invocation["seconds"] > 0 and "Wall time" in report
@@ -227,6 +262,8 @@ def test_step_times_survive_a_resumed_run(tmp_path):
 
 
 def test_tuning_candidates_get_their_own_runs_and_the_rule_picks_the_weakest_that_erases(tmp_path):
+    from sepce.stats import Estimate
+    from sepce.world.analysis import Count, Quality, RowResult, StyleVerdict
     from sepce.world.report import choose_presets
 
     lay = benchmark_layout(tmp_path / "work")
@@ -238,47 +275,70 @@ def test_tuning_candidates_get_their_own_runs_and_the_rule_picks_the_weakest_tha
     assert "1e-6" in erase["CiE-grid-seed0-c1"].argv and "1e-4" in erase["CiE-grid-seed0-c2"].argv
     assert all(f in erase["ESD-grid-seed0"].argv for f in PRESETS["ESD"])
 
-    def row(verdict, value):
-        return {"erased": ["grid"], "erased_verdicts": {"grid": verdict}, "drop": {"grid": {"value": value}}}
+    def row(verdict, value, stripes="spared"):
+        erased = [StyleVerdict("grid", Estimate(value, value - 5, value + 5), verdict, 40, 1)]
+        other = [StyleVerdict("stripes", Estimate(0.0, -1.0, 9.0), stripes, 40, 1)]
+        return RowResult("", "CiE", 1, erased, other, (), *[Count(Estimate(0, 0, 0), 0)] * 5, Quality())
 
-    both = {"rows": {"CiE [c1]": row("erased", 80.0), "CiE [c2]": row("erased", 100.0)}}
-    assert choose_presets(both, cells)["CiE"]["tag"] == "c1"
-    none = {"rows": {"CiE [c1]": row("undecided", 40.0), "CiE [c2]": row("not erased", 20.0)}}
-    assert (
-        choose_presets(none, cells)["CiE"]["tag"] == "c1" and "largest" in choose_presets(none, cells)["CiE"]["reason"]
-    )
+    both = {"CiE [c1]": row("erased", 80.0), "CiE [c2]": row("erased", 100.0)}
+    assert choose_presets(both, cells)["CiE"].tag == "c1"
+    # protocol v2's rule also needs the other held-out style spared
+    damaging = {"CiE [c1]": row("erased", 80.0, "undecided"), "CiE [c2]": row("erased", 100.0)}
+    assert choose_presets(damaging, cells)["CiE"].tag == "c2"
+    none = {"CiE [c1]": row("undecided", 40.0), "CiE [c2]": row("not erased", 20.0)}
+    assert choose_presets(none, cells)["CiE"].tag == "c1" and "largest" in choose_presets(none, cells)["CiE"].reason
 
 
 def test_sweep_report_pools_what_ran_and_names_its_seeds(tmp_path):
     """sweep.md on synthetic predictions (no model): the seeds and triples it states are the ones run, every run
-    has a row, and the pooled erased drop equals the mean of the runs' drops."""
+    has a row, a style's pooled drop is the mean over its runs' images (training seed i on seed block i), and UCE's
+    one run has as many images as the seeded method's runs together."""
     from sepce.evaluation.results import write_metric
     from sepce.world.benchmark import eval_csv_text
-    from sepce.world.report import sweep_markdown, sweep_summary
+    from sepce.world.report import summarise, summary_json, sweep_markdown
 
     lay = benchmark_layout(tmp_path / "work")
     classes = load_class_map(lay.classes)
     lay.prompts_path.parent.mkdir(parents=True)
-    lay.prompts_path.write_text(eval_csv_text(classes, 4))
+    lay.prompts_path.write_text(eval_csv_text(classes, 8))
     styles = ["waves", "dots"]
     cells = sweep_cells(["CiE", "UCE"], styles, [], [0, 3])
     plan = plan_benchmark(lay, FORMS["sweep"], cells)
 
-    def write(folder, miss):  # every image right except ``miss[style]`` of its 4 seeds
+    def write(folder, keys, miss):  # images ``keys`` per style, all right except ``miss[style]`` of them
         preds = {}
         for c in classes:
-            for k in range(4):
-                wrong = k < miss.get(c.name, 0)
+            for j, k in enumerate(keys):
+                wrong = j < miss.get(c.name, 0)
                 preds[f"{k * 10 + c.index}_0.png"] = [c.index, (c.index + 1) % len(classes) if wrong else c.index]
         write_metric(lay.eval_dir / folder, "accuracy", [], ["class"], {"predictions": preds})
 
-    for cell in cells:
-        write(cell.folder, {s: 2 + cell.seed // 3 for s in cell.erased})  # seed 0: 50-point drop, seed 3: 75
-    summary = sweep_summary(lay, plan, draws=200)
-    assert summary["seeds"] == [0, 3] and summary["triples"] == []
-    assert [r["seed"] for r in summary["runs"] if r["method"] == "CiE"] == [0, 3, 0, 3]
-    assert summary["methods"]["CiE"]["erased_drop"]["value"] == pytest.approx(62.5)
-    assert summary["methods"]["UCE"]["erased_drop"]["value"] == pytest.approx(50.0)  # deterministic: seed 0 only
+    for cell in cells:  # blocks of 4 seeds; CiE seed 0 (block 0): 50-point drop, seed 3 (block 1): 75
+        keys = range(4 * cell.block, 4 * (cell.block + cell.blocks))
+        write(cell.folder, keys, {s: (2 + cell.seed // 3) if cell.method == "CiE" else 2 for s in cell.erased})
+    summary = summarise(lay, plan, sweep=True, form="sweep")
+    assert summary.seeds == [0, 3] and summary.triples == []
+    assert [r.seed for r in summary.runs if r.row == "CiE"] == [0, 3, 0, 3]
+    cie, uce = summary.row("CiE"), summary.row("UCE")
+    assert cie.drop_of("waves").drop.value == pytest.approx(62.5) and cie.erased[0].images == 8
+    assert uce.erased[0].drop.value == pytest.approx(25.0) and uce.erased[0].images == 8  # one run, all blocks
+    assert cie.erased_drop.value == pytest.approx(62.5)
+    assert json.loads(json.dumps(summary_json(summary), default=float))["rows"][0]["label"] == "CiE"
     text = sweep_markdown(FORMS["sweep"], summary, [], PRESETS)
     assert "training seeds 0, 3" in text and "SepCE erased" not in text
     assert all(f"| CiE | {s} | {seed} |" in text for s in styles for seed in (0, 3))
+    assert "| erased drop | CiE | UCE | 2 |" in text  # paired over the two erased styles
+
+
+def test_uce_preserves_no_evaluation_prompt():
+    """Protocol v2, "No leaks": UCE's preserved prompts (the training template of every other style) and the
+    evaluation prompts (style and CRA prompts) are disjoint."""
+    classes = load_class_map(CLASS_MAP)
+    evaluated = evaluation_prompts(classes)
+    assert "in the style of waves" in evaluated and "a star in the style of waves" in evaluated
+    assert len(evaluated) == len(STYLES) * (1 + len(OBJECTS))
+    for style in STYLES:
+        flags = expand_preset(PRESETS["UCE"], classes, [style])
+        preserved = set(flags[flags.index("--preserve_concepts") + 1].split(";"))
+        assert len(preserved) == len(STYLES) - 1 and f"{style} style" not in preserved
+        assert not preserved & evaluated, preserved & evaluated

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -74,44 +75,62 @@ def fid_rows(classes: Sequence[ConceptClass], results: Mapping[int, dict]) -> Li
     return rows
 
 
+@dataclass(frozen=True)
+class CompareSettings:
+    """What :func:`compare_folders` measures and how.
+
+    ``lpips_factory`` / ``fid_factory`` build the networks, only when a result has to be (re)computed;
+    ``fid_network`` labels the FID feature network (recorded as ``network`` in ``fid.json``; e.g.
+    :data:`~sepce.evaluation.fid.FID_INCEPTION_NETWORK`). ``fid_image_size`` None reads images at their stored
+    size as pytorch-fid does (its Inception resizes by itself); an int resizes them first. ``info`` describes the
+    networks (weights files, pretrained or not) and goes into the results' meta and fingerprint together with the
+    image files and sizes; keys starting with ``lpips_`` or ``fid_`` go to that metric only
+    (:func:`metric_settings`). ``progress``: progress bars while a metric is computed (scripts pass
+    :func:`sepce.cli.show_progress`). ``overwrite``: replace stored results made from other inputs.
+    """
+
+    metrics: Sequence[str] = METRICS
+    lpips_factory: Optional[Callable[[], torch.nn.Module]] = None
+    fid_factory: Optional[Callable[[], FeatureExtractor]] = None
+    fid_network: Optional[str] = None
+    info: Mapping[str, object] = field(default_factory=dict)
+    batch_size: int = 50
+    lpips_image_size: int = LPIPS_IMAGE_SIZE
+    fid_image_size: Optional[int] = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def validate(self) -> CompareSettings:
+        """One line naming the bad value; returns ``self``."""
+        if "network" in self.info:
+            raise ValueError("settings may not set 'network'; the FID network label is fid_network")
+        for metric in self.metrics:
+            if metric not in METRICS:
+                raise ValueError(f"unknown metric {metric!r}; expected 'lpips' or 'fid'")
+            if (self.lpips_factory if metric == "lpips" else self.fid_factory) is None:
+                raise ValueError(f"metric {metric!r} needs a network factory")
+        if "fid" in self.metrics and not self.fid_network:
+            raise ValueError("metric 'fid' needs fid_network, the label of its feature network")
+        return self
+
+
 def compare_folders(
     original: Path,
     edited: Path,
     case_to_class: Mapping[int, int],
     classes: Sequence[ConceptClass],
     device: torch.device,
-    metrics: Sequence[str] = ("lpips", "fid"),
-    lpips_factory: Optional[Callable[[], torch.nn.Module]] = None,
-    fid_factory: Optional[Callable[[], FeatureExtractor]] = None,
-    fid_network: Optional[str] = None,
-    settings: Optional[dict] = None,
-    batch_size: int = 50,
-    lpips_image_size: int = LPIPS_IMAGE_SIZE,
-    fid_image_size: Optional[int] = None,
-    overwrite: bool = False,
+    settings: CompareSettings,
     pairs: Optional[PairReport] = None,
-    progress: bool = True,
 ) -> Dict[str, List[dict]]:
-    """Compute (or reuse) LPIPS and/or FID of ``edited`` against ``original``; returns ``{metric: rows}``.
-
-    ``fid_network`` labels the FID feature network (recorded as ``network`` in ``fid.json``; e.g.
-    :data:`~sepce.evaluation.fid.FID_INCEPTION_NETWORK`). ``fid_image_size`` None reads images at their stored
-    size as pytorch-fid does (its Inception resizes by itself); an int resizes them first. ``settings`` describes
-    the networks (weights files, pretrained or not) and goes into the results' meta and fingerprint together with
-    the image files and sizes; keys starting with ``lpips_`` or ``fid_`` go to that metric only
-    (:func:`metric_settings`). Unpaired files are logged as counted warnings. ``progress``: progress bars while
-    a metric is computed (scripts pass :func:`sepce.cli.show_progress`).
+    """Compute (or reuse) LPIPS and/or FID of ``edited`` against ``original`` as ``settings`` say
+    (:class:`CompareSettings`); returns ``{metric: rows}``. ``pairs``: the image pairing when the caller already
+    has it (else :func:`~sepce.evaluation.images.pair_images`); unpaired files are logged as counted warnings.
     """
-    settings = dict(settings or {})
-    if "network" in settings:
-        raise ValueError("settings may not set 'network'; the FID network label is fid_network")
-    for metric in metrics:
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; expected 'lpips' or 'fid'")
-        if (lpips_factory if metric == "lpips" else fid_factory) is None:
-            raise ValueError(f"metric {metric!r} needs a network factory")
-    if "fid" in metrics and not fid_network:
-        raise ValueError("metric 'fid' needs fid_network, the label of its feature network")
+    s = settings.validate()
+    metrics, batch_size, progress = s.metrics, s.batch_size, s.progress
+    lpips_image_size, fid_image_size, fid_network = s.lpips_image_size, s.fid_image_size, s.fid_network
+    info = dict(s.info)
     report = pairs if pairs is not None else pair_images(original, edited, case_to_class)
     if pairs is None:
         for line in report.warnings():
@@ -123,11 +142,11 @@ def compare_folders(
     ]  # by file name: sorting the folders into class folders later does not invalidate results
     base = {"original": str(original), "edited": str(edited), "images": signature, "classes": [c.name for c in classes]}
     described = {
-        "lpips": {**metric_settings(settings, "lpips"), "image_size": lpips_image_size},
-        "fid": {**metric_settings(settings, "fid"), "image_size": fid_image_size, "network": fid_network},
+        "lpips": {**metric_settings(info, "lpips"), "image_size": lpips_image_size},
+        "fid": {**metric_settings(info, "fid"), "image_size": fid_image_size, "network": fid_network},
     }
     keys = {metric: fingerprint({**base, **described[metric], "metric": metric}) for metric in METRICS}
-    stored = {metric: stored_rows(edited, metric, keys[metric], overwrite) for metric in metrics}
+    stored = {metric: stored_rows(edited, metric, keys[metric], s.overwrite) for metric in metrics}
     meta = {"original": str(original), "edited": str(edited), "pairs": report.num_pairs}
     results = {}
     for metric in metrics:
@@ -136,7 +155,7 @@ def compare_folders(
             results[metric] = stored[metric]
             continue
         if metric == "lpips":
-            distances = lpips_per_class(lpips_factory(), report.pairs, device, batch_size, lpips_image_size, progress)
+            distances = lpips_per_class(s.lpips_factory(), report.pairs, device, batch_size, lpips_image_size, progress)
             rows = lpips_rows(classes, distances)
             write_metric(
                 edited,
@@ -148,7 +167,7 @@ def compare_folders(
         else:
             left = {c: [a for a, _ in p] for c, p in report.pairs.items()}
             right = {c: [b for _, b in p] for c, p in report.pairs.items()}
-            fids = fid_per_class(left, right, fid_factory(), device, fid_image_size, batch_size, progress)
+            fids = fid_per_class(left, right, s.fid_factory(), device, fid_image_size, batch_size, progress)
             rows = fid_rows(classes, fids)
             write_metric(
                 edited,

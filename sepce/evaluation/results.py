@@ -35,7 +35,14 @@ from typing import Dict, List, Optional, Sequence
 from sepce.io import write_json, write_text
 
 RESULTS_DIR = "results"
-VALUE_COLUMNS = {"accuracy": "accuracy_pct", "lpips": "lpips", "fid": "fid", "attack": "accuracy_pct"}
+VALUE_COLUMNS = {
+    "accuracy": "accuracy_pct",
+    "lpips": "lpips",
+    "fid": "fid",
+    "attack": "accuracy_pct",
+    "cra": "object_accuracy_pct",  # world protocol v2: object accuracy on the CRA images (sepce.world.measures)
+    "quality": "fid_to_renders",  # world protocol v2: FID against ground-truth renders
+}
 OVERALL = "all"
 
 

@@ -8,33 +8,40 @@ which this module computes in-process with the world classifier):
    under ``<work>/data/<prompt>/``.
 2. ``erase`` -- every method of :data:`WORLD_METHODS` with its world preset (:data:`PRESETS`), one run folder per
    (method, erased styles, training seed) under ``<work>/models/`` (:func:`sepce.paths.run_name`).
-3. ``generate`` -- ``generate-images.py`` from the evaluation CSV (the first ``seeds_per_class`` seeds of each
-   style in ``data/world/evaluate.csv``, prompt ``in the style of <style>``) for the original (folder ``default``,
-   generated once and shared), every erased model and SepCE's subsets (erase the first i styles, restore the rest).
+3. ``generate`` -- ``generate-images.py`` from the evaluation CSV (``seeds_per_class`` seeds of each style in
+   ``data/world/evaluate.csv`` per seed block, prompt ``in the style of <style>``; the sweep's training seed i on
+   block i) and from the CRA CSV (``a <object> in the style of <style>``, 64 prompts, under ``images-cra/``) for
+   the original (folder ``default``, generated once and shared), every erased model and SepCE's subsets (erase the
+   first i styles, restore the rest).
 4. ``attack`` -- ``attack-inversion.py``: the concept-inversion attack (docs/method.md) on every erased style of
    every model, and on the original for every such style (the ceiling), one preset for all
    (:data:`sepce.attack.PRESETS` ``world``); results in each model folder's ``results/attack.*``.
 5. ``metrics`` -- per model folder, in ``results/`` (:mod:`sepce.evaluation.results`): ``accuracy.csv`` (the
-   world classifier's style accuracy per class, each image's prediction in ``accuracy.json``), and for erased models
+   world classifier's style accuracy per class, each image's prediction in ``accuracy.json``), ``cra.json`` and
+   ``quality.json`` (:mod:`sepce.world.measures`: CRA predictions; distances and FID against ground-truth renders
+   and the distance to the original), and for erased models
    ``lpips.csv`` and ``fid.csv`` against ``default`` through :func:`sepce.evaluation.compare.compare_folders`. The
    "LPIPS" column holds the world classifier's feature distance (the LPIPS construction on features trained for
    this world); FID uses the classifier's pooled features ("FID (world classifier features)") -- LPIPS and
    Inception with random weights would be meaningless, and no pretrained weights can be downloaded.
 6. ``table`` -- single-erasure forms: ``make-table.py`` (``table.md``, ``table.csv``, ``table.png``) and
-   ``report.md`` (:func:`report_markdown`): accuracies and drops with 95 % intervals and the verdicts read off them
-   (:mod:`sepce.world.analysis`), the attack, the SepCE restoration check, a contact sheet, presets, run times.
-   The ``sweep`` form writes ``sweep.md`` instead (:func:`sweep_markdown`): every method pooled over its erasures.
+   ``report.md``; the ``sweep`` form ``sweep.md`` (:mod:`sepce.world.report`). Both judge every row by protocol
+   v2's one rule (:mod:`sepce.world.analysis`, docs/world-benchmark.md "Protocol v2"): drops with exact-hulled
+   intervals and per-style verdicts, UA/IRA/CRA, quality, the attack, paired method differences.
 
 Every stage resumes (finished runs, images, attacks and unchanged metrics are skipped). Forms (:data:`FORMS`):
-``full`` (one erasure per method, the documented table), ``sweep`` (every method erases every reported style with
-two training seeds; SepCE two disjoint triples), ``short`` (a few minutes: the README quick start), ``tune``
-(preset selection on the held-out styles) and ``smoke`` (CI: seconds, numbers meaningless).
+``full`` (one erasure per method, 40 seeds per style), ``sweep`` (every method erases every reported style with
+training seeds 0-4; SepCE two disjoint triples), ``short`` (the README quick start, 8 seeds per style), ``tune``
+(preset selection on the held-out styles, 40 seeds so that ``spared`` is reachable) and ``smoke`` (CI: seconds,
+numbers meaningless).
 
 Presets were chosen on the held-out styles (:data:`HELD_OUT`) only, by the rule in docs/world-benchmark.md.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -46,7 +53,7 @@ import torch
 from sepce.classes import ConceptClass, classes_by_names, load_class_map
 from sepce.evaluation.classifier import accuracy_table
 from sepce.evaluation.common import fingerprint
-from sepce.evaluation.compare import compare_folders
+from sepce.evaluation.compare import CompareSettings, compare_folders
 from sepce.evaluation.fid import FID_WORLD_CLASSIFIER_NETWORK
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.evaluation.loading import load_images
@@ -54,9 +61,12 @@ from sepce.evaluation.results import stored_rows, write_metric
 from sepce.evaluation.table import ModelSpec, spec_of
 from sepce.paths import REPO_ROOT, run_name
 from sepce.prompt_csv import case_classes, read_prompt_csv
-from sepce.reproduce import ORIGINAL_FOLDER, ScriptStep, tiny_inputs
+from sepce.reproduce import ORIGINAL_FOLDER, ScriptStep
 from sepce.world.classifier import SHIPPED_CLASSIFIER, WorldClassifier, feature_distance, load_classifier, predict
+from sepce.world.measures import cra_results, quality_results
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
+from sepce.world.prompts import build_prompt
+from sepce.world.render import OBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +83,9 @@ DEFAULT_CONCEPT = "waves"
 DEFAULT_SEPCE = ("waves", "dots", "gradient")
 #: The sweep: SepCE erases each of two disjoint triples of reported styles; every method trains with these seeds.
 SWEEP_TRIPLES = (("waves", "dots", "gradient"), ("checker", "rings", "noise"))
-SWEEP_SEEDS = (0, 1)
+SWEEP_SEEDS = (0, 1, 2, 3, 4)
+#: Protocol v2: the sweep attacks the runs of these training seeds only (the attack would dominate the cost).
+SWEEP_ATTACK_SEEDS = (0, 1)
 ANCHOR_PROMPT = ""  # the world's generic caption: Ablating Concepts' anchor (docs/method.md)
 
 
@@ -92,14 +104,18 @@ class Form:
     attack: bool = False  # run the concept-inversion attack
     attack_steps: Optional[int] = None  # overrides the attack preset's steps (smoke only)
     sweep: bool = False  # every reported style x training seeds, SepCE triples
+    attack_seeds: Optional[tuple] = None  # sweep: attack only the runs of these training seeds (None: every run)
+    cra_objects: int = 8  # CRA images per style and run: ``a <object> in the style of <style>``, the first objects
 
 
+#: Protocol v2 (docs/world-benchmark.md, "How much data"): ``seeds_per_class`` is per training seed; a
+#: deterministic method (UCE) gets as many seeds from its one run as a seeded method has over all its seeds.
 FORMS: Dict[str, Form] = {
-    "full": Form("full", 25, 1, 128, "ddim", 50, 7.5, attack=True),
-    "sweep": Form("sweep", 16, 1, 128, "ddim", 50, 7.5, attack=True, sweep=True),
+    "full": Form("full", 40, 1, 128, "ddim", 50, 7.5, attack=True),
+    "sweep": Form("sweep", 16, 1, 128, "ddim", 50, 7.5, attack=True, sweep=True, attack_seeds=SWEEP_ATTACK_SEEDS),
     "short": Form("short", 8, 1, 64, "ddim", 25, 7.5),
-    "tune": Form("tune", 16, 1, 64, "ddim", 50, 7.5),
-    "smoke": Form("smoke", 1, 2, 2, "ddim", 4, 7.5, iterations=2, attack=True, attack_steps=2),
+    "tune": Form("tune", 40, 1, 64, "ddim", 50, 7.5),  # v2 re-tuning rule needs spared reachable: >= 36
+    "smoke": Form("smoke", 1, 2, 2, "ddim", 4, 7.5, iterations=2, attack=True, attack_steps=2, cra_objects=1),
 }
 
 
@@ -158,7 +174,8 @@ DEFAULT_METHODS = tuple(WORLD_METHODS)
 #: the held-out styles (docs/world-benchmark.md, "Presets": the tuning run and its table). FMN/AC build their
 #: prompts from world templates fixed before any result was seen: the class prompt itself (``in the style of
 #: waves``), FMN's neutral prompt without the style word, AC's anchor the blank caption (docs/method.md).
-#: ``{others}`` expands to the ';'-joined prompts of every style not erased.
+#: ``{others}`` expands to the ';'-joined TRAINING-template prompts ``<style> style`` of every style not erased
+#: (protocol v2, "No leaks": never an evaluation prompt).
 PRESETS: Dict[str, tuple] = {
     "CiE": ("--lr", "1e-5", "--threshold", "0", "--reg_beta", "3e-5", "--iterations", "120"),
     "SepCE": ("--lr", "1e-2", "--scale_factor", "0.003", "--reg_beta", "3e-5", "--iterations", "200"),
@@ -194,6 +211,8 @@ class BenchmarkLayout:
     config_path: Path
     classifier: Path
     classes: Path
+    cra_dir: Path  # CRA images (``a <object> in the style of <style>``), one folder per model as under eval_dir
+    cra_prompts: Path  # their prompt CSV (with an ``object`` column)
 
 
 def _near(path: Path) -> Path:
@@ -220,6 +239,8 @@ def benchmark_layout(
         _near(config),
         _near(classifier),
         _near(CLASS_MAP),
+        work / "images-cra",
+        work / "evaluate-cra.csv",
     )
 
 
@@ -247,6 +268,13 @@ class Cell:
     restored: tuple = ()
     preset: Optional[tuple] = None  # a candidate's flags (tune form); None: the method's preset
     tag: str = ""  # names the candidate in run folders and labels ("c2")
+    block: int = 0  # evaluated on the evaluation seeds of blocks block .. block+blocks-1 (seeds_per_class each)
+    blocks: int = 1
+
+    @property
+    def candidate(self) -> bool:
+        """A tuning candidate's own run (not one of its restore subsets)."""
+        return bool(self.tag) and not self.restored
 
     @property
     def original(self) -> bool:
@@ -273,18 +301,24 @@ class Cell:
 
 
 def method_cells(
-    method: WorldMethod, styles: Sequence[str], seed: int, preset: Optional[tuple] = None, tag: str = ""
+    method: WorldMethod,
+    styles: Sequence[str],
+    seed: int,
+    preset: Optional[tuple] = None,
+    tag: str = "",
+    block: int = 0,
+    blocks: int = 1,
 ) -> List[Cell]:
     """The evaluated models of one run: the run itself, and for several styles (SepCE) the subsets that erase
-    the first i styles and restore the rest (i = n-1..1)."""
+    the first i styles and restore the rest (i = n-1..1); all evaluated on the seeds of ``block``..+``blocks``."""
     styles = tuple(styles)
     name = method.label + (f" [{tag}]" if tag else "")
-    cells = [Cell(name, method.key, styles, seed, styles, (), preset, tag)]
+    cells = [Cell(name, method.key, styles, seed, styles, (), preset, tag, block, blocks)]
     if method.key == "SepCE":
         for i in range(len(styles) - 1, 0, -1):
             restored = styles[i:]
             label = f"{name} (restore {'+'.join(restored)})"
-            cells.append(Cell(label, method.key, styles, seed, styles[:i], restored, preset, tag))
+            cells.append(Cell(label, method.key, styles, seed, styles[:i], restored, preset, tag, block, blocks))
     return cells
 
 
@@ -314,21 +348,93 @@ def sweep_cells(
     seeds: Sequence[int] = SWEEP_SEEDS,
 ) -> List[Cell]:
     """The sweep: every single-concept method erases each of ``styles`` with each training seed (deterministic
-    methods once), SepCE each triple with each seed (and its restore subsets); the original once."""
-    cells = [Cell("ORI", "ORI")]
+    methods once), SepCE each triple with each seed (and its restore subsets); the original once.
+
+    Protocol v2: the i-th training seed is evaluated on the i-th block of evaluation seeds, so the runs of a style
+    pool over distinct images; a deterministic method's one run and the original get every block (UCE: 80 seeds
+    from one run against 5 x 16)."""
+    cells = [Cell("ORI", "ORI", blocks=len(seeds))]
     for key in methods:
         method = WORLD_METHODS[key]
         groups = [tuple(t) for t in triples] if key == "SepCE" else [(s,) for s in styles]
         for group in groups:
-            for seed in seeds if method.seeded else seeds[:1]:
-                cells += method_cells(method, group, seed)
+            if not method.seeded:
+                cells += method_cells(method, group, seeds[0], blocks=len(seeds))
+                continue
+            for i, seed in enumerate(seeds):
+                cells += method_cells(method, group, seed, block=i)
     return cells
 
 
-def eval_csv_text(classes: Sequence[ConceptClass], seeds_per_class: int, source: Path = EVAL_CSV) -> str:
-    """The first ``seeds_per_class`` rows of each style in ``source`` (a prompt CSV with a class column)."""
-    _, rows = tiny_inputs(classes, source, [c.name for c in classes], seeds_per_class)
-    return rows
+def original_cell(cells: Sequence[Cell]) -> Cell:
+    """The original model's cell of a plan (every plan has exactly one)."""
+    found = [c for c in cells if c.original]
+    if len(found) != 1:
+        raise ValueError(f"a benchmark plan needs exactly one original cell, found {len(found)}")
+    return found[0]
+
+
+def erased_cells(cells: Sequence[Cell]) -> List[Cell]:
+    """Every cell but the original's."""
+    return [c for c in cells if not c.original]
+
+
+def eval_csv_text(
+    classes: Sequence[ConceptClass], seeds_per_class: int, source: Path = EVAL_CSV, start: int = 0
+) -> str:
+    """Rows ``start`` .. ``start + seeds_per_class - 1`` of each style in ``source`` (a prompt CSV with a class
+    column), case numbers kept, so images of one seed have one name in every folder."""
+    rows = read_prompt_csv(source, list(classes), require_class=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case_number", "prompt", "evaluation_seed", "class"])
+    for c in classes:
+        mine = [r for r in rows if r.class_index == c.index]
+        if len(mine) < start + seeds_per_class:
+            raise ValueError(
+                f"{source} has {len(mine)} seeds of style {c.name!r}; the form needs {start + seeds_per_class}"
+            )
+        for r in mine[start : start + seeds_per_class]:
+            writer.writerow([r.case_number, r.prompt, r.evaluation_seed, r.class_index])
+    return buf.getvalue()
+
+
+def cra_csv_text(classes: Sequence[ConceptClass], objects: int, source: Path = EVAL_CSV) -> str:
+    """The CRA prompts (protocol v2): ``a <object> in the style of <style>`` for every style and the first
+    ``objects`` objects, each once; the j-th object of a style takes the j-th seed of that style in ``source``.
+    Columns: case_number, prompt, evaluation_seed, class (the style), object (the object index)."""
+    rows = read_prompt_csv(source, list(classes), require_class=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case_number", "prompt", "evaluation_seed", "class", "object"])
+    for c in classes:
+        seeds = [r.evaluation_seed for r in rows if r.class_index == c.index]
+        for j, obj in enumerate(OBJECTS[:objects]):
+            writer.writerow([c.index * len(OBJECTS) + j, build_prompt(c.name, obj), seeds[j], c.index, j])
+    return buf.getvalue()
+
+
+def training_prompt(style: str) -> str:
+    """A style's training-template prompt ``<style> style`` (what UCE preserves; never an evaluation prompt)."""
+    return build_prompt(style, None, "suffix")
+
+
+def evaluation_prompts(classes: Sequence[ConceptClass], objects: int = len(OBJECTS)) -> set:
+    """Every prompt the protocol evaluates on: the style prompts and the CRA prompts."""
+    return {c.prompt for c in classes} | {build_prompt(c.name, o) for c in classes for o in OBJECTS[:objects]}
+
+
+def seed_span(cells: Sequence[Cell]) -> int:
+    """How many blocks of evaluation seeds a plan's cells cover together."""
+    return max(c.block + c.blocks for c in cells)
+
+
+def seed_csv(lay: BenchmarkLayout, block: int, blocks: int, span: int) -> Path:
+    """The evaluation CSV of seed blocks ``block`` .. ``block + blocks - 1``: the whole ``evaluate.csv`` when that
+    is every block of the plan (``span``), else ``evaluate-blocks<first>-<last>.csv`` beside it."""
+    if block == 0 and blocks == span:
+        return lay.prompts_path
+    return lay.prompts_path.with_name(f"evaluate-blocks{block}-{block + blocks - 1}.csv")
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -351,17 +457,18 @@ class BenchmarkPlan:
 
 
 def expand_preset(flags: Sequence[str], classes: Sequence[ConceptClass], erased: Sequence[str]) -> List[str]:
-    """A preset's flags with ``{others}`` replaced by the ';'-joined prompts of the styles not erased."""
-    others = ";".join(c.prompt for c in classes if c.name not in erased)
+    """A preset's flags with ``{others}`` replaced by the ';'-joined training-template prompts (``<style> style``,
+    :func:`training_prompt`) of the styles not erased."""
+    others = ";".join(training_prompt(c.name) for c in classes if c.name not in erased)
     return [f.replace("{others}", others) for f in flags]
 
 
-def attack_plan(cells: Sequence[Cell]) -> Dict[str, List[str]]:
-    """Styles attacked in each images folder: every erased style of every erased model, and all of them on the
-    original (the ceiling)."""
+def attack_plan(cells: Sequence[Cell], seeds: Optional[Sequence[int]] = None) -> Dict[str, List[str]]:
+    """Styles attacked in each images folder: every erased style of every erased model (of the training ``seeds``
+    when given), and all of them on the original (the ceiling)."""
     attacked: Dict[str, List[str]] = {}
     for cell in cells:
-        if not cell.original:
+        if not cell.original and (seeds is None or cell.seed in seeds):
             attacked[cell.folder] = list(cell.erased)
     ceiling = list(dict.fromkeys(s for styles in attacked.values() for s in styles))
     if ceiling:
@@ -399,9 +506,17 @@ def plan_benchmark(
     sample_flags = ["--sampler", form.sampler, "--ddim_steps", str(form.steps)]
     sample_flags += ["--guidance_scale", str(form.guidance), "--image_size", str(IMAGE_SIZE), "--device", "cpu"]
     sample_flags += ["--batch_size", str(batch_size)] + (["--quiet"] if quiet else [])
-    content = eval_csv_text(classes, form.seeds_per_class)
+    spc, span = form.seeds_per_class, seed_span(cells)
+    content = eval_csv_text(classes, spc * span)
     setup = [ScriptStep("generate", "evaluation CSV", write=lay.prompts_path, content=content)]
-    attacked = attack_plan(cells) if form.attack else {}
+    attacked = attack_plan(cells, form.attack_seeds) if form.attack else {}
+    blocks = {(c.block, c.blocks) for c in cells} | {(c.block, 1) for c in cells if attacked.get(c.folder)}
+    for block, count in sorted(blocks - {(0, span)}):
+        text = eval_csv_text(classes, spc * count, start=spc * block)
+        path = seed_csv(lay, block, count, span)
+        setup.append(ScriptStep("generate", f"evaluation CSV {path.name}", write=path, content=text))
+    cra_text = cra_csv_text(classes, form.cra_objects)
+    setup.append(ScriptStep("generate", "CRA prompt CSV", write=lay.cra_prompts, content=cra_text))
     for prompt in data_prompts(cells, attacked, prompt_of):
         argv = ["eval-scripts/generate-data.py", "--prompt", prompt, "--model_name", "none", "--link", "none"]
         argv += ["--save_path", str(lay.data_dir), "--num_cases", str(form.train_images), "--classes", str(lay.classes)]
@@ -414,13 +529,17 @@ def plan_benchmark(
         if not chain and not cell.original:
             preset = presets[cell.method] if cell.preset is None else cell.preset
             chain.append(erase_step(lay, form, cell, preset, classes, model_flags, quiet))
-        argv = ["eval-scripts/generate-images.py", *model_argv(lay, cell), "--prompts_path", str(lay.prompts_path)]
-        argv += ["--save_path", str(lay.eval_dir), "--output_name", cell.folder, "--num_samples", str(form.num_samples)]
-        argv += ["--classes", str(lay.classes), *model_flags, *sample_flags]
-        chain.append(ScriptStep("generate", f"evaluation images of {cell.folder}", argv, resumes=True))
+        for what, prompts, out in (
+            ("evaluation images", seed_csv(lay, cell.block, cell.blocks, span), lay.eval_dir),
+            ("CRA images", lay.cra_prompts, lay.cra_dir),
+        ):
+            argv = ["eval-scripts/generate-images.py", *model_argv(lay, cell), "--prompts_path", str(prompts)]
+            argv += ["--save_path", str(out), "--output_name", cell.folder, "--num_samples", str(form.num_samples)]
+            argv += ["--classes", str(lay.classes), *model_flags, *sample_flags]
+            chain.append(ScriptStep("generate", f"{what} of {cell.folder}", argv, resumes=True))
         for style in attacked.get(cell.folder, []):
             argv = ["eval-scripts/attack-inversion.py", *model_argv(lay, cell), "--prompt", prompt_of[style]]
-            argv += ["--data_dir", str(lay.data_dir), "--prompts_path", str(lay.prompts_path)]
+            argv += ["--data_dir", str(lay.data_dir), "--prompts_path", str(seed_csv(lay, cell.block, 1, span))]
             argv += ["--classes", str(lay.classes), "--save_path", str(lay.eval_dir), "--output_name", cell.folder]
             argv += ["--num_samples", str(form.num_samples), "--classifier", str(lay.classifier)]
             argv += ["--domain", "world", *model_flags, *sample_flags]
@@ -556,7 +675,8 @@ def accuracy_results(
 
 
 def run_metrics(lay: BenchmarkLayout, cells: Sequence[Cell]) -> Dict[str, dict]:
-    """Accuracy of every model, feature distance and FID of every erased model against the original."""
+    """Accuracy of every model, its CRA predictions and quality measures (:mod:`sepce.world.measures`), feature
+    distance and FID of every erased model against the original (the table's columns)."""
     from sepce.records import file_digest
 
     classes = load_class_map(lay.classes)
@@ -564,27 +684,27 @@ def run_metrics(lay: BenchmarkLayout, cells: Sequence[Cell]) -> Dict[str, dict]:
     classifier, _ = load_classifier(lay.classifier)
     classifier_id = f"world classifier {lay.classifier.name} sha256 {file_digest(lay.classifier)[:16]}"
     original = lay.eval_dir / ORIGINAL_FOLDER
+    rows = read_prompt_csv(lay.prompts_path, classes, require_class=True)
+    cra_rows = read_prompt_csv(lay.cra_prompts, classes, require_class=True)
+    compare = CompareSettings(
+        lpips_factory=lambda: DistanceMetric(classifier),
+        fid_factory=lambda: ClassifierFeatures(classifier),
+        fid_network=FID_WORLD_CLASSIFIER_NETWORK,
+        info={"classifier": classifier_id, "lpips_is": "world classifier feature distance"},
+        batch_size=64,
+        lpips_image_size=IMAGE_SIZE,
+        fid_image_size=IMAGE_SIZE,
+        overwrite=True,
+    )
     out = {}
     for cell in cells:
         folder = lay.eval_dir / cell.folder
-        out[cell.folder] = {"accuracy": accuracy_results(folder, classifier, classifier_id, case_to_class, classes)}
+        out[cell.folder] = {
+            "accuracy": accuracy_results(folder, classifier, classifier_id, case_to_class, classes),
+            "cra": cra_results(lay.cra_dir / cell.folder, cra_rows, classifier, classifier_id),
+            "quality": quality_results(folder, original, rows, classifier, classifier_id),
+        }
         if cell.original:
             continue
-        out[cell.folder].update(
-            compare_folders(
-                original,
-                folder,
-                case_to_class,
-                classes,
-                torch.device("cpu"),
-                lpips_factory=lambda: DistanceMetric(classifier),
-                fid_factory=lambda: ClassifierFeatures(classifier),
-                fid_network=FID_WORLD_CLASSIFIER_NETWORK,
-                settings={"classifier": classifier_id, "lpips_is": "world classifier feature distance"},
-                batch_size=64,
-                lpips_image_size=IMAGE_SIZE,
-                fid_image_size=IMAGE_SIZE,
-                overwrite=True,
-            )
-        )
+        out[cell.folder].update(compare_folders(original, folder, case_to_class, classes, torch.device("cpu"), compare))
     return out

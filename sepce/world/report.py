@@ -12,6 +12,7 @@ import io
 import json
 import math
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -20,10 +21,25 @@ import numpy as np
 from sepce.classes import load_class_map
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.io import write_text
+from sepce.paths import REPO_ROOT
 from sepce.prompt_csv import case_classes, read_prompt_csv
 from sepce.reproduce import ORIGINAL_FOLDER
 from sepce.stats import Estimate
-from sepce.world.analysis import Evaluated, MethodSummary, contact_sheet, model_report, outcomes, summarise_method
+from sepce.world.analysis import (
+    AIM_CEILING,
+    Count,
+    Evaluated,
+    PairDifference,
+    Quality,
+    RowResult,
+    accuracy,
+    ceiling_reaches,
+    contact_sheet,
+    load_run,
+    pair_differences,
+    per_style_values,
+    row_result,
+)
 from sepce.world.benchmark import (
     HELD_OUT,
     WORLD_METHODS,
@@ -31,6 +47,8 @@ from sepce.world.benchmark import (
     BenchmarkPlan,
     Cell,
     Form,
+    erased_cells,
+    original_cell,
 )
 
 
@@ -45,10 +63,22 @@ def evaluated(lay: BenchmarkLayout, cell: Cell, attacked: Dict[str, List[str]]) 
         cell.unit,
         cell.seed,
         folder if attacked.get(cell.folder) else None,
+        lay.cra_dir / cell.folder,
     )
 
 
-def pixel_check(original: Path, edited: Path, case_to_class: Dict[int, int], class_index: int) -> dict:
+@dataclass(frozen=True)
+class PixelCheck:
+    """A restored style's images against the original's (same names, uint8 pixels)."""
+
+    images: int
+    identical: int
+    within_one: int  # images whose largest difference is at most one grey level
+    max_abs_diff: float
+    mean_abs_diff: float
+
+
+def pixel_check(original: Path, edited: Path, case_to_class: Dict[int, int], class_index: int) -> PixelCheck:
     """Largest and mean absolute uint8 difference of same-named images of one class (restoration check)."""
     from PIL import Image
 
@@ -63,16 +93,17 @@ def pixel_check(original: Path, edited: Path, case_to_class: Dict[int, int], cla
         b = np.asarray(Image.open(right[name]).convert("RGB"), np.int16)
         diffs.append(np.abs(a - b))
     if not diffs:
-        return {"images": 0, "max_abs_diff": math.nan, "mean_abs_diff": math.nan, "identical": 0}
-    return {
-        "images": len(diffs),
-        "max_abs_diff": int(max(d.max() for d in diffs)),
-        "mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
-        "identical": int(sum(int(d.max() == 0) for d in diffs)),
-    }
+        return PixelCheck(0, 0, 0, math.nan, math.nan)
+    return PixelCheck(
+        len(diffs),
+        int(sum(int(d.max() == 0) for d in diffs)),
+        int(sum(int(d.max() <= 1) for d in diffs)),
+        int(max(d.max() for d in diffs)),
+        float(np.mean([d.mean() for d in diffs])),
+    )
 
 
-def restoration_checks(lay: BenchmarkLayout, cells: Sequence[Cell]) -> Dict[str, Dict[str, dict]]:
+def restoration_checks(lay: BenchmarkLayout, cells: Sequence[Cell]) -> Dict[str, Dict[str, PixelCheck]]:
     """Per restored model and restored style: the pixel comparison with the original's images."""
     classes = load_class_map(lay.classes)
     index = {c.name: c.index for c in classes}
@@ -85,59 +116,301 @@ def restoration_checks(lay: BenchmarkLayout, cells: Sequence[Cell]) -> Dict[str,
     }
 
 
-def _est(e: Estimate) -> dict:
-    return e.to_dict()
+# ------------------------------------------------------------------------------------------------ summary
+@dataclass(frozen=True)
+class OriginalResult:
+    """The original model: style accuracy per style, in-context style accuracy and CRA, quality, and the attack's
+    ceiling per attacked style (which decides the attack column)."""
+
+    accuracy: Dict[str, Count]
+    ira: Count  # style accuracy over every style's images
+    ira_context: Count
+    cra: Count
+    quality: Quality
+    attack_ceiling: Dict[str, Count]
+
+    @property
+    def attack_styles(self) -> List[str]:
+        """Styles whose ceiling reaches :data:`~sepce.world.analysis.AIM_CEILING` (Wilson lower bound)."""
+        return [s for s, c in self.attack_ceiling.items() if c.included]
 
 
-def summarise(lay: BenchmarkLayout, plan: BenchmarkPlan) -> dict:
-    """Everything ``report.md`` shows, as data (``summary.json``): the original's accuracy per style, each model's
-    accuracies, drops, verdicts and attack, and the restoration checks."""
-    classes = load_class_map(lay.classes)
-    original = outcomes(lay.eval_dir / ORIGINAL_FOLDER, classes)
-    ori = model_report(
-        evaluated(lay, plan.cells[0], plan.attacked), original, classes, attacked=plan.attacked.get(ORIGINAL_FOLDER, [])
+@dataclass(frozen=True)
+class Ceiling(Count):
+    """The attack's success on the original for one style, and whether the style enters the attack column."""
+
+    included: bool = False
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One evaluated model of a plan: its row, folder, training seed, the drops of its erased styles (one run's
+    interval), and its training run's iterations, stop reason and wall time."""
+
+    row: str
+    folder: str
+    erased: tuple
+    restored: tuple
+    seed: int
+    erased_drops: Dict[str, Estimate]
+    candidate: bool = False  # a tuning candidate's own run
+    iterations: Optional[int] = None
+    stop_reason: Optional[str] = None
+    wall_time_s: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class PresetChoice:
+    """The preset rule's choice for one method with several tuning candidates."""
+
+    tag: str
+    label: str
+    flags: List[str]
+    reason: str
+
+
+@dataclass
+class BenchmarkSummary:
+    """Everything the reports show (``summary.json`` is its :func:`summary_json`), protocol v2."""
+
+    form: str
+    commit: str
+    seeds: List[int]
+    triples: List[str]
+    original: OriginalResult
+    rows: List[RowResult]
+    differences: List[PairDifference]
+    restoration: Dict[str, Dict[str, PixelCheck]]
+    runs: List[RunRecord]
+    preset_choice: Dict[str, PresetChoice] = field(default_factory=dict)
+    protocol: str = "v2"
+
+    def row(self, label: str) -> RowResult:
+        return next(r for r in self.rows if r.label == label)
+
+
+def code_version() -> str:
+    """The commit this code runs from (``<sha>`` plus ``-dirty`` when the work tree has uncommitted changes to
+    tracked files), or ``unknown`` outside a git checkout."""
+    import subprocess
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def row_key(cell: Cell, sweep: bool) -> str:
+    """The row a cell is pooled into: its own label in a single-erasure form; in the sweep the method, split by
+    restore depth for SepCE's subsets (rows of their own)."""
+    if not sweep:
+        return cell.label
+    return WORLD_METHODS[cell.method].label + (f" (restore {len(cell.restored)})" if cell.restored else "")
+
+
+def run_record(lay: BenchmarkLayout, cell: Cell, row: str, result: RowResult) -> RunRecord:
+    """A cell's :class:`RunRecord` (training facts from its run folder's ``summary.json``)."""
+    path = lay.models_dir / cell.run / "summary.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return RunRecord(
+        row,
+        cell.folder,
+        tuple(cell.erased),
+        tuple(cell.restored),
+        cell.seed,
+        {v.style: v.drop for v in result.erased},
+        cell.candidate,
+        data.get("iterations"),
+        data.get("stop_reason"),
+        data.get("wall_time_s"),
     )
-    out = {
-        "original_accuracy": {s: _est(e) for s, e in ori.accuracy.items()},
-        "original_attack": {s: _est(e) for s, e in ori.attack.items()},
-        "rows": {},
-        "restoration": restoration_checks(lay, plan.cells),
+
+
+def summarise(lay: BenchmarkLayout, plan: BenchmarkPlan, sweep: bool = False, form: str = "") -> BenchmarkSummary:
+    """Pool every row of a plan by protocol v2's one rule (:func:`sepce.world.analysis.row_result`), the original,
+    the paired method differences over the reported styles, the restoration checks and one record per model."""
+    classes = load_class_map(lay.classes)
+    names = [c.name for c in classes]
+    ori_cell = original_cell(plan.cells)
+    ori_model = evaluated(lay, ori_cell, plan.attacked)
+    ori_run = load_run(ori_model, classes)
+    original = ori_run.styles
+    ori_row = row_result("ORI", [ori_model], original, classes)
+    ceiling = {
+        s: Ceiling(accuracy(ori_run.attack[s]).estimate, len(ori_run.attack[s]), ceiling_reaches(ori_run.attack[s]))
+        for s in plan.attacked.get(ORIGINAL_FOLDER, [])
+        if ori_run.attack.get(s)
     }
-    for cell in plan.cells[1:]:
-        rep = model_report(evaluated(lay, cell, plan.attacked), original, classes)
-        out["rows"][cell.label] = {
-            "folder": cell.folder,
-            "erased": list(cell.erased),
-            "restored": list(cell.restored),
-            "accuracy": {s: _est(e) for s, e in rep.accuracy.items()},
-            "drop": {s: _est(e) for s, e in rep.drop.items()},
-            "erased_verdicts": rep.erased_verdicts,
-            "worst_other": rep.worst_other,
-            "other_verdict": rep.other_verdict,
-            "meets_aim": rep.meets_aim,
-            "attack": {s: _est(e) for s, e in rep.attack.items()},
-        }
+    groups: Dict[str, List[Cell]] = {}
+    for cell in erased_cells(plan.cells):
+        groups.setdefault(row_key(cell, sweep), []).append(cell)
+    rows, runs, values = [], [], {}
+    for key, cells in groups.items():
+        models = [evaluated(lay, c, plan.attacked) for c in cells]
+        row = row_result(key, models, original, classes)
+        rows.append(row)
+        for cell, model in zip(cells, models):
+            runs.append(run_record(lay, cell, key, row_result(key, [model], original, classes)))
+        if not any(c.restored for c in cells):
+            values[key] = per_style_values(models, original, classes)
+    reported = [s for s in names if s not in HELD_OUT]
+    return BenchmarkSummary(
+        form=form,
+        commit=code_version(),
+        seeds=sorted({c.seed for c in erased_cells(plan.cells)}),
+        triples=list(dict.fromkeys(c.unit for c in erased_cells(plan.cells) if c.method == "SepCE")),
+        original=OriginalResult(
+            {s: accuracy(original[s]) for s in names},
+            ori_row.ira,
+            ori_row.ira_context,
+            ori_row.cra,
+            ori_row.quality,
+            ceiling,
+        ),
+        rows=rows,
+        differences=pair_differences(values, reported),
+        restoration=restoration_checks(lay, plan.cells),
+        runs=runs,
+    )
+
+
+def summary_json(summary: BenchmarkSummary) -> dict:
+    """``summary.json``: the dataclasses as data, plus each row's and pair's derived verdicts (the JSON boundary)."""
+    out = asdict(summary)
+    for entry, row in zip(out["rows"], summary.rows):
+        entry.update(
+            erases=row.erases,
+            spares=row.spares,
+            aim=row.aim,
+            erased_drop=asdict(row.erased_drop),
+            collateral_drop=asdict(row.collateral_drop),
+        )
+    for entry, pair in zip(out["differences"], summary.differences):
+        entry["verdict"] = pair.verdict
+    out["original"]["attack_styles"] = summary.original.attack_styles
     return out
 
 
-# ------------------------------------------------------------------------------------------------ report
-def _txt(e: dict, fmt: str = "{:.1f}") -> str:
-    return Estimate(e["value"], e["low"], e["high"]).text(fmt)
+# ------------------------------------------------------------------------------------------------ markdown
+def _n(count: Count) -> str:
+    return f"{count.estimate.text()} (n={count.images})" if count.images else "–"
 
 
-def style_table(styles: Sequence[str], rows: Dict[str, Dict[str, dict]]) -> List[str]:
-    """A Markdown table with one column per style and one row per ``{label: {style: estimate}}`` entry."""
-    lines = ["| | " + " | ".join(styles) + " |", "|---|" + "|".join([":---:"] * len(styles)) + "|"]
-    for label, values in rows.items():
-        lines.append(f"| {label} | " + " | ".join(_txt(values[s]) if s in values else "–" for s in styles) + " |")
+V2_INTRO = (
+    "Protocol v2 (docs/world-benchmark.md): drops in points, paired with the original by seed; every drop's "
+    "interval is the hull of the exact Clopper–Pearson drop interval of the pooled images and the between-run "
+    "interval (t over runs; one run: bootstrap over seeds). `erased` per erased style: lower bound >= 50; "
+    "collateral per other style (held-out and restored included): `spared` upper bound <= 10, `damaged` lower "
+    'bound > 10. UA/IRA/CRA (%): Clopper–Pearson; "ctx" = on the in-context prompts `a <object> in the style of '
+    "<style>`. FID/dist → renders: world-classifier features against ground-truth renders; LPIPS → ORI: world "
+    "feature distance to the original's same-seed image (bootstrap over images)."
+)
+
+
+def protocol_lines(summary: BenchmarkSummary) -> List[str]:
+    """The v2 part shared by every form: the table, the verdicts per style, the attack, the paired differences."""
+    o = summary.original
+    lines = [
+        f"Code: commit `{summary.commit}`.",
+        "",
+        V2_INTRO,
+        "",
+        "| Row | runs | erased: drop (verdict, images) | UA | IRA | UA ctx | IRA ctx | CRA | collateral: mean "
+        "over styles | spares | aim | FID → renders | dist → renders | LPIPS → ORI |",
+        "|---|:---:|---|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|",
+        f"| ORI | 1 | – | – | {_n(o.ira)} | – | "
+        f"{_n(o.ira_context)} | {_n(o.cra)} | – | – | – | {o.quality.fid_renders.text()} | "
+        f"{o.quality.distance_renders.text('{:.3f}')} | – |",
+    ]
+    for r in summary.rows:
+        erased = "; ".join(f"{v.style} {v.drop.text()} ({v.verdict}, {v.images})" for v in r.erased)
+        q = r.quality
+        lines.append(
+            f"| {r.label} | {r.runs} | {erased} | {_n(r.ua)} | {_n(r.ira)} | {_n(r.ua_context)} | "
+            f"{_n(r.ira_context)} | {_n(r.cra)} | {r.collateral_drop.text()} | {r.spares} | {r.aim} | "
+            f"{q.fid_renders.text()} | {q.distance_renders.text('{:.3f}')} | {q.lpips_original.text('{:.3f}')} |"
+        )
+    styles = list(o.accuracy)
+    lines += [
+        "",
+        "### Verdicts per style (drop [95 % interval], verdict, paired images)",
+        "",
+        "E = erased, N = not erased, S = spared, D = damaged, U = undecided; a cell in bold is an erased style.",
+        "",
+        "| Row | " + " | ".join(styles) + " |",
+        "|---|" + "|".join([":---:"] * len(styles)) + "|",
+        "| ORI accuracy (%) | " + " | ".join(_n(o.accuracy[s]) for s in styles) + " |",
+    ]
+    for r in summary.rows:
+        cells = []
+        for s in styles:
+            parts = [_verdict_cell(v, True) for v in r.erased if v.style == s]
+            parts += [_verdict_cell(v, False) for v in r.collateral if v.style == s]
+            cells.append(" / ".join(parts) or "–")
+        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    lines += attack_lines(summary)
+    lines += difference_lines(summary.differences)
     return lines
 
 
-def _aim(entry: dict) -> str:
-    if entry["meets_aim"]:
-        return "yes"
-    verdicts = list(entry["erased_verdicts"].values()) + [entry["other_verdict"]]
-    return "no" if "not erased" in verdicts or "damaged" in verdicts else "undecided"
+def _verdict_cell(v, erased: bool) -> str:
+    short = {"erased": "E", "not erased": "N", "spared": "S", "damaged": "D", "undecided": "U"}[v.verdict]
+    text = f"{v.drop.text()} {short} ({v.images})"
+    return f"**{text}**" if erased else text
+
+
+def attack_lines(summary: BenchmarkSummary) -> List[str]:
+    ceiling = summary.original.attack_ceiling
+    if not ceiling:
+        return []
+    lines = [
+        "",
+        "### Concept-inversion attack: learned-word accuracy (%) on the erased style",
+        "",
+        f"A style enters the column only if the attack's success on the original (the ceiling) has its Wilson lower "
+        f"bound >= {AIM_CEILING:.0f} %. Ceilings: "
+        + ", ".join(f"{s} {_n(c)}{'' if c.included else ' (left out)'}" for s, c in ceiling.items())
+        + ".",
+        "",
+        "| Row | style | own prompt accuracy | learned word accuracy |",
+        "|---|---|:---:|:---:|",
+    ]
+    for r in summary.rows:
+        for a in r.attack:
+            if a.style in summary.original.attack_styles:
+                own = _n(r.own_accuracy.get(a.style, Count.of(0, 0)))
+                lines.append(f"| {r.label} | {a.style} | {own} | {_n(a.accuracy)} |")
+    return lines
+
+
+def difference_lines(differences: Sequence[PairDifference]) -> List[str]:
+    if not differences:
+        return []
+    lines = [
+        "",
+        "### Which method is better: paired differences A − B (points)",
+        "",
+        "Paired by erased style (per-style value: mean over that style's runs; SepCE: the runs of the triple holding "
+        "it) over the reported styles; paired t interval and p-value, Holm-adjusted over the pairs of each measure. "
+        "Different only when the adjusted p < 0.05; otherwise not distinguishable (the interval says how large a "
+        "difference the data could have missed).",
+        "",
+        "| measure | A | B | styles | A − B [95 % CI] | p | Holm p | verdict |",
+        "|---|---|---|:---:|:---:|:---:|:---:|---|",
+    ]
+    for d in differences:
+        t = d.test
+        p = "–" if math.isnan(t.p_value) else f"{t.p_value:.3f}"
+        adj = "–" if math.isnan(t.adjusted_p) else f"{t.adjusted_p:.3f}"
+        diff = t.difference.text() if t.pairs > 1 else f"{t.difference.value:.1f} (no interval)"
+        lines.append(f"| {d.measure} | {d.a} | {d.b} | {t.pairs} | {diff} | {p} | {adj} | {d.verdict} |")
+    return lines
 
 
 def stage_times(timings: Sequence[dict]) -> Dict[str, float]:
@@ -205,83 +478,53 @@ def preset_lines(presets: Dict[str, tuple]) -> List[str]:
     return lines + [f"| {WORLD_METHODS[m].label} | `{text}` |" for m, text in shown.items()]
 
 
+def restoration_lines(summary: BenchmarkSummary) -> List[str]:
+    checks = [(r.row, s, c) for r in summary.runs for s, c in summary.restoration.get(r.folder, {}).items() if c.images]
+    if not checks:
+        return []
+    lines = [
+        "",
+        "## SepCE restoration: restored styles' images vs. the original's (same seeds, uint8 pixels)",
+        "",
+        "| Row | restored style | images | identical | within one grey level | max abs diff | mean abs diff |",
+        "|---|---|:---:|:---:|:---:|:---:|:---:|",
+    ]
+    for row, style, c in checks:
+        lines.append(
+            f"| {row} | {style} | {c.images} | {c.identical} | {c.within_one} | {c.max_abs_diff} | "
+            f"{c.mean_abs_diff:.4f} |"
+        )
+    return lines
+
+
 def report_markdown(
     form: Form,
     table_md: str,
-    summary: dict,
+    summary: BenchmarkSummary,
     timings: Sequence[dict],
     presets: Dict[str, tuple],
     sheet: Optional[str] = None,
     invocations: Sequence[dict] = (),
 ) -> str:
-    """``report.md`` of a single-erasure form (see the module docstring)."""
-    styles = list(summary["original_accuracy"])
+    """``report.md`` of a single-erasure form: the v2 table and verdicts, the paper-style table, restoration,
+    contact sheet, presets and times."""
     lines = [
         f"# Concept-world benchmark ({form.name} form)",
         "",
         f"{form.seeds_per_class} seeds x {form.num_samples} image(s) per style, {form.sampler.upper()} {form.steps} "
-        f"steps, guidance {form.guidance:g}, 64x64. ACC = world classifier style accuracy with its 95 % Wilson "
-        "interval; the LPIPS column is the world classifier's feature distance (LPIPS construction, unit weights); "
-        "FID (world classifier features) uses the classifier's pooled features; ATK = accuracy on the images of the "
-        "concept-inversion attack's learned word. Intervals are 95 %: Wilson for accuracies, bootstrap over the "
-        "evaluation seeds for drops (paired by seed).",
+        f"steps, guidance {form.guidance:g}, 64x64; {form.cra_objects * len(summary.original.accuracy)} CRA images "
+        "per model.",
+        "",
+        *protocol_lines(summary),
+        "",
+        "## The paper-style table (make-table.py)",
+        "",
+        "ACC = world classifier style accuracy (Wilson interval); LPIPS = world feature distance to the original; "
+        "FID (world classifier features) against the original's images; ATK = attack accuracy.",
         "",
         table_md.rstrip(),
-        "",
-        "## Original model accuracy per style (%)",
-        "",
-        *style_table(styles, {"accuracy (%)": summary["original_accuracy"]}),
-        "",
-        "## Erasure: drops (points) and verdicts read off the intervals",
-        "",
-        "Aim: every erased style drops by >= 50 points (erased: the interval's lower bound >= 50) and no other style "
-        "by more than 10 (spared: every other style's upper bound <= 10); `undecided` when an interval straddles "
-        "the threshold. Held-out (tuning) styles count as other styles here.",
-        "",
-        "| Model | erased: drop [95 % CI] (verdict) | restored | worst other style: drop [95 % CI] | others | aim |",
-        "|---|---|---|---|:---:|:---:|",
+        *restoration_lines(summary),
     ]
-    for name, e in summary["rows"].items():
-        erased = ", ".join(f"{s} {_txt(e['drop'][s])} ({e['erased_verdicts'][s]})" for s in e["erased"])
-        worst = e["worst_other"]
-        worst_text = f"{worst} {_txt(e['drop'][worst])}" if worst else "–"
-        lines.append(
-            f"| {name} | {erased} | {', '.join(e['restored']) or '–'} | {worst_text} | {e['other_verdict']} | "
-            f"{_aim(e)} |"
-        )
-    attacked = [(n, e) for n, e in summary["rows"].items() if e["attack"]]
-    if attacked:
-        lines += [
-            "",
-            "## Concept-inversion attack: accuracy (%) on the erased style, own prompt vs learned word",
-            "",
-            "The same attack on the original model is the ceiling. One preset for every model "
-            "(`sepce.attack.PRESETS['world']`).",
-            "",
-            "| Model | style | own prompt [95 % CI] | learned word [95 % CI] |",
-            "|---|---|:---:|:---:|",
-        ]
-        for s, est in summary["original_attack"].items():
-            lines.append(f"| ORI (ceiling) | {s} | {_txt(summary['original_accuracy'][s])} | {_txt(est)} |")
-        for n, e in attacked:
-            for s, est in e["attack"].items():
-                lines.append(f"| {n} | {s} | {_txt(e['accuracy'][s])} | {_txt(est)} |")
-    restoration = summary["restoration"]
-    checks = [(n, s, c) for n, e in summary["rows"].items() for s, c in restoration.get(e["folder"], {}).items()]
-    if checks:
-        lines += [
-            "",
-            "## SepCE restoration: restored styles' images vs. the original's (same seeds, uint8 pixels)",
-            "",
-            "| Model | restored style | images | identical | max abs diff | mean abs diff | accuracy drop [95 % CI] |",
-            "|---|---|:---:|:---:|:---:|:---:|:---:|",
-        ]
-        for name, style, c in checks:
-            drop = summary["rows"][name]["drop"][style]
-            lines.append(
-                f"| {name} | {style} | {c['images']} | {c['identical']} | {c['max_abs_diff']} | "
-                f"{c['mean_abs_diff']:.4f} | {_txt(drop)} |"
-            )
     if sheet:
         lines += [
             "",
@@ -290,10 +533,10 @@ def report_markdown(
             f"![contact sheet]({sheet})",
         ]
     lines += ["", "## Presets", "", *preset_lines(presets)]
-    candidates = [c for c in summary["rows"] if "[c" in c and "(restore" not in c]
+    candidates = [r.row for r in summary.runs if r.candidate]
     if candidates:
         lines += ["", "Candidates (flags in the runs' args.json): " + ", ".join(candidates)]
-    lines += choice_lines(summary.get("preset_choice", {}))
+    lines += choice_lines(summary.preset_choice)
     lines += ["", "## Run times (this machine)", "", *timing_lines(timings, invocations=invocations), ""]
     return "\n".join(lines)
 
@@ -326,211 +569,100 @@ def timings_csv(timings: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
-def choose_presets(summary: dict, cells: Sequence[Cell]) -> Dict[str, dict]:
-    """The preset rule (docs/world-benchmark.md), per method with several candidates (tags ``c1``, ``c2``, ...,
-    listed weakest first): the first candidate whose every erased style is ``erased`` (95 % lower bound of the drop
-    >= 50 points); if none is, the candidate with the largest mean erased drop. Returns, per method, the chosen
-    tag, its flags and why."""
+def choose_presets(rows: Dict[str, RowResult], cells: Sequence[Cell]) -> Dict[str, PresetChoice]:
+    """The preset rule, protocol v2 (docs/world-benchmark.md, "No leaks"), per method with several candidates
+    (tags ``c1``, ``c2``, ..., weakest first): the first candidate whose every erased style is ``erased`` and whose
+    every other held-out style is ``spared``; if none is, the candidate with the largest mean erased drop."""
     by_method: Dict[str, List[Cell]] = {}
     for cell in cells:
-        if cell.tag and not cell.restored:
+        if cell.candidate:
             by_method.setdefault(cell.method, []).append(cell)
     out = {}
     for method, options in by_method.items():
-        rows = [(c, summary["rows"][c.label]) for c in options]
-        passing = [(c, r) for c, r in rows if all(v == "erased" for v in r["erased_verdicts"].values())]
+
+        def passes(cell: Cell) -> bool:
+            row = rows[cell.label]
+            held = [v for v in row.collateral if v.style in HELD_OUT]
+            return row.erases == "yes" and all(v.verdict == "spared" for v in held)
+
+        passing = [c for c in options if passes(c)]
         if passing:
-            chosen, reason = passing[0][0], "weakest candidate whose erased drop has its lower bound >= 50"
+            chosen = passing[0]
+            reason = "weakest candidate whose held-out erased style is erased and other held-out style spared"
         else:
-            mean = {c.label: np.mean([r["drop"][s]["value"] for s in r["erased"]]) for c, r in rows}
-            chosen = max(options, key=lambda c: mean[c.label])
-            reason = "no candidate reaches the 50-point lower bound: the one with the largest mean erased drop"
-        out[method] = {"tag": chosen.tag, "label": chosen.label, "flags": list(chosen.preset or ()), "reason": reason}
+            chosen = max(options, key=lambda c: rows[c.label].erased_drop.value)
+            reason = "no candidate passes the rule: the one with the largest mean erased drop"
+        out[method] = PresetChoice(chosen.tag, chosen.label, list(chosen.preset or ()), reason)
     return out
 
 
-def choice_lines(choices: Dict[str, dict]) -> List[str]:
+def choice_lines(choices: Dict[str, PresetChoice]) -> List[str]:
     if not choices:
         return []
     lines = ["", "## Preset rule: the chosen candidate per method", "", "| Method | chosen | flags | why |"]
     lines.append("|---|---|---|---|")
     for method, c in choices.items():
-        lines.append(f"| {WORLD_METHODS[method].label} | {c['tag']} | `{' '.join(c['flags'])}` | {c['reason']} |")
+        lines.append(f"| {WORLD_METHODS[method].label} | {c.tag} | `{' '.join(c.flags)}` | {c.reason} |")
     return lines
+
+
+def _write(lay: BenchmarkLayout, name: str, text: str, summary: BenchmarkSummary, timings) -> Path:
+    write_text(lay.work / name, text)
+    write_text(lay.work / "summary.json", json.dumps(summary_json(summary), indent=2, default=float) + "\n")
+    write_text(lay.work / "timings.csv", timings_csv(timings))
+    return lay.work / name
 
 
 def write_report(
     lay: BenchmarkLayout, form: Form, plan: BenchmarkPlan, timings, presets, invocations: Sequence[dict] = ()
-) -> tuple[Path, dict]:
+) -> tuple[Path, BenchmarkSummary]:
     """``report.md``, ``summary.json``, ``timings.csv`` and ``contact.png`` of a single-erasure form (with the
     preset rule's choice when methods had several candidates)."""
-    summary = summarise(lay, plan)
-    summary["preset_choice"] = choose_presets(summary, plan.cells)
+    summary = summarise(lay, plan, sweep=False, form=form.name)
+    summary.preset_choice = choose_presets({r.label: r for r in summary.rows}, plan.cells)
     table_md = (lay.table_dir / "table.md").read_text()
     sheet = write_contact_sheet(lay, plan.cells, lay.work / "contact.png")
     text = report_markdown(form, table_md, summary, timings, presets, sheet.name, invocations)
-    write_text(lay.work / "report.md", text)
-    write_text(lay.work / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    write_text(lay.work / "timings.csv", timings_csv(timings))
-    return lay.work / "report.md", summary
+    return _write(lay, "report.md", text, summary, timings), summary
 
 
 # ------------------------------------------------------------------------------------------------ sweep report
-def run_record(lay: BenchmarkLayout, cell: Cell) -> dict:
-    """Iterations, stop reason and wall time of a cell's training run (its ``summary.json``)."""
-    path = lay.models_dir / cell.run / "summary.json"
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    return {k: data.get(k) for k in ("iterations", "stop_reason", "wall_time_s")}
-
-
-def sweep_summary(lay: BenchmarkLayout, plan: BenchmarkPlan, draws: int = 2000) -> dict:
-    """Per method (SepCE split into its full erasure and each restore depth): the pooled numbers of
-    :func:`sepce.world.analysis.summarise_method`; per run: the erased styles' drops; per training run: its
-    record."""
-    classes = load_class_map(lay.classes)
-    original = outcomes(lay.eval_dir / ORIGINAL_FOLDER, classes)
-    groups: Dict[str, List[Cell]] = {}
-    for cell in plan.cells[1:]:
-        key = WORLD_METHODS[cell.method].label + (f" (restore {len(cell.restored)})" if cell.restored else "")
-        groups.setdefault(key, []).append(cell)
-    methods: Dict[str, MethodSummary] = {}
-    per_run = []
-    for key, cells in groups.items():
-        models = [evaluated(lay, c, plan.attacked) for c in cells]
-        methods[key] = summarise_method(key, models, original, classes, HELD_OUT, draws=draws)
-        for cell, model in zip(cells, models):
-            rep = model_report(model, original, classes, HELD_OUT)
-            per_run.append(
-                {
-                    "method": key,
-                    "folder": cell.folder,
-                    "erased": list(cell.erased),
-                    "restored": list(cell.restored),
-                    "seed": cell.seed,
-                    "drop": {s: _est(rep.drop[s]) for s in rep.drop},
-                    "worst_other": rep.worst_other,
-                    "attack": {s: _est(e) for s, e in rep.attack.items()},
-                    "training": run_record(lay, cell),
-                }
-            )
-    ori = model_report(
-        evaluated(lay, plan.cells[0], plan.attacked), original, classes, attacked=plan.attacked.get(ORIGINAL_FOLDER, [])
-    )
-    return {
-        "seeds": sorted({c.seed for c in plan.cells[1:]}),
-        "triples": list(dict.fromkeys(c.unit for c in plan.cells[1:] if c.method == "SepCE")),
-        "original_accuracy": {s: _est(e) for s, e in ori.accuracy.items()},
-        "original_attack": {s: _est(e) for s, e in ori.attack.items()},
-        "methods": {
-            k: {
-                "units": m.units,
-                "runs": m.runs,
-                "erased_drop": _est(m.erased_drop),
-                "other_mean_drop": _est(m.other_mean_drop),
-                "other_max_drop": _est(m.other_max_drop),
-                "restored_drop": _est(m.restored_drop),
-                "own_prompt_accuracy": _est(m.own_prompt_accuracy),
-                "attack_accuracy": _est(m.attack_accuracy),
-                "per_style_collateral": {s: _est(e) for s, e in m.per_style_collateral.items()},
-                "erased_verdict": m.erased_verdict,
-                "spared_verdict": m.spared_verdict,
-            }
-            for k, m in methods.items()
-        },
-        "runs": per_run,
-        "restoration": restoration_checks(lay, plan.cells),
-    }
-
-
 def sweep_markdown(
-    form: Form, summary: dict, timings: Sequence[dict], presets: Dict[str, tuple], invocations: Sequence[dict] = ()
+    form: Form,
+    summary: BenchmarkSummary,
+    timings: Sequence[dict],
+    presets: Dict[str, tuple],
+    invocations: Sequence[dict] = (),
 ) -> str:
-    """``sweep.md``: the pooled comparison, per-style detail, training records, restoration, times."""
-    styles = list(summary["original_accuracy"])
+    """``sweep.md``: the v2 table, verdicts and paired differences pooled over every run, every run, restoration,
+    presets, times."""
+    triples = (
+        f"; SepCE erased the disjoint triples {'; '.join(summary.triples)} with each seed and restored subsets"
+        if summary.triples
+        else ""
+    )
     lines = [
         "# Concept-world benchmark, sweep form",
         "",
         f"Each single-concept method erased each reported style (every style but the held-out {', '.join(HELD_OUT)}) "
-        f"with training seeds {', '.join(map(str, summary['seeds']))} (a deterministic method once)"
-        + (
-            f"; SepCE erased the disjoint triples {'; '.join(summary['triples'])} with each seed and restored subsets. "
-            if summary["triples"]
-            else ". "
-        )
-        + f"{form.seeds_per_class} evaluation seeds per style, {form.sampler.upper()} {form.steps} steps, guidance "
-        f"{form.guidance:g}; the original's images are generated once and shared. Every number: mean [95 % "
-        "interval], a hierarchical bootstrap over erasures (styles or triples), training seeds and evaluation "
-        "seeds. Drops in accuracy points, paired by seed with the original.",
+        f"with training seeds {', '.join(map(str, summary.seeds))} (a deterministic method once, on every seed "
+        f"block){triples}. {form.seeds_per_class} evaluation seeds per style and training seed (training seed i on "
+        f"block i), {form.sampler.upper()} {form.steps} steps, guidance {form.guidance:g}; the original's images "
+        "are generated once and shared.",
         "",
-        "## Original model",
-        "",
-        *style_table(
-            styles,
-            {
-                "accuracy (%)": summary["original_accuracy"],
-                "attack: learned-word accuracy (%)": summary["original_attack"],
-            },
-        ),
-        "",
-        "## Methods",
-        "",
-        "Aim: erased drop >= 50 points (verdict `erased` when the interval's lower bound reaches it) and every other "
-        "style within 10 points (`spared` when every style's pooled collateral drop has its upper bound <= 10; "
-        "`damaged` when one has its lower bound above 10). Other styles exclude the held-out ones.",
-        "",
-        "| Method | erasures × seeds | erased drop | erased | other styles: mean drop | largest other drop (per run) "
-        "| spared | own-prompt acc. (%) | attack acc. (%) |",
-        "|---|:---:|:---:|:---:|:---:|:---:|:---:|:---:|:---:|",
-    ]
-    for key, m in summary["methods"].items():
-        lines.append(
-            f"| {key} | {m['units']} × {m['runs'] / max(m['units'], 1):.0f} | {_txt(m['erased_drop'])} | "
-            f"{m['erased_verdict']} | {_txt(m['other_mean_drop'])} | {_txt(m['other_max_drop'])} | "
-            f"{m['spared_verdict']} | {_txt(m['own_prompt_accuracy'])} | {_txt(m['attack_accuracy'])} |"
-        )
-    restored = {k: m for k, m in summary["methods"].items() if not math.isnan(m["restored_drop"]["value"])}
-    if restored:
-        lines += ["", "## SepCE restoration", "", "| Model | restored styles' drop | images identical | max abs diff |"]
-        lines += ["|---|:---:|:---:|:---:|"]
-        for key, m in restored.items():
-            checks = [
-                c
-                for r in summary["runs"]
-                if r["method"] == key
-                for c in summary["restoration"].get(r["folder"], {}).values()
-            ]
-            identical = sum(c["identical"] for c in checks)
-            total = sum(c["images"] for c in checks)
-            worst = max((c["max_abs_diff"] for c in checks), default=math.nan)
-            lines.append(f"| {key} | {_txt(m['restored_drop'])} | {identical} / {total} | {worst} |")
-    lines += [
-        "",
-        "## Collateral per style (pooled drop of each style over the erasures that did not target it)",
-        "",
-        "| Method | " + " | ".join(s for s in styles if s not in HELD_OUT) + " |",
-        "|---|" + "|".join([":---:"] * len([s for s in styles if s not in HELD_OUT])) + "|",
-    ]
-    for key, m in summary["methods"].items():
-        cells = [_txt(m["per_style_collateral"][s]) for s in styles if s not in HELD_OUT]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines += [
+        *protocol_lines(summary),
         "",
         "## Every run",
         "",
-        "| Method | erased | seed | erased drop(s) | worst other style | attack acc. | iterations | stop reason |",
-        "|---|---|:---:|---|---|---|:---:|---|",
+        "| Row | erased | seed | erased drop(s) (one run) | iterations | stop reason |",
+        "|---|---|:---:|---|:---:|---|",
     ]
-    for r in summary["runs"]:
-        drops = ", ".join(f"{s} {_txt(r['drop'][s])}" for s in r["erased"])
-        worst = f"{r['worst_other']} {_txt(r['drop'][r['worst_other']])}" if r["worst_other"] else "–"
-        attack = ", ".join(f"{s} {_txt(e)}" for s, e in r["attack"].items()) or "–"
-        rec = r["training"]
+    for r in summary.runs:
+        drops = ", ".join(f"{s} {e.text()}" for s, e in r.erased_drops.items())
         lines.append(
-            f"| {r['method']} | {'+'.join(r['erased'])} | {r['seed']} | {drops} | {worst} | {attack} | "
-            f"{rec.get('iterations', '–')} | {rec.get('stop_reason', '–')} |"
+            f"| {r.row} | {'+'.join(r.erased)} | {r.seed} | {drops} | {r.iterations or '–'} | {r.stop_reason or '–'} |"
         )
+    lines += restoration_lines(summary)
     lines += ["", "## Presets", "", *preset_lines(presets)]
     lines += ["", "## Run times (this machine)", "", *timing_lines(timings, False, invocations), ""]
     return "\n".join(lines)
@@ -538,12 +670,10 @@ def sweep_markdown(
 
 def write_sweep_report(
     lay: BenchmarkLayout, form: Form, plan: BenchmarkPlan, timings, presets, invocations: Sequence[dict] = ()
-) -> tuple[Path, dict]:
-    summary = sweep_summary(lay, plan)
-    write_text(lay.work / "sweep.md", sweep_markdown(form, summary, timings, presets, invocations))
-    write_text(lay.work / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    write_text(lay.work / "timings.csv", timings_csv(timings))
-    return lay.work / "sweep.md", summary
+) -> tuple[Path, BenchmarkSummary]:
+    summary = summarise(lay, plan, sweep=True, form=form.name)
+    text = sweep_markdown(form, summary, timings, presets, invocations)
+    return _write(lay, "sweep.md", text, summary, timings), summary
 
 
 class Timer:
