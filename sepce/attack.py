@@ -707,7 +707,7 @@ def run_attack(plan: AttackPlan) -> dict:
     word = None if plan.overwrite else _reusable(plan)
     jobs, skipped = plan_jobs(plan.rows, plan.num_samples, plan.folder, overwrite=plan.overwrite)
     settings = folder_settings(plan.resolved, plan.sampling, plan.runtime.precision)
-    check_generation_settings(plan.folder, settings, plan.overwrite)  # what every concept's images share
+    ledger = check_generation_settings(plan.folder, settings, plan.overwrite)  # what every concept's images share
     model = None
     if word is None or jobs:
         model = load_resolved(plan.resolved, device)
@@ -737,7 +737,7 @@ def run_attack(plan: AttackPlan) -> dict:
         sampler = AttackSampler(model, plan.sampling, device, dtype, word)
         text = {**png_text(plan.resolved, plan.sampling), "attack_embedding": digest[:16]}
         summary["written"] = run_jobs(
-            sampler, jobs, plan.batch_size, plan.num_samples, text, f"attack {plan.concept.name}", plan.progress
+            sampler, jobs, plan.batch_size, plan.num_samples, text, f"attack {plan.concept.name}", plan.progress, ledger
         )
     summary["skipped"] = skipped
     if plan.classifier is None:

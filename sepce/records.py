@@ -45,7 +45,7 @@ from ldm.checkpoint import (
     normalize_keys,
 )
 
-from sepce.io import atomic_path, save_torch
+from sepce.io import atomic_path, save_torch, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,7 @@ def file_digest(path: PathLike, chunk: int = 1 << 24) -> str:
                 return cached["sha256"]
         except (ValueError, KeyError):
             pass
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = sha256_file(path, chunk)
     try:
         cache.write_text(json.dumps({**key, "sha256": digest}))
     except OSError:

@@ -61,14 +61,22 @@ class IntegrityError(CheckpointError):
 
 def check_finite(tensors: Mapping[str, torch.Tensor], source: str) -> None:
     """Refuse NaN or ±inf in any floating-point tensor of ``tensors`` with one line naming the first such tensor
-    (and how many values are bad). One fused ``isfinite().all()`` per tensor: about a second for SD v1's 4 GB of
-    float32 on a CPU core pair (README, "Runs, records and sharing them")."""
+    (and how many values are bad).
+
+    Cheap: one sum per tensor (float32 accumulation), which is finite exactly when every value is (IEEE: NaN and
+    inf propagate, inf - inf is NaN) unless the sum overflows — only then is ``isfinite`` evaluated elementwise,
+    so a large but finite tensor is never refused. About 30 times faster than ``isfinite(t).all()`` (which
+    allocates a mask): ``bench/bench_finite_check.py`` measures it on SD v1's 4 GB state dict."""
     for name, t in tensors.items():
-        if t.is_floating_point() and not t.is_meta and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise IntegrityError(
-                f"{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf) of {t.numel()}; refusing it"
-            )
+        if not t.is_floating_point() or t.is_meta or not t.numel():
+            continue
+        total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+        if bool(torch.isfinite(total)) or bool(torch.isfinite(t).all()):
+            continue
+        bad = int((~torch.isfinite(t)).sum())
+        raise IntegrityError(
+            f"{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf) of {t.numel()}; refusing it"
+        )
 
 
 class _Ignored:
