@@ -700,6 +700,7 @@ def run_attack(plan: AttackPlan) -> dict:
     from sepce.evaluation.classifier import accuracy_table
     from sepce.evaluation.common import file_signature, fingerprint
     from sepce.evaluation.results import stored_rows, write_metric
+    from sepce.evaluation.verify import verify_folders
     from sepce.records import file_digest
 
     device, dtype = plan.runtime.device, plan.runtime.dtype
@@ -743,6 +744,7 @@ def run_attack(plan: AttackPlan) -> dict:
     if plan.classifier is None:
         return summary
 
+    verify_folders(plan.folder)
     paths, labels = attack_images(plan)
     key = fingerprint(
         {

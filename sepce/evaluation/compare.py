@@ -26,6 +26,7 @@ from .fid import FeatureExtractor, fid_per_class
 from .images import PairReport, pair_images
 from .lpips_metric import LPIPS_IMAGE_SIZE, lpips_per_class, summarize
 from .results import stored_rows, write_metric
+from .verify import verify_folders
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,11 @@ def compare_folders(
     size as pytorch-fid does (its Inception resizes by itself); an int resizes them first. ``settings`` describes
     the networks (weights files, pretrained or not) and goes into the results' meta and fingerprint together with
     the image files and sizes; keys starting with ``lpips_`` or ``fid_`` go to that metric only
-    (:func:`metric_settings`). Unpaired files are logged as counted warnings. ``progress``: progress bars while
+    (:func:`metric_settings`). Both folders are checked first (:func:`~sepce.evaluation.verify.verify_folders`);
+    unpaired files are logged as counted warnings. ``progress``: progress bars while
     a metric is computed (scripts pass :func:`sepce.cli.show_progress`).
     """
+    verify_folders(original, edited)
     settings = dict(settings or {})
     if "network" in settings:
         raise ValueError("settings may not set 'network'; the FID network label is fid_network")
