@@ -367,10 +367,10 @@ def test_kill_during_compose_erasure_leaves_nothing_taken_as_complete(base, tmp_
     assert torch.equal(composed[key], load_record(record).tensors[key])
 
 
-def test_kill_during_pipeline_export_leaves_nothing_taken_as_complete(tmp_path, tiny_ckpt):
-    config = tiny_ckpt.parent / "config.yaml"
+def test_kill_during_pipeline_export_leaves_nothing_taken_as_complete(base, tmp_path):
+    ckpt, config = base
     output = tmp_path / "exported"
-    argv = ("--ckpt_path", tiny_ckpt, "--config_path", config, "--output_path", output, "--pipeline")
+    argv = ("--ckpt_path", ckpt, "--config_path", config, "--output_path", output, "--pipeline")
     proc = killed_run(output, "train-scripts/convertModels.py", *argv)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert visible(tmp_path) == []  # no pipeline folder (its temporary folder is hidden and never read)
