@@ -54,15 +54,15 @@ def verify_folder(folder: Path) -> Optional[dict]:
     extra = sorted(set(found) - set(recorded))
     changed = sorted(n for n in set(found) & set(recorded) if sha256_file(found[n]) != recorded[n])
     problems = [
-        (changed, "differ from the digest generation recorded (replaced or edited after generation)"),
-        (missing, f"that {SETTINGS_FILE} records are missing"),
-        (extra, f"were not written by generation ({SETTINGS_FILE} does not record them)"),
+        (changed, "differ from the digest generation recorded (replaced or edited after generation)", "delete"),
+        (missing, f"that {SETTINGS_FILE} records are missing", "rerun generation to remake"),
+        (extra, f"were not written by generation ({SETTINGS_FILE} does not record them)", "remove"),
     ]
-    for names, what in problems:
+    for names, what, fix in problems:
         if names:
+            remake = "" if fix != "delete" else " and rerun generation to remake"
             raise FolderIntegrityError(
-                f"{folder}: {len(names)} image(s) {what}: {examples(names)}; refusing to score it "
-                "(regenerate the images, or generate into a fresh folder)"
+                f"{folder}: {len(names)} image(s) {what}: {examples(names)}; refusing to score it ({fix} them{remake})"
             )
     return manifest.get("settings")
 
