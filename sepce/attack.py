@@ -700,6 +700,7 @@ def run_attack(plan: AttackPlan) -> dict:
     from sepce.evaluation.classifier import accuracy_table
     from sepce.evaluation.common import file_signature, fingerprint
     from sepce.evaluation.results import stored_rows, write_metric
+    from sepce.evaluation.verify import verify_folders
     from sepce.records import file_digest
 
     device, dtype = plan.runtime.device, plan.runtime.dtype
@@ -707,7 +708,7 @@ def run_attack(plan: AttackPlan) -> dict:
     word = None if plan.overwrite else _reusable(plan)
     jobs, skipped = plan_jobs(plan.rows, plan.num_samples, plan.folder, overwrite=plan.overwrite)
     settings = folder_settings(plan.resolved, plan.sampling, plan.runtime.precision)
-    check_generation_settings(plan.folder, settings, plan.overwrite)  # what every concept's images share
+    ledger = check_generation_settings(plan.folder, settings, plan.overwrite)  # what every concept's images share
     model = None
     if word is None or jobs:
         model = load_resolved(plan.resolved, device)
@@ -737,12 +738,13 @@ def run_attack(plan: AttackPlan) -> dict:
         sampler = AttackSampler(model, plan.sampling, device, dtype, word)
         text = {**png_text(plan.resolved, plan.sampling), "attack_embedding": digest[:16]}
         summary["written"] = run_jobs(
-            sampler, jobs, plan.batch_size, plan.num_samples, text, f"attack {plan.concept.name}", plan.progress
+            sampler, jobs, plan.batch_size, plan.num_samples, text, f"attack {plan.concept.name}", plan.progress, ledger
         )
     summary["skipped"] = skipped
     if plan.classifier is None:
         return summary
 
+    verify_folders(plan.folder)
     paths, labels = attack_images(plan)
     key = fingerprint(
         {

@@ -5,6 +5,9 @@ A script is ``parse_args()`` + ``main(args)``; it ends with ``run(parse_args, ma
 - sets up logging (one line per record on stderr) and parses the arguments;
 - turns :data:`USER_ERRORS` (bad values, missing files, refused overwrites) into ONE line on stderr,
   ``<script>: error: <message>``, and exit status :data:`EXIT_USER_ERROR` — no traceback, nothing written;
+- turns an :class:`~ldm.checkpoint.IntegrityError` (a record or checkpoint whose content fails its digest or
+  holds NaN/inf, a model that produced non-finite or collapsed images, an image folder that does not match its
+  ``generation.json``) into ONE line and exit status :data:`EXIT_CHECK_FAILED`, with nothing written;
 - turns a returned summary with ``ok`` False (a training run stopped early: non-finite loss, Ctrl-C) into a
   warning and exit status :data:`EXIT_STOPPED_EARLY`, after the script has saved its last good state.
 
@@ -30,6 +33,7 @@ from types import ModuleType
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
+from ldm.checkpoint import IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,8 @@ EXIT_STOPPED_EARLY = 3
 EXIT_CHECK_FAILED = 4
 EXIT_HELP = (
     "exit status: 0 done; 1 bad input (one line on stderr, nothing written); 3 stopped early (non-finite loss or "
-    "Ctrl-C) after saving the last good state"
+    "Ctrl-C) after saving the last good state; 4 a check failed (corrupt or non-finite weights, non-finite or "
+    "collapsed images, an image folder that does not match its generation.json)"
 )
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -79,6 +84,9 @@ def run(
     args = parse_args(argv)
     try:
         result = main(args)
+    except IntegrityError as error:
+        print(f"{prog or script_name()}: error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_CHECK_FAILED) from None
     except USER_ERRORS as error:
         print(f"{prog or script_name()}: error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None

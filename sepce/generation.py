@@ -27,8 +27,21 @@ Output folders
 Images are written atomically as ``<folder>/<case_number>_<k>.png`` with the prompt, seed and settings in PNG
 text chunks; existing images are skipped (resumable), also after ``move_image.py`` sorted them into class folders
 ``<folder>/<index>/``. ``<folder>/generation.json`` records the settings
-(model, sampler, steps, guidance, size, precision); adding images to a folder made with other settings is
-refused unless ``overwrite`` (then the planned images are regenerated).
+(model, sampler, steps, guidance, size, precision) and the SHA-256 of every image written (:mod:`sepce.folders`);
+adding images to a folder made with other settings is refused unless ``overwrite`` (then the planned images are
+regenerated).
+
+No garbage written: a batch whose latents or decoded images hold NaN/inf, or in which an image is *collapsed*
+(every one of its H × W × 3 uint8 values equal: a constant image, std 0 over all pixels — what a NaN or a
+zeroed network turns into), stops the run with one line (:class:`ImageCheckError`, exit status 4) before any
+image of that batch is written; the images of earlier batches stay valid and recorded, and rerunning after the
+cause is fixed resumes after them.
+
+Concurrency: several processes may generate into one folder at once (``torchrun`` ranks, or two runs started by
+hand). Each batch is written under an exclusive lock on the folder (:func:`sepce.folders.folder_lock`): under it
+the process re-reads ``generation.json``, stops if the folder's settings changed, skips images another process
+wrote since it planned its jobs, writes its images atomically and records their digests. So every image is
+written once and recorded with its digest; two runs over the same rows only duplicate sampling work.
 
 Several processes (``torchrun --nproc_per_node N``): each takes the rows ``shard_rows(rows, rank, N)`` and, on
 GPUs, the device ``cuda:<LOCAL_RANK>`` (when ``--device cuda`` has no index). Ranks never communicate, so a
@@ -49,6 +62,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from ldm.checkpoint import IntegrityError
 from ldm.models.diffusion.sampling import (
     cfg,
     ddim_sample,
@@ -60,7 +74,8 @@ from ldm.models.diffusion.sampling import (
 from tqdm.auto import tqdm
 
 from sepce.cli import Runtime, add_device, add_precision, add_quiet, folder_name, positive_int, show_progress
-from sepce.io import atomic_write, write_json
+from sepce.folders import IMAGES_KEY, SETTINGS_FILE, current_manifest, folder_lock, read_manifest, record_images
+from sepce.io import atomic_write, sha256_file, write_json
 from sepce.modeling import ResolvedModel, load_resolved, networks_to, resolve_model
 from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, EVALUATION_DIR, MODELS_DIR
 from sepce.prompt_csv import PromptRow, shard_rows
@@ -68,7 +83,6 @@ from sepce.prompt_csv import PromptRow, shard_rows
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("klms", "ddim", "plms")
-SETTINGS_FILE = "generation.json"
 SEED_SCHEME = "image k of a case = row k of torch.randn((num_samples, C, H/8, W/8), Generator(cpu).manual_seed(seed))"
 
 
@@ -111,6 +125,29 @@ def case_noise(seed: int, num_samples: int, latent_shape: Tuple[int, int, int]) 
     ``seed`` (the ESD convention; see the module docstring). Row k is independent of ``num_samples``."""
     generator = torch.Generator("cpu").manual_seed(int(seed))
     return torch.randn((num_samples, *latent_shape), generator=generator)
+
+
+class ImageCheckError(IntegrityError):
+    """A batch whose latents or images are non-finite, or an image that collapsed (constant); nothing of the batch
+    was written. ``rows``: the batch positions at fault."""
+
+    def __init__(self, message: str, rows: Sequence[int] = ()):
+        super().__init__(message)
+        self.rows = list(rows)
+
+
+def check_finite_rows(x: torch.Tensor, what: str) -> None:
+    """Refuse a batch (B, ...) with NaN/inf in any row (:class:`ImageCheckError` naming the rows)."""
+    bad = (~torch.isfinite(x)).flatten(1).any(1)
+    if bool(bad.any()):
+        raise ImageCheckError(f"the model produced non-finite {what} (NaN or inf)", bad.nonzero().flatten().tolist())
+
+
+def collapsed_rows(images: np.ndarray) -> List[int]:
+    """Positions of collapsed images in a uint8 batch (B, H, W, 3): every value of the image equal (max == min
+    over all pixels and channels, i.e. std 0) — see the module docstring."""
+    flat = images.reshape(len(images), -1)
+    return np.flatnonzero(flat.max(1) == flat.min(1)).tolist()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -174,11 +211,15 @@ class ImageSampler:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         with self.autocast():
-            return to_uint8(self.model.decode_first_stage(latents.to(self.net_dtype)))
+            decoded = self.model.decode_first_stage(latents.to(self.net_dtype))
+        check_finite_rows(decoded, "decoded images")
+        return to_uint8(decoded)
 
     def __call__(self, prompts: Sequence[str], noise: torch.Tensor, progress: bool = False) -> np.ndarray:
-        """uint8 images (B, H, W, 3)."""
-        return self.decode(self.sample_latents(prompts, noise, progress))
+        """uint8 images (B, H, W, 3); non-finite latents or decoded images raise :class:`ImageCheckError`."""
+        latents = self.sample_latents(prompts, noise, progress)
+        check_finite_rows(latents, "latents")
+        return self.decode(latents)
 
 
 # --------------------------------------------------------------------------------------------------- jobs
@@ -191,6 +232,7 @@ class ImageJob:
     prompt: str
     seed: int
     path: Path
+    replace: bool = False  # the image was done when planned and is regenerated (overwrite)
 
 
 def image_name(case_number: int, k: int) -> str:
@@ -217,19 +259,23 @@ def plan_jobs(
 ) -> Tuple[List[ImageJob], int]:
     """Jobs for the images of ``rows`` that do not exist yet; also the count skipped.
 
-    An image counts as existing when ``<folder>/<case>_<k>.png`` or ``<folder>/<class>/<case>_<k>.png`` exists;
-    with ``overwrite`` it is regenerated where it is.
+    An image counts as existing when ``<folder>/<case>_<k>.png`` or ``<folder>/<class>/<case>_<k>.png`` exists
+    and ``generation.json`` records its digest (or the folder predates image digests); an image file it does not
+    record (a run killed between writing the image and recording it) is regenerated where it is, and so is every
+    image with ``overwrite``.
     """
-    existing = existing_images(folder)
+    found = existing_images(folder)
+    recorded = (read_manifest(folder) or {}).get(IMAGES_KEY)
     jobs, skipped = [], 0
     for row in rows:
         for k in range(num_samples):
             name = image_name(row.case_number, k)
-            if name in existing and not overwrite:
+            done = name in found and (recorded is None or name in recorded)
+            if done and not overwrite:
                 skipped += 1
             else:
-                path = existing.get(name, Path(folder) / name)
-                jobs.append(ImageJob(row.case_number, k, row.prompt, row.evaluation_seed, path))
+                path = found.get(name, Path(folder) / name)
+                jobs.append(ImageJob(row.case_number, k, row.prompt, row.evaluation_seed, path, done))
     return jobs, skipped
 
 
@@ -245,6 +291,46 @@ def save_png(path: Path, pixels: np.ndarray, text: Dict[str, str]) -> Path:
     return atomic_write(path, lambda p: image.save(p, format="PNG", pnginfo=info))
 
 
+@dataclass(frozen=True)
+class FolderLedger:
+    """Where :func:`run_jobs` records what it writes: ``folder``'s ``generation.json``, which must still hold
+    ``settings`` (:func:`folder_settings`) when each batch is written (see the module docstring)."""
+
+    folder: Path
+    settings: dict
+
+
+def write_batch(
+    batch: Sequence[ImageJob], images: np.ndarray, text: Dict[str, str], ledger: Optional[FolderLedger]
+) -> int:
+    """Save a checked batch atomically; with a ``ledger``, under the folder's lock, skipping images another process
+    wrote since the jobs were planned and recording each written image's SHA-256 (an image written by a process
+    killed before it recorded it counts as not written: :func:`plan_jobs` regenerates it). Returns the number
+    written."""
+
+    def save(job: ImageJob, pixels: np.ndarray) -> Path:
+        meta = {"prompt": job.prompt, "seed": job.seed, "case_number": job.case_number, "sample": job.k}
+        return save_png(job.path, pixels, {**meta, **text})
+
+    if ledger is None:
+        for job, pixels in zip(batch, images):
+            save(job, pixels)
+        return len(batch)
+    with folder_lock(ledger.folder):
+        manifest = current_manifest(ledger.folder, ledger.settings)
+        recorded = manifest.get(IMAGES_KEY)
+        digests = {}
+        try:
+            for job, pixels in zip(batch, images):
+                made_meanwhile = job.path.exists() and (recorded is None or job.path.name in recorded)
+                if made_meanwhile and not job.replace:
+                    continue
+                digests[job.path.name] = sha256_file(save(job, pixels))
+        finally:  # also when interrupted (Ctrl-C): what was written is recorded; a kill leaves it unrecorded
+            record_images(ledger.folder, manifest, digests)
+    return len(digests)
+
+
 def run_jobs(
     sampler: ImageSampler,
     jobs: Sequence[ImageJob],
@@ -253,12 +339,15 @@ def run_jobs(
     text: Optional[Dict[str, str]] = None,
     desc: str = "images",
     progress: bool = True,
+    ledger: Optional[FolderLedger] = None,
 ) -> int:
-    """Sample and save ``jobs`` in batches of ``batch_size`` (>= 1); returns the number of images written.
+    """Sample, check and save ``jobs`` in batches of ``batch_size`` (>= 1); returns the number of images written.
 
     Each job's start noise is row ``k`` of its case's :func:`case_noise` (drawn once per case), so batch
-    composition never changes an image. With ``progress`` a bar counts the images; without, one line is logged
-    when they are done (``<desc>: generated 200 images in 98 s``).
+    composition never changes an image. A batch with non-finite latents or images, or a collapsed image, stops the
+    run with one line (:class:`ImageCheckError`) before anything of it is written; ``ledger``: record the images
+    in a folder's ``generation.json`` (:func:`write_batch`). With ``progress`` a bar counts the images; without,
+    one line is logged when they are done (``<desc>: generated 200 images in 98 s``).
     """
     start_time = time.monotonic()
     noise: Dict[Tuple[int, int], torch.Tensor] = {}  # (case, seed) -> case_noise, for the current batch
@@ -272,17 +361,20 @@ def run_jobs(
                 if key not in noise:
                     noise[key] = case_noise(job.seed, max(num_samples, job.k + 1), sampler.latent_shape)
             rows = [noise[(job.case_number, job.seed)][job.k] for job in batch]
-            images = sampler([job.prompt for job in batch], torch.stack(rows))
-            for job, pixels in zip(batch, images):
-                meta = {
-                    "prompt": job.prompt,
-                    "seed": job.seed,
-                    "case_number": job.case_number,
-                    "sample": job.k,
-                    **(text or {}),
-                }
-                save_png(job.path, pixels, meta)
-                written += 1
+            try:
+                images = sampler([job.prompt for job in batch], torch.stack(rows))
+                collapsed = collapsed_rows(images)
+                if collapsed:
+                    raise ImageCheckError("the model produced collapsed (constant) images", collapsed)
+            except ImageCheckError as error:
+                names = [batch[i].path.name for i in error.rows]
+                raise ImageCheckError(
+                    f"{desc}: {error} for {len(names)} image(s) of the batch ({', '.join(names[:3])}"
+                    f"{', ...' if len(names) > 3 else ''}); stopped before writing the batch; the {written} image(s) "
+                    "written before stay valid and a rerun resumes after them once the model is fixed",
+                    error.rows,
+                ) from None
+            written += write_batch(batch, images, text or {}, ledger)
             bar.update(len(batch))
     if not progress:
         log.info("%s: generated %d image(s) in %.0f s", desc, written, time.monotonic() - start_time)
@@ -328,24 +420,30 @@ def folder_settings(resolved: ResolvedModel, settings: SamplingSettings, precisi
     }
 
 
-def check_folder_settings(folder: Path, settings: dict, overwrite: bool, extra: Optional[dict] = None) -> None:
+def check_folder_settings(folder: Path, settings: dict, overwrite: bool, extra: Optional[dict] = None) -> FolderLedger:
     """Refuse to add images to ``folder`` when its ``generation.json`` records other settings (unless
-    ``overwrite``); write the settings file when missing or when overwriting."""
-    path = Path(folder) / SETTINGS_FILE
-    if path.is_file():
-        try:
-            stored = json.loads(path.read_text()).get("settings")
-        except ValueError:
-            stored = None
-        if stored == json.loads(json.dumps(settings)):
-            return
-        if not overwrite:
-            changed = _differences(stored or {}, settings)
-            raise FileExistsError(
-                f"{folder} holds images made with other settings ({changed}); use another "
-                "--save_path or output name, or pass --overwrite to regenerate them"
-            )
-    write_json(path, {"settings": settings, **(extra or {})})
+    ``overwrite``); write the settings file when missing or when overwriting (with an empty ``images`` record,
+    unless the folder already holds images that no ``generation.json`` recorded: those stay unverified). Returns
+    the :class:`FolderLedger` that :func:`run_jobs` records the new images in."""
+    folder = Path(folder)
+    with folder_lock(folder):
+        manifest = read_manifest(folder)
+        if manifest is not None:
+            stored = manifest.get("settings")
+            if stored == json.loads(json.dumps(settings)):
+                return FolderLedger(folder, settings)
+            if not overwrite:
+                changed = _differences(stored or {}, settings)
+                raise FileExistsError(
+                    f"{folder} holds images made with other settings ({changed}); use another "
+                    "--save_path or output name, or pass --overwrite to regenerate them"
+                )
+        unrecorded = manifest is None and existing_images(folder)
+        if unrecorded:
+            log.warning("%s: %d image(s) without generation.json; they stay unverified", folder, len(unrecorded))
+        images = {} if unrecorded else {IMAGES_KEY: {}}
+        write_json(folder / SETTINGS_FILE, {"settings": settings, **images, **(extra or {})})
+    return FolderLedger(folder, settings)
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> str:
@@ -407,10 +505,12 @@ class GenerationSetup:
         """An :class:`ImageSampler` of ``model`` (loaded on ``runtime.device``) with these settings."""
         return ImageSampler(model, self.sampling, self.runtime.device, self.runtime.dtype)
 
-    def check_folder(self, folder: Path, resolved: ResolvedModel, overwrite: bool, extra: Optional[dict] = None):
+    def check_folder(
+        self, folder: Path, resolved: ResolvedModel, overwrite: bool, extra: Optional[dict] = None
+    ) -> FolderLedger:
         """:func:`check_folder_settings` of ``folder`` for images of ``resolved`` made with these settings."""
         settings = folder_settings(resolved, self.sampling, self.runtime.precision)
-        check_folder_settings(folder, settings, overwrite, extra)
+        return check_folder_settings(folder, settings, overwrite, extra)
 
 
 def generation_setup(args: argparse.Namespace, sharded: bool = False) -> GenerationSetup:
@@ -456,7 +556,8 @@ def generate_rows(
     sampler = setup.sampler(model)
     desc = folder.name if rank.world_size == 1 else f"{folder.name} [rank {rank.rank}/{rank.world_size}]"
     text = png_text(resolved, setup.sampling)
-    report.written = run_jobs(sampler, jobs, setup.batch_size, num_samples, text, desc, setup.progress)
+    ledger = FolderLedger(folder, folder_settings(resolved, setup.sampling, runtime.precision))
+    report.written = run_jobs(sampler, jobs, setup.batch_size, num_samples, text, desc, setup.progress, ledger)
     return report
 
 

@@ -7,11 +7,21 @@ renamed into place, so an interrupted run never leaves a half-written file behin
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -157,9 +157,12 @@ class ResolvedModel:
 
 
 def _is_record_file(path: Path) -> bool:
-    """Whether ``path`` is a safetensors file with SepCE erasure metadata (reads the header only)."""
+    """Whether ``path`` is a safetensors file with SepCE erasure metadata (reads the header only); a file named
+    ``erasure.safetensors`` always counts, so a damaged one reaches :func:`load_record`'s checks."""
     if path.suffix != ".safetensors":
         return False
+    if path.name == RECORD_NAME:
+        return True
     from safetensors import safe_open
 
     try:

@@ -11,6 +11,13 @@ One ``erasure.safetensors`` per run (format ``sepce-erasure/1``), metadata as JS
 Every record names the base checkpoint it was made from (path and SHA-256, cached beside the file), and applying
 a record to a different base is refused.
 
+Every record is sealed when written: the safetensors metadata ``sepce_digest`` holds the SHA-256 of the header
+JSON and of each tensor (its dtype, shape and bytes). :func:`load_record` — the one way records are read
+(``--model_name``, ``compose_erasure.py``, ``convertModels.py --record``, the attack, the world benchmark,
+``SepCE.py --add_to``) — recomputes them and refuses a record whose header or any tensor differs, names what
+differs (one line, :class:`RecordIntegrityError`), and refuses NaN/inf in any tensor; a record written before
+seals existed (no ``sepce_digest``) still loads, with a one-line warning.
+
 Full checkpoints (:func:`write_full_checkpoint`) carry the erased values in the UNet AND in its EMA copy
 (``model_ema.*``, which SD's ``sd-v1-4-full-ema.ckpt`` holds and which CompVis with ``use_ema: True``, diffusers'
 converter with ``extract_ema=True`` and ``use_ema_weights`` read), so no reader of the file gets the original
@@ -21,23 +28,85 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import torch
-from ldm.checkpoint import EMA_PREFIX, TEXT_MODEL_PREFIX, TEXT_PREFIX, _torch_load, normalize_keys
+from ldm.checkpoint import (
+    EMA_PREFIX,
+    TEXT_MODEL_PREFIX,
+    TEXT_PREFIX,
+    IntegrityError,
+    _torch_load,
+    check_finite,
+    normalize_keys,
+)
 
-from sepce.io import atomic_path, save_torch
+from sepce.io import atomic_path, save_torch, sha256_file
+
+log = logging.getLogger(__name__)
 
 FORMAT = "sepce-erasure/1"
 RECORD_NAME = "erasure.safetensors"
+HEADER_KEY = "sepce"  # safetensors metadata key of the record's header (JSON)
+DIGEST_KEY = "sepce_digest"  # ... and of its seal: SHA-256 of the header text and of every tensor
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 class RecordError(ValueError):
     """An erasure record that cannot be used as asked."""
+
+
+class RecordIntegrityError(RecordError, IntegrityError):
+    """A record whose content does not match its seal, or holds NaN/inf (scripts exit with "check failed")."""
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (row-major, as safetensors stores them)."""
+    t = t.detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def content_digest(header_text: str, tensors: Mapping[str, torch.Tensor]) -> dict:
+    """The seal of a record: SHA-256 of its header JSON text and of each tensor (:func:`tensor_digest`)."""
+    return {
+        "algorithm": "sha256",
+        "header": hashlib.sha256(header_text.encode()).hexdigest(),
+        "tensors": {k: tensor_digest(v) for k, v in sorted(tensors.items())},
+    }
+
+
+def check_seal(path: Path, header_text: str, tensors: Mapping[str, torch.Tensor], seal_text: Optional[str]) -> None:
+    """Compare a record's content with its seal (:func:`content_digest`); one-line :class:`RecordIntegrityError`
+    naming what differs. No seal (a record written before seals existed): a one-line warning."""
+    if seal_text is None:
+        log.warning("%s has no content digest (written before records were sealed); loading it unverified", path)
+        return
+    try:
+        seal = json.loads(seal_text)
+        recorded = dict(seal["tensors"])
+        header = seal["header"]
+    except (ValueError, KeyError, TypeError):
+        raise RecordIntegrityError(
+            f"{path}: its content digest ({DIGEST_KEY}) is unreadable; the file is damaged"
+        ) from None
+    actual = content_digest(header_text, tensors)
+    missing = sorted(set(recorded) - set(tensors))
+    extra = sorted(set(tensors) - set(recorded))
+    changed = sorted(k for k in recorded if k in tensors and recorded[k] != actual["tensors"][k])
+    if header != actual["header"]:
+        raise RecordIntegrityError(f"{path}: its metadata differs from the digest written with it; the file is damaged")
+    for names, what in ((changed, "differ"), (missing, "are missing"), (extra, "were not written with it")):
+        if names:
+            raise RecordIntegrityError(
+                f"{path}: {len(names)} tensor(s) {what} from the digest written with the record "
+                f"(first {names[0]!r}); the file is damaged or was edited"
+            )
 
 
 def file_digest(path: PathLike, chunk: int = 1 << 24) -> str:
@@ -53,11 +122,7 @@ def file_digest(path: PathLike, chunk: int = 1 << 24) -> str:
                 return cached["sha256"]
         except (ValueError, KeyError):
             pass
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = sha256_file(path, chunk)
     try:
         cache.write_text(json.dumps({**key, "sha256": digest}))
     except OSError:
@@ -129,7 +194,8 @@ def check_concept_name(name: str, flag: str) -> str:
 
 
 def save_record(path: PathLike, record: ErasureRecord, overwrite: bool = False) -> Path:
-    """Write ``record`` atomically as safetensors with JSON metadata."""
+    """Write ``record`` atomically as safetensors with JSON metadata and its seal (:func:`content_digest`);
+    NaN/inf in any tensor is refused (:class:`~ldm.checkpoint.IntegrityError`) before anything is written."""
     from safetensors.torch import save_file
 
     for c in record.concepts:
@@ -148,8 +214,11 @@ def save_record(path: PathLike, record: ErasureRecord, overwrite: bool = False) 
         "meta": record.meta,
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    check_finite(tensors, f"erasure record {path}")
+    header_text = json.dumps(header, default=str)
+    seal = json.dumps(content_digest(header_text, tensors))
     with atomic_path(path, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp), metadata={"sepce": json.dumps(header, default=str)})
+        save_file(tensors, str(tmp), metadata={HEADER_KEY: header_text, DIGEST_KEY: seal})
     return Path(path)
 
 
@@ -163,18 +232,28 @@ def find_record(path: PathLike) -> Path:
 
 
 def load_record(path: PathLike) -> ErasureRecord:
+    """Read and verify an erasure record (a file or a run folder holding one): its seal (:func:`check_seal`), then
+    every tensor finite; all failures are one line (:class:`RecordError`, :class:`RecordIntegrityError`)."""
     from safetensors import safe_open
 
     path = find_record(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("sepce")
+            metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - unreadable file → one line
-        raise RecordError(f"cannot read erasure record {path}: {str(e)[:200]}") from None
+        raise RecordIntegrityError(
+            f"cannot read erasure record {path}: {str(e)[:200]} (truncated or damaged?)"
+        ) from None
+    raw = metadata.get(HEADER_KEY)
     if raw is None:
         raise RecordError(f"{path} is a safetensors file but not a SepCE erasure record (no 'sepce' metadata)")
-    header = json.loads(raw)
+    check_seal(path, raw, tensors, metadata.get(DIGEST_KEY))
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        raise RecordIntegrityError(f"{path}: its metadata is not valid JSON; the file is damaged") from None
+    check_finite(tensors, f"erasure record {path}")
     if header.get("format") != FORMAT:
         raise RecordError(f"{path}: record format {header.get('format')!r}, expected {FORMAT!r}")
     rec = ErasureRecord(

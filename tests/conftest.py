@@ -113,16 +113,20 @@ def no_model_load(monkeypatch):
 
 
 def assert_one_line_error(
-    result: subprocess.CompletedProcess | tuple[int, str], *needles: str, pattern: str | None = None
+    result: subprocess.CompletedProcess | tuple[int, str],
+    *needles: str,
+    pattern: str | None = None,
+    status: int | None = None,
 ) -> str:
     """``result`` (a finished script process, or ``(exit status, stderr)`` of an in-process run) ended as
-    ``sepce.cli.run`` ends bad input: exit status 1, exactly ONE ``<script>: error: ...`` line on stderr and no
-    traceback; that line holds every one of ``needles`` and matches the regular expression ``pattern``. Returns
-    the line."""
+    ``sepce.cli.run`` ends bad input: exit status 1 (or ``status``: 4 for a failed check), exactly ONE
+    ``<script>: error: ...`` line on stderr and no traceback; that line holds every one of ``needles`` and matches
+    the regular expression ``pattern``. Returns the line."""
     from sepce.cli import EXIT_USER_ERROR
 
+    expected = EXIT_USER_ERROR if status is None else status
     code, stderr = (result.returncode, result.stderr) if hasattr(result, "returncode") else result
-    assert code == EXIT_USER_ERROR, f"exit status {code}, expected {EXIT_USER_ERROR}:\n{stderr[-3000:]}"
+    assert code == expected, f"exit status {code}, expected {expected}:\n{stderr[-3000:]}"
     assert "Traceback" not in stderr, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if ": error: " in line]
     assert len(lines) == 1, stderr[-3000:]

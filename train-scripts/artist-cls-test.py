@@ -32,6 +32,7 @@ from sepce.evaluation.classifier import accuracy_table, load_classifier, predict
 from sepce.evaluation.common import file_signature, fingerprint
 from sepce.evaluation.images import generated_images, has_class_folders, images_by_class
 from sepce.evaluation.results import RESULTS_DIR, stored_rows, write_metric
+from sepce.evaluation.verify import verify_folders
 from sepce.paths import ARTIST_CLASSIFIER
 
 log = logging.getLogger("artist-cls-test")
@@ -92,6 +93,7 @@ def main(args: argparse.Namespace) -> Dict[Path, List[dict]]:
 
     plans = []  # (folder, paths, labels, missing, fingerprint, stored rows or None); checked before any work
     for folder in folders:
+        verify_folders(folder)
         found, missing = images_by_class(folder, classes)
         if missing:
             log.warning("%s lacks %d class folder(s) %s; their accuracy stays empty", folder, len(missing), missing)

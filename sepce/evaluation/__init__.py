@@ -9,6 +9,8 @@ Modules (import what you need; nothing heavy is imported here):
 - :mod:`~sepce.evaluation.classifier` — the ResNet18 style classifier: training, checkpoints, accuracy.
 - :mod:`~sepce.evaluation.lpips_metric` — LPIPS (AlexNet, 64 px) per class.
 - :mod:`~sepce.evaluation.fid` — Fréchet distance and per-class FID with a pluggable feature extractor.
+- :mod:`~sepce.evaluation.verify` — refuse image folders that do not match their ``generation.json`` (every scorer
+  calls it first).
 - :mod:`~sepce.evaluation.results` — the ``<model folder>/results/`` layout (scripts write, the table reads).
 - :mod:`~sepce.evaluation.table` — the paper's FID/ACC/LPIPS table (Markdown, CSV, bar chart).
 - :mod:`~sepce.evaluation.common` — result fingerprints, message helpers (runner, devices: :mod:`sepce.cli`).

@@ -27,6 +27,7 @@ from .fid import FeatureExtractor, fid_per_class
 from .images import PairReport, pair_images
 from .lpips_metric import LPIPS_IMAGE_SIZE, lpips_per_class, summarize
 from .results import stored_rows, write_metric
+from .verify import verify_folders
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,11 @@ def compare_folders(
     pairs: Optional[PairReport] = None,
 ) -> Dict[str, List[dict]]:
     """Compute (or reuse) LPIPS and/or FID of ``edited`` against ``original`` as ``settings`` say
-    (:class:`CompareSettings`); returns ``{metric: rows}``. ``pairs``: the image pairing when the caller already
+    (:class:`CompareSettings`); returns ``{metric: rows}``. Both folders are checked first
+    (:func:`~sepce.evaluation.verify.verify_folders`). ``pairs``: the image pairing when the caller already
     has it (else :func:`~sepce.evaluation.images.pair_images`); unpaired files are logged as counted warnings.
     """
+    verify_folders(original, edited)
     s = settings.validate()
     metrics, batch_size, progress = s.metrics, s.batch_size, s.progress
     lpips_image_size, fid_image_size, fid_network = s.lpips_image_size, s.fid_image_size, s.fid_network

@@ -59,6 +59,7 @@ from sepce.evaluation.images import index_images, parse_image_name
 from sepce.evaluation.loading import load_images
 from sepce.evaluation.results import stored_rows, write_metric
 from sepce.evaluation.table import ModelSpec, spec_of
+from sepce.evaluation.verify import verify_folders
 from sepce.paths import REPO_ROOT, run_name
 from sepce.prompt_csv import case_classes, read_prompt_csv
 from sepce.reproduce import ORIGINAL_FOLDER, ScriptStep
@@ -652,6 +653,7 @@ def accuracy_results(
 ) -> List[dict]:
     """Style accuracy per class of a model folder → ``results/accuracy.csv``, each image's true and predicted
     style in ``accuracy.json`` (reused when inputs are unchanged)."""
+    verify_folders(folder)
     paths, labels = folder_images(folder, case_to_class)
     if not paths:
         raise ValueError(f"{folder} holds no generated images of the evaluation CSV")

@@ -25,6 +25,7 @@ from sepce.evaluation.fid import fid_from_features
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.evaluation.loading import load_images
 from sepce.evaluation.results import OVERALL, metric_paths, stored_rows, write_metric
+from sepce.evaluation.verify import verify_folders
 from sepce.prompt_csv import PromptRow
 from sepce.stats import BOOTSTRAP_DRAWS, Estimate, percentile_interval
 from sepce.world.classifier import WorldClassifier, feature_distance
@@ -66,6 +67,7 @@ def _key(paths: Sequence[Path], classifier_id: str, **extra) -> str:
 def cra_results(folder: Path, rows: Sequence[PromptRow], classifier: WorldClassifier, classifier_id: str) -> dict:
     """Style and object predictions of a folder's CRA images → ``results/cra.json`` (``predictions``: name →
     [style, predicted style, object, predicted object]); reused when the images are unchanged."""
+    verify_folders(folder)
     found = folder_rows(folder, rows)
     if not found:
         raise ValueError(f"{folder} holds no generated image of the CRA prompt CSV")
@@ -130,6 +132,7 @@ def quality_results(
     """Per-image feature distances to the renders and to the original's same-named image, and the FID against
     the renders with its bootstrap interval → ``results/quality.json`` (reused when the images are unchanged).
     ``rows``: the plan's evaluation CSV; the i-th row of a style is compared with that style's i-th render."""
+    verify_folders(original, folder)
     found = folder_rows(folder, rows)
     if not found:
         raise ValueError(f"{folder} holds no generated image of the evaluation CSV")
