@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,28 @@ def test_slurm_launcher_refuses_a_machine_without_slurm(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no Slurm here"):
         run_plan([call_step("one", tmp_path / "one")], launch)
     assert not (tmp_path / "one").exists() and not (tmp_path / "jobs").exists()
+
+
+def _interrupt_once_written(path: Path) -> None:
+    """Ctrl-C, once the other step's process has written ``path``."""
+    deadline = time.monotonic() + 60
+    while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_ends_its_running_steps(tmp_path):
+    """Ctrl-C in the launching process: the steps it started end too (none goes on writing unwatched)."""
+    script = tmp_path / "slow.py"
+    script.write_text("import os, sys, time\nopen(sys.argv[1], 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    pid_file = tmp_path / "pid"
+    steps = [
+        ScriptStep("s", "slow", [str(script), str(pid_file)], writes=(tmp_path / "slow",)),
+        ScriptStep("s", "ctrl-c", call=functools.partial(_interrupt_once_written, pid_file), writes=(tmp_path / "x",)),
+    ]
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(steps, Launch(jobs=2))
+    assert time.monotonic() - started < 50
+    with pytest.raises(ProcessLookupError):  # terminated and reaped
+        os.kill(int(pid_file.read_text()), 0)

@@ -246,6 +246,16 @@ class Executor:
             self.free += self.given.pop(index, [])
         return out
 
+    def stop(self) -> None:
+        """End every running step (the run was interrupted): terminate local processes, cancel submitit jobs."""
+        for handle in self.running.values():
+            if isinstance(handle, tuple):
+                handle[0].terminate()
+                handle[0].wait()
+            elif not isinstance(handle, Outcome):
+                handle.cancel(check=False)
+        self.running.clear()
+
     def wait(self) -> None:
         """Pause before the next look at running steps."""
         time.sleep(0.2 if self.launch.launcher == "local" else 2.0)

@@ -53,6 +53,25 @@ def run_plan(
     after = dependencies(steps)
     executor = Executor(launch, steps)
     results: List[Optional[StepResult]] = [None] * len(steps)
+    try:
+        _schedule(steps, after, launch, executor, results, booking, say)
+    except BaseException:  # Ctrl-C or a bug: no job may go on writing into the work directory unwatched
+        executor.stop()
+        raise
+    done = [r for r in results if r is not None]
+    failed = [(steps[i], r) for i, r in enumerate(results) if r is not None and r.status == FAILED]
+    if failed:
+        skipped = sum(r.status == NOT_RUN for r in done)
+        lines = [_failure(step, r.outcome) for step, r in failed]
+        if skipped:
+            lines.append(f"{skipped} step(s) depending on them not run")
+        raise StepFailed("; ".join(lines) + "; fix it and re-run (finished steps are skipped)")
+    return done
+
+
+def _schedule(steps, after, launch, executor, results, booking, say) -> None:
+    """Start every step whose dependencies completed (as many at once as ``launch`` allows) until none is left;
+    fills ``results``."""
     started: set = set()
     while True:
         progressed = False
@@ -102,15 +121,6 @@ def run_plan(
             break
         if not progressed:
             executor.wait()
-    done = [r for r in results if r is not None]
-    failed = [(steps[i], r) for i, r in enumerate(results) if r is not None and r.status == FAILED]
-    if failed:
-        skipped = sum(r.status == NOT_RUN for r in done)
-        lines = [_failure(step, r.outcome) for step, r in failed]
-        if skipped:
-            lines.append(f"{skipped} step(s) depending on them not run")
-        raise StepFailed("; ".join(lines) + "; fix it and re-run (finished steps are skipped)")
-    return done
 
 
 def dry_run(steps: Sequence[ScriptStep], launch: Launch) -> str:
