@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -285,14 +286,25 @@ def _interrupt_once_written(path: Path) -> None:
     raise KeyboardInterrupt
 
 
-def test_an_interrupted_run_ends_its_running_steps(tmp_path):
-    """Ctrl-C in the launching process: the steps it started end too (none goes on writing unwatched)."""
+def _terminate_once_written(path: Path) -> None:
+    """``kill`` of the launching process, once the other step's process has written ``path``."""
+    deadline = time.monotonic() + 60
+    while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler interrupts this
+
+
+@pytest.mark.parametrize("stop", [_interrupt_once_written, _terminate_once_written], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_ends_its_running_steps(tmp_path, stop):
+    """Ctrl-C or SIGTERM in the launching process: the steps it started end too (none goes on writing unwatched);
+    the signal handler is put back afterwards."""
     script = tmp_path / "slow.py"
     script.write_text("import os, sys, time\nopen(sys.argv[1], 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
     pid_file = tmp_path / "pid"
     steps = [
         ScriptStep("s", "slow", [str(script), str(pid_file)], writes=(tmp_path / "slow",)),
-        ScriptStep("s", "ctrl-c", call=functools.partial(_interrupt_once_written, pid_file), writes=(tmp_path / "x",)),
+        ScriptStep("s", "stop", call=functools.partial(stop, pid_file), writes=(tmp_path / "x",)),
     ]
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
@@ -300,3 +312,4 @@ def test_an_interrupted_run_ends_its_running_steps(tmp_path):
     assert time.monotonic() - started < 50
     with pytest.raises(ProcessLookupError):  # terminated and reaped
         os.kill(int(pid_file.read_text()), 0)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

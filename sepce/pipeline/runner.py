@@ -3,12 +3,14 @@
 Resume: a step whose output is complete (:meth:`ScriptStep.complete`) is skipped, so a re-run starts or submits
 only what is missing; steps that resume on their own (generation) run again and keep what they find. A failed step
 stops only the steps that depend on it; the others go on, and the run ends with one line naming every failed step,
-its command and its job log. Step and invocation wall times are booked as they happen
-(:class:`sepce.pipeline.timing.Booking`).
+its command and its job log. Interrupted (Ctrl-C, SIGTERM), the run ends the steps it started. Step and
+invocation wall times are booked as they happen (:class:`sepce.pipeline.timing.Booking`).
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -42,6 +44,11 @@ def _failure(step: ScriptStep, outcome: Outcome) -> str:
     return f"step '{step.name}' failed ({why}){log}: {step.shell()}"
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (``kill``, ``scancel`` of the launching job) ends a run as Ctrl-C does."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_plan(
     steps: Sequence[ScriptStep],
     launch: Launch,
@@ -53,11 +60,17 @@ def run_plan(
     after = dependencies(steps)
     executor = Executor(launch, steps)
     results: List[Optional[StepResult]] = [None] * len(steps)
+    previous = (
+        signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         _schedule(steps, after, launch, executor, results, booking, say)
-    except BaseException:  # Ctrl-C or a bug: no job may go on writing into the work directory unwatched
+    except BaseException:  # Ctrl-C, kill or a bug: no job may go on writing into the work directory unwatched
         executor.stop()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     done = [r for r in results if r is not None]
     failed = [(steps[i], r) for i, r in enumerate(results) if r is not None and r.status == FAILED]
     if failed:
