@@ -2,9 +2,10 @@
 
     python eval-scripts/reproduce.py --tiny              # the whole pipeline on the tiny model (CPU, minutes)
     python eval-scripts/reproduce.py --dry_run           # print the full-size experiment as a shell script
-    python eval-scripts/reproduce.py --device cuda --devices 0,1 --nproc_per_node 8 --precision fp16
+    python eval-scripts/reproduce.py --device cuda --devices 0 --jobs 8 --precision fp16   # 8 GPUs, 8 steps at once
+    python eval-scripts/reproduce.py --device cuda --launcher slurm --slurm_partition gpu   # one Slurm job per step
 
-Runs, in order, the repository scripts (see sepce/reproduce.py): ``generate-data.py`` for every class,
+Runs, in order, the repository scripts (see sepce/paper_plan.py): ``generate-data.py`` for every class,
 ``artist-cls-train.py``, the erasures (CiE, SepCE on ``--sepce_concepts``, ESD, FMN, Ablating Concepts) with
 the seed README's hyperparameters, ``generate-images.py`` on ``data/evaluate.csv`` for the original
 (``evaluation_folder/default``), every erased model and the SepCE subsets (erase the first i concepts, the
@@ -12,13 +13,15 @@ others restored), ``move_image.py``, ``artist-cls-test.py``, ``lpips_eval.py`` (
 ``make-table.py`` (Markdown, CSV and bar chart in ``outputs/table``). Re-running resumes: finished runs and
 images are skipped. ``--tiny`` does the same on the tiny random model (``python -m sepce.tiny``) under
 ``outputs/reproduce-tiny/`` with few images, steps and iterations and random metric backbones — it shows the
-plumbing, not the paper's numbers.
+plumbing, not the paper's numbers. Steps go to the pipeline runner (sepce/pipeline): independent ones run side
+by side (--jobs), each on GPUs of its own, or as submitit jobs (--launcher slurm / submitit-local, logs under
+<work>/outputs/reproduce/jobs/; --tiny: <work>/jobs/); a failed step stops only the steps that need its output.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -27,26 +30,29 @@ from sepce.cli import (
     EXIT_HELP,
     add_classes,
     add_device,
+    add_launcher,
     add_precision,
     add_prompts_path,
     add_quiet,
+    check_launcher,
+    launch_of,
     parser,
     positive_int,
     run,
 )
-from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, EVALUATE_CSV, REPO_ROOT
-from sepce.prompt_csv import read_prompt_csv
-from sepce.reproduce import (
+from sepce.paper_plan import (
     METHODS,
     STAGES,
     ReproductionLayout,
     ReproductionSettings,
-    ScriptStep,
-    StepFailed,
     plan_reproduction,
     reproduction_layout,
-    run_step,
 )
+from sepce.paths import DEFAULT_CKPT, DEFAULT_CONFIG, EVALUATE_CSV, REPO_ROOT
+from sepce.pipeline.runner import dry_run, jobs_dir, run_plan
+from sepce.pipeline.steps import ScriptStep
+from sepce.pipeline.timing import Booking, Timer
+from sepce.prompt_csv import read_prompt_csv
 
 TINY = {"num_cases": 4, "num_samples": 2, "cases_per_class": 2, "ddim_steps": 10, "image_size": 64, "iterations": 4}
 FULL = {
@@ -62,7 +68,12 @@ FULL = {
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = parser(__doc__, EXIT_HELP)
     p.add_argument("--tiny", action="store_true", help="run on the tiny random model with small settings")
-    p.add_argument("--dry_run", action="store_true", help="print the steps as a shell script; run nothing")
+    p.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="print the steps as a shell script, with the jobs (resources, dependencies) a launcher would start; "
+        "run, write and submit nothing",
+    )
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="erasure methods")
     p.add_argument("--concept", default="Van Gogh", help="concept erased by the single-concept methods")
@@ -133,19 +144,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--runner",
         choices=("auto", "subprocess", "inprocess"),
         default="auto",
-        help="run each step in a new Python process, or in this one (faster start-up); auto: in-process for --tiny",
+        help="local launcher, one job: run each step in a new Python process, or in this one (faster start-up); "
+        "auto: in-process for --tiny",
     )
+    add_launcher(p)
     add_quiet(p)
     args = p.parse_args(argv)
+    check_launcher(p, args)
     for key, value in (TINY if args.tiny else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.devices is None:
         args.devices = "cpu" if args.device == "cpu" else "0"
+    one_local_job = args.launcher == "local" and args.jobs == 1
     if args.runner == "auto":
-        args.runner = "inprocess" if args.tiny else "subprocess"
+        args.runner = "inprocess" if args.tiny and one_local_job and args.nproc_per_node == 1 else "subprocess"
     if args.nproc_per_node > 1 and args.runner == "inprocess":
         p.error("--nproc_per_node > 1 launches torchrun; use --runner subprocess")
+    if args.runner == "inprocess" and not one_local_job:
+        p.error(
+            f"--runner inprocess runs one step at a time here; not with --launcher {args.launcher} --jobs {args.jobs}"
+        )
     if args.cases_per_class is not None and not args.tiny:
         p.error("--cases_per_class subsets the CSV for --tiny runs; give a smaller --prompts_path instead")
     return args
@@ -211,26 +230,20 @@ def check_inputs(args: argparse.Namespace, steps: List[ScriptStep]) -> None:
 
 
 def main(args: argparse.Namespace) -> List[ScriptStep]:
-    steps = plan_reproduction(*settings_of(args))
+    settings, layout = settings_of(args)
+    steps = plan_reproduction(settings, layout)
     check_inputs(args, steps)
+    launch = launch_of(args, jobs_dir(layout.run_dir), inprocess=args.runner == "inprocess")
     if args.dry_run:
-        print("#!/usr/bin/env bash\nset -euo pipefail")
-        for step in steps:
-            print(
-                f"\n# [{step.stage}] {step.name}" + (f" (skipped when {step.skip_if} exists)" if step.skip_if else "")
-            )
-            print(step.shell())
+        print(dry_run(steps, launch), end="")
         return steps
-    start = time.time()
-    for n, step in enumerate(steps, 1):
-        print(f"\n=== [{n}/{len(steps)}] {step.stage}: {step.name}", flush=True)
+    booking = Booking(layout.run_dir, {"stages": list(args.stages), "jobs": args.jobs, "launcher": args.launcher})
+    with Timer() as timer:
         try:
-            status = run_step(step, args.runner)
-        except StepFailed as error:
-            raise ValueError(f"{error}; fix it and re-run (finished steps are skipped)") from None
-        if status == "skipped":
-            print(f"skipped: {step.skip_if or step.write} exists" + (" (same content)" if step.write else ""))
-    print(f"\nreproduction finished in {time.time() - start:.0f} s")
+            run_plan(steps, launch, booking, say=functools.partial(print, flush=True))
+        finally:
+            booking.book()
+    print(f"\nreproduction finished in {timer.seconds:.0f} s")
     return steps
 
 

@@ -6,6 +6,7 @@ concept inversion, measure accuracy / feature distance / FID with the world clas
     python eval-scripts/world-benchmark.py --form full           # one erasure per method, with the attack
     python eval-scripts/world-benchmark.py --form sweep --jobs 2 # every method x every reported style x 5 seeds
     python eval-scripts/world-benchmark.py --form short --dry_run   # the commands, as a shell script
+    python eval-scripts/world-benchmark.py --form sweep --launcher slurm --slurm_partition cpu   # one job per step
 
 Stages: data erase generate attack metrics table (see sepce/world/benchmark.py); everything goes under --work_dir
 and re-running resumes. Single-erasure forms: single-concept methods erase --concept, SepCE erases
@@ -16,25 +17,22 @@ reported style (--styles) with every --seeds (training seed i on evaluation-seed
 triples, and writes sweep.md with the same v2 tables pooled over the runs.
 Method flags are the world presets unless overridden with --preset 'CiE=--lr 1e-4 --iterations 100' (how the
 presets were tuned, on the held-out styles: --form tune --concept grid --sepce_concepts grid stripes).
+Steps go to the pipeline runner (sepce/pipeline): --jobs at once as one-thread processes, or as submitit jobs
+(--launcher submitit-local / slurm; a folder and log per job under <work_dir>/jobs/).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import functools
 import shlex
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import EXIT_HELP, add_quiet, parser, run
-from sepce.io import write_text
-from sepce.reproduce import StepFailed, run_step
+from sepce.cli import EXIT_HELP, add_launcher, add_quiet, check_launcher, launch_of, parser, run
+from sepce.pipeline.runner import dry_run, jobs_dir, run_plan
+from sepce.pipeline.timing import Booking
 from sepce.world.benchmark import (
     DEFAULT_CONCEPT,
     DEFAULT_METHODS,
@@ -49,13 +47,12 @@ from sepce.world.benchmark import (
     concept_prompts,
     plan_benchmark,
     reported_styles,
-    run_metrics,
     single_cells,
     sweep_cells,
 )
 from sepce.world.classifier import SHIPPED_CLASSIFIER
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
-from sepce.world.report import Timer, book_invocation, record_time, write_report, write_sweep_report
+from sepce.world.report import write_report, write_sweep_report
 
 
 def _preset(value: str) -> tuple:
@@ -105,22 +102,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--classifier", type=Path, default=SHIPPED_CLASSIFIER, help="the world classifier")
     p.add_argument("--batch_size", type=int, default=32, help="images per sampler batch")
     p.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="run up to this many independent training chains at once, each a one-thread subprocess",
-    )
-    p.add_argument(
         "--runner",
         choices=("subprocess", "inprocess"),
         default="inprocess",
-        help="run each script in this interpreter (faster) or in a new Python process (always with --jobs > 1)",
+        help="run each script in this interpreter (faster) or in a new Python process (always with --jobs > 1 "
+        "or a submitit launcher)",
     )
-    p.add_argument("--dry_run", action="store_true", help="print the script steps as a shell script; run nothing")
+    p.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="print the steps as a shell script, with the jobs (resources, dependencies) a launcher would start; "
+        "run nothing",
+    )
+    add_launcher(p)
     add_quiet(p)
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.jobs < 1:
-        p.error(f"--batch_size {args.batch_size} and --jobs {args.jobs} must be >= 1")
+    check_launcher(p, args)
+    if args.batch_size < 1:
+        p.error(f"--batch_size {args.batch_size} must be >= 1")
     if len(set(args.sepce_concepts)) != len(args.sepce_concepts):
         p.error(f"--sepce_concepts {args.sepce_concepts} names a style twice")
     args.triples = [t if isinstance(t, tuple) else _triple(t) for t in args.triples]
@@ -152,73 +151,26 @@ def main(args: argparse.Namespace) -> Optional[dict]:
     else:
         cells = single_cells(args.methods, args.concept, args.sepce_concepts, candidates)
     plan = plan_benchmark(lay, form, cells, presets, args.batch_size, args.quiet)
+    steps = [s for s in plan.steps if s.stage in args.stages]
+    inprocess = args.runner == "inprocess" and args.launcher == "local" and args.jobs == 1
+    launch = launch_of(args, jobs_dir(lay.work), inprocess)
     if args.dry_run:
-        print("#!/usr/bin/env bash\nset -euo pipefail")
-        for step in plan.steps:
-            print(f"\n# [{step.stage}] {step.name}\n{step.shell()}")
+        print(dry_run(steps, launch), end="")
         return None
-    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    invocation = {"started": stamp, "stages": list(args.stages), "jobs": args.jobs}
-    started = time.monotonic()
-
-    def book() -> list:  # this invocation's wall time so far, with the earlier (resumed) ones
-        seconds = round(time.monotonic() - started, 1)
-        return book_invocation(lay.work / "invocations.json", {**invocation, "seconds": seconds})
-
+    booking = Booking(lay.work, {"stages": list(args.stages), "jobs": args.jobs, "launcher": args.launcher})
     try:
-        return _run_plan(args, lay, form, plan, presets, book)
+        run_plan(steps, launch, booking, say=functools.partial(print, flush=True))
+        if "table" not in args.stages:
+            return None
+        used = {m: presets[m] for m in args.methods}
+        writer = write_sweep_report if form.sweep else write_report
+        timings = booking.ordered([s.name for s in plan.steps])
+        report, summary = writer(lay, form, plan, timings, used, booking.book())
+        print(report.read_text())
+        print(f"wrote {report}")
+        return summary
     finally:
-        book()
-
-
-def _run_plan(args, lay, form, plan, presets, book) -> Optional[dict]:
-    timings_file = lay.work / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
-    lock = threading.Lock()
-    runner = "subprocess" if args.jobs > 1 else args.runner
-    if args.jobs > 1:
-        os.environ["OMP_NUM_THREADS"] = "1"  # each child process one thread: --jobs of them share the cores
-
-    def record(stage: str, name: str, status: str, seconds: float, resumes: bool) -> None:
-        with lock:
-            if record_time(timings, stage, name, status, seconds, resumes):
-                write_text(timings_file, json.dumps(timings, indent=2) + "\n")
-
-    def execute(steps) -> None:
-        for step in (s for s in steps if s.stage in args.stages):
-            print(f"=== [{step.stage}] {step.name}", flush=True)
-            with Timer() as timer:
-                try:
-                    status = run_step(step, runner)
-                except StepFailed as error:
-                    raise ValueError(f"{error}; fix it and re-run (finished steps are skipped)") from None
-            if step.write is None:
-                record(step.stage, step.name, status, timer.seconds, step.resumes)
-
-    execute(plan.setup)
-    if args.jobs > 1:
-        with ThreadPoolExecutor(args.jobs) as pool:
-            for future in [pool.submit(execute, chain) for chain in plan.chains]:
-                future.result()
-    else:
-        for chain in plan.chains:
-            execute(chain)
-    if "metrics" in args.stages:
-        print("=== [metrics] accuracy, feature distance, FID", flush=True)
-        with Timer() as timer:
-            run_metrics(lay, plan.cells)
-        record("metrics", "accuracy, feature distance and FID", "done", timer.seconds, False)
-    if "table" not in args.stages:
-        return None
-    execute(plan.table)
-    order = {s.name: i for i, s in enumerate(plan.steps)}
-    ordered = sorted(timings.values(), key=lambda t: (order.get(t["name"], len(order)), t["name"]))
-    used = {m: presets[m] for m in args.methods}
-    writer = write_sweep_report if form.sweep else write_report
-    report, summary = writer(lay, form, plan, ordered, used, book())
-    print(report.read_text())
-    print(f"wrote {report}")
-    return summary
+        booking.book()
 
 
 if __name__ == "__main__":

@@ -240,6 +240,66 @@ def add_batch_args(
     add_quiet(p)
 
 
+# ------------------------------------------------------------------------------------------------ launchers
+def add_launcher(p: argparse.ArgumentParser) -> None:
+    """``--launcher``, ``--jobs`` and the ``--slurm_*`` flags of a script that hands its plan to
+    :mod:`sepce.pipeline`; :func:`check_launcher` validates them, :func:`launch_of` turns them into a ``Launch``."""
+    from sepce.pipeline.executors import LAUNCHERS
+
+    g = p.add_argument_group("where the steps run (sepce.pipeline)")
+    g.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="local",
+        help="local: processes on this machine, each GPU step on GPUs of its own (CUDA_VISIBLE_DEVICES); "
+        "submitit-local: submitit's local executor (a job folder and log per step; tests, laptops); "
+        "slurm: one Slurm job per step through submitit",
+    )
+    g.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=None,
+        help="steps running at once (None: 1 for the local launchers, every ready step for slurm)",
+    )
+    g.add_argument("--slurm_partition", default=None, help="slurm: the partition every job goes to (required)")
+    g.add_argument("--slurm_account", default=None, help="slurm: the account jobs are charged to")
+    g.add_argument(
+        "--slurm_gpus_per_job",
+        type=positive_int,
+        default=None,
+        help="slurm: GPUs of every step that uses GPUs (None: the step's own count)",
+    )
+    g.add_argument(
+        "--slurm_time",
+        type=positive_int,
+        default=None,
+        metavar="MINUTES",
+        help="slurm: time limit of every job (None: each step's own estimate)",
+    )
+
+
+def check_launcher(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse launcher flags that do not fit together (argparse's error exit); fill in ``--jobs``."""
+    slurm_flags = [f"--{k}" for k in ("slurm_partition", "slurm_account", "slurm_gpus_per_job", "slurm_time")]
+    given = [f for f in slurm_flags if getattr(args, f[2:]) is not None]
+    if args.launcher == "slurm" and args.slurm_partition is None:
+        p.error("--launcher slurm needs --slurm_partition")
+    if args.launcher != "slurm" and given:
+        p.error(f"{', '.join(given)} only apply to --launcher slurm, not {args.launcher}")
+    if args.jobs is None and args.launcher != "slurm":
+        args.jobs = 1
+
+
+def launch_of(args: argparse.Namespace, jobs_dir: Path, inprocess: bool):
+    """The ``sepce.pipeline.executors.Launch`` of the launcher flags (``inprocess``: the script's choice)."""
+    from sepce.pipeline.executors import Launch, SlurmSettings
+
+    slurm = None
+    if args.launcher == "slurm":
+        slurm = SlurmSettings(args.slurm_partition, args.slurm_account, args.slurm_gpus_per_job, args.slurm_time)
+    return Launch(args.launcher, args.jobs, inprocess, jobs_dir, slurm)
+
+
 def show_progress(quiet: bool = False) -> bool:
     """Progress bars only for a person watching: not with ``--quiet`` and not when stderr is a file or pipe
     (CI logs, ``nohup``), where finished stages are logged as one line each instead."""

@@ -35,3 +35,11 @@ def run_name(method: str, concepts: Sequence[str], suffix: Optional[str] = None)
         raise ValueError(f"run_name({method!r}, []): a run erases at least one concept")
     name = f"{method}-{'+'.join(concept_slug(c) for c in concepts)}"
     return f"{name}-{suffix}" if suffix else name
+
+
+def near(path: Path) -> Path:
+    """``path`` relative to the current folder when it lies below it (readable commands), else unchanged."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(path)

@@ -1,4 +1,4 @@
-"""The reproduction pipeline (eval-scripts/reproduce.py, sepce/reproduce.py): the full-size plan uses the seed
+"""The reproduction pipeline (eval-scripts/reproduce.py, sepce/paper_plan.py): the full-size plan uses the seed
 README's commands, ``--tiny`` runs every stage end to end on the tiny model and writes the table, a re-run
 resumes without redoing work, and SepCE's separability shows in the table (restored concepts and the blank
 prompt unchanged, erased ones changed)."""
@@ -16,7 +16,7 @@ from conftest import one_line_error
 from PIL import Image
 
 from sepce.cli import run as run_cli
-from sepce.reproduce import METHODS, Method, model_rows
+from sepce.paper_plan import METHODS, Method, model_rows
 
 
 @pytest.fixture

@@ -239,7 +239,8 @@ def test_step_times_survive_a_resumed_run(tmp_path):
     """A re-run that finds a generation step's images already there adds its check to the booked time (it used to
     replace minutes of sampling with the 2 s check); a skipped training step keeps its time, a re-trained one books
     its new run; invocations add up to the wall time."""
-    from sepce.world.report import book_invocation, record_time, timing_lines
+    from sepce.pipeline.timing import book_invocation, record_time
+    from sepce.world.report import timing_lines
 
     timings: dict = {}
     assert record_time(timings, "generate", "images of A", "done", 115.0, resumes=True)

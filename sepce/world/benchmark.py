@@ -41,8 +41,8 @@ Presets were chosen on the held-out styles (:data:`HELD_OUT`) only, by the rule 
 from __future__ import annotations
 
 import csv
+import functools
 import io
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from sepce.classes import ConceptClass, classes_by_names, load_class_map
+from sepce.data_generation import data_folder_name
 from sepce.evaluation.classifier import accuracy_table
 from sepce.evaluation.common import fingerprint
 from sepce.evaluation.compare import CompareSettings, compare_folders
@@ -58,11 +59,12 @@ from sepce.evaluation.fid import FID_WORLD_CLASSIFIER_NETWORK
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.evaluation.loading import load_images
 from sepce.evaluation.results import stored_rows, write_metric
-from sepce.evaluation.table import ModelSpec, spec_of
+from sepce.evaluation.table import ModelSpec
 from sepce.evaluation.verify import verify_folders
-from sepce.paths import REPO_ROOT, run_name
+from sepce.paper_plan import ORIGINAL_FOLDER, table_steps
+from sepce.paths import REPO_ROOT, near, run_name
+from sepce.pipeline.steps import Resources, ScriptStep
 from sepce.prompt_csv import case_classes, read_prompt_csv
-from sepce.reproduce import ORIGINAL_FOLDER, ScriptStep
 from sepce.world.classifier import SHIPPED_CLASSIFIER, WorldClassifier, feature_distance, load_classifier, predict
 from sepce.world.measures import cra_results, quality_results
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
@@ -88,6 +90,8 @@ SWEEP_SEEDS = (0, 1, 2, 3, 4)
 #: Protocol v2: the sweep attacks the runs of these training seeds only (the attack would dominate the cost).
 SWEEP_ATTACK_SEEDS = (0, 1)
 ANCHOR_PROMPT = ""  # the world's generic caption: Ablating Concepts' anchor (docs/method.md)
+#: Every step of the benchmark runs on one CPU core (a Slurm job: one core, 4 GB, a generous 2 h limit).
+STEP_RESOURCES = Resources(gpus=0, cpus=1, mem_gb=4, minutes=120)
 
 
 @dataclass(frozen=True)
@@ -216,14 +220,6 @@ class BenchmarkLayout:
     cra_prompts: Path  # their prompt CSV (with an ``object`` column)
 
 
-def _near(path: Path) -> Path:
-    """``path`` relative to the current folder when it lies below it (readable commands), else unchanged."""
-    try:
-        return Path(path).resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        return Path(path)
-
-
 def benchmark_layout(
     work: Path, ckpt: Path = SHIPPED_CKPT, config: Path = SHIPPED_CONFIG, classifier: Path = SHIPPED_CLASSIFIER
 ) -> BenchmarkLayout:
@@ -236,10 +232,10 @@ def benchmark_layout(
         work / "images",
         work / "table",
         work / "evaluate.csv",
-        _near(ckpt),
-        _near(config),
-        _near(classifier),
-        _near(CLASS_MAP),
+        near(ckpt),
+        near(config),
+        near(classifier),
+        near(CLASS_MAP),
         work / "images-cra",
         work / "evaluate-cra.csv",
     )
@@ -441,20 +437,21 @@ def seed_csv(lay: BenchmarkLayout, block: int, blocks: int, span: int) -> Path:
 # ------------------------------------------------------------------------------------------------ plan
 @dataclass
 class BenchmarkPlan:
-    """The script steps of a benchmark and the models they produce. ``setup`` (the evaluation CSV, training
-    images) runs first; each chain (one training run: erase, then generate and attack its models; or the
-    original's images and attacks) depends only on the setup, so chains may run side by side (``--jobs``);
-    ``table`` runs last."""
+    """The steps of a benchmark and the models they produce. ``setup`` (the evaluation CSV, training images) comes
+    first; each chain (one training run: erase, then generate and attack its models; or the original's images and
+    attacks) depends only on the setup, so chains may run side by side (``--jobs``); then ``metrics`` and
+    ``table``. The runner (:mod:`sepce.pipeline.runner`) reads the order off what each step reads and writes."""
 
     setup: List[ScriptStep]
     chains: List[List[ScriptStep]]
     table: List[ScriptStep]
     cells: List[Cell]
     attacked: Dict[str, List[str]] = field(default_factory=dict)  # images folder -> styles attacked there
+    metrics: List[ScriptStep] = field(default_factory=list)
 
     @property
     def steps(self) -> List[ScriptStep]:
-        return [*self.setup, *(step for chain in self.chains for step in chain), *self.table]
+        return [*self.setup, *(step for chain in self.chains for step in chain), *self.metrics, *self.table]
 
 
 def expand_preset(flags: Sequence[str], classes: Sequence[ConceptClass], erased: Sequence[str]) -> List[str]:
@@ -518,11 +515,20 @@ def plan_benchmark(
         setup.append(ScriptStep("generate", f"evaluation CSV {path.name}", write=path, content=text))
     cra_text = cra_csv_text(classes, form.cra_objects)
     setup.append(ScriptStep("generate", "CRA prompt CSV", write=lay.cra_prompts, content=cra_text))
+    inputs = (lay.ckpt_path, lay.config_path, lay.classes)
     for prompt in data_prompts(cells, attacked, prompt_of):
         argv = ["eval-scripts/generate-data.py", "--prompt", prompt, "--model_name", "none", "--link", "none"]
         argv += ["--save_path", str(lay.data_dir), "--num_cases", str(form.train_images), "--classes", str(lay.classes)]
         setup.append(
-            ScriptStep("data", f"training images of {prompt!r}", argv + model_flags + sample_flags, resumes=True)
+            ScriptStep(
+                "data",
+                f"training images of {prompt!r}",
+                argv + model_flags + sample_flags,
+                resumes=True,
+                reads=inputs,
+                writes=(lay.data_dir / data_folder_name(prompt),),
+                resources=STEP_RESOURCES,
+            )
         )
     chains: Dict[str, List[ScriptStep]] = {}
     for cell in cells:
@@ -530,6 +536,8 @@ def plan_benchmark(
         if not chain and not cell.original:
             preset = presets[cell.method] if cell.preset is None else cell.preset
             chain.append(erase_step(lay, form, cell, preset, classes, model_flags, quiet))
+        run = () if cell.original else (lay.models_dir / cell.run,)
+        folder = lay.eval_dir / cell.folder
         for what, prompts, out in (
             ("evaluation images", seed_csv(lay, cell.block, cell.blocks, span), lay.eval_dir),
             ("CRA images", lay.cra_prompts, lay.cra_dir),
@@ -537,7 +545,17 @@ def plan_benchmark(
             argv = ["eval-scripts/generate-images.py", *model_argv(lay, cell), "--prompts_path", str(prompts)]
             argv += ["--save_path", str(out), "--output_name", cell.folder, "--num_samples", str(form.num_samples)]
             argv += ["--classes", str(lay.classes), *model_flags, *sample_flags]
-            chain.append(ScriptStep("generate", f"{what} of {cell.folder}", argv, resumes=True))
+            chain.append(
+                ScriptStep(
+                    "generate",
+                    f"{what} of {cell.folder}",
+                    argv,
+                    resumes=True,
+                    reads=(*inputs, prompts, *run),
+                    writes=(out / cell.folder,),
+                    resources=STEP_RESOURCES,
+                )
+            )
         for style in attacked.get(cell.folder, []):
             argv = ["eval-scripts/attack-inversion.py", *model_argv(lay, cell), "--prompt", prompt_of[style]]
             argv += ["--data_dir", str(lay.data_dir), "--prompts_path", str(seed_csv(lay, cell.block, 1, span))]
@@ -546,15 +564,33 @@ def plan_benchmark(
             argv += ["--domain", "world", *model_flags, *sample_flags]
             if form.attack_steps is not None:
                 argv += ["--attack_steps", str(form.attack_steps)]
-            chain.append(ScriptStep("attack", f"attack on {style} in {cell.folder}", argv, resumes=True))
+            chain.append(
+                ScriptStep(
+                    "attack",
+                    f"attack on {style} in {cell.folder}",
+                    argv,
+                    resumes=True,
+                    reads=(*inputs, seed_csv(lay, cell.block, 1, span), lay.data_dir, lay.classifier, *run),
+                    writes=(folder / "attack", folder / "results"),
+                    resources=STEP_RESOURCES,
+                )
+            )
+    folders = tuple(lay.eval_dir / c.folder for c in cells) + tuple(lay.cra_dir / c.folder for c in cells)
+    metrics = ScriptStep(
+        "metrics",
+        "accuracy, CRA, quality, feature distance and FID",
+        call=functools.partial(run_metrics, lay, list(cells)),
+        reads=(lay.prompts_path, lay.cra_prompts, lay.classifier, *folders),
+        writes=tuple(f / "results" for f in folders),
+        resources=STEP_RESOURCES,
+    )
     table: List[ScriptStep] = []
     if not form.sweep:
-        spec_path = lay.table_dir / "spec.json"
-        spec = json.dumps(table_spec(cells, lay.eval_dir, spec_path), indent=2) + "\n"
-        table.append(ScriptStep("table", "table spec", write=spec_path, content=spec))
-        argv = ["eval-scripts/make-table.py", "--spec", str(spec_path), "--output_dir", str(lay.table_dir)]
-        table.append(ScriptStep("table", "table", argv + ["--overwrite", "--classes", str(lay.classes)]))
-    return BenchmarkPlan(setup, list(chains.values()), table, list(cells), attacked)
+        models = [
+            ModelSpec(c.label, lay.eval_dir / c.folder, list(c.erased), list(c.restored), c.original) for c in cells
+        ]
+        table = table_steps(models, lay.table_dir, lay.classes)
+    return BenchmarkPlan(setup, list(chains.values()), table, list(cells), attacked, [metrics])
 
 
 def erase_step(
@@ -583,7 +619,16 @@ def erase_step(
         argv += ["--iterations", str(form.iterations)]
     if quiet:
         argv += ["--quiet"]
-    return ScriptStep("erase", cell.run, argv, skip_if=out / "erasure.safetensors")
+    reads = (lay.ckpt_path, lay.config_path, *((lay.data_dir,) if method.data != "none" else ()))
+    return ScriptStep(
+        "erase",
+        cell.run,
+        argv,
+        skip_if=out / "erasure.safetensors",
+        reads=reads,
+        writes=(out,),
+        resources=STEP_RESOURCES,
+    )
 
 
 def model_argv(lay: BenchmarkLayout, cell: Cell) -> List[str]:
@@ -595,12 +640,6 @@ def model_argv(lay: BenchmarkLayout, cell: Cell) -> List[str]:
     if cell.restored:
         argv += ["--erase", *concept_prompts(classes, cell.erased)]
     return argv
-
-
-def table_spec(cells: Sequence[Cell], eval_dir: Path, spec_path: Path) -> dict:
-    """The make-table.py spec of the cells (:func:`sepce.evaluation.table.spec_of`; concepts by style name)."""
-    models = [ModelSpec(c.label, eval_dir / c.folder, list(c.erased), list(c.restored), c.original) for c in cells]
-    return spec_of(models, spec_path)
 
 
 # ------------------------------------------------------------------------------------------------ metrics

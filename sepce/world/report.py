@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -21,9 +20,9 @@ import numpy as np
 from sepce.classes import load_class_map
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.io import write_text
+from sepce.paper_plan import ORIGINAL_FOLDER
 from sepce.paths import REPO_ROOT
 from sepce.prompt_csv import case_classes, read_prompt_csv
-from sepce.reproduce import ORIGINAL_FOLDER
 from sepce.stats import Estimate
 from sepce.world.analysis import (
     AIM_CEILING,
@@ -421,33 +420,6 @@ def stage_times(timings: Sequence[dict]) -> Dict[str, float]:
     return out
 
 
-def record_time(timings: Dict[str, dict], stage: str, name: str, status: str, seconds: float, resumes: bool) -> bool:
-    """Book one step's time in ``timings`` (step name -> entry); returns whether the entry changed.
-
-    A skipped step keeps the time it took when it ran. A step that ``resumes`` its own partial output
-    (``ScriptStep.resumes``: data and image generation, the attack) adds each run's time to what was booked before,
-    so a step interrupted and resumed counts all its work and a re-run that only finds its output already there adds
-    the seconds of that check instead of replacing the real time. A step that starts over (training, metrics, the
-    table) books its last run.
-    """
-    before = timings.get(name)
-    if status != "done" and before is not None:
-        return False
-    if status == "done" and resumes and before is not None and before["status"] == "done":
-        seconds += float(before["seconds"])
-    timings[name] = {"stage": stage, "name": name, "status": status, "seconds": round(seconds, 1)}
-    return True
-
-
-def book_invocation(path: Path, entry: dict) -> List[dict]:
-    """Add (or update, matched on its ``started`` stamp) one invocation of the benchmark script in the JSON list at
-    ``path``; returns the whole list. The wall time of a resumed benchmark is the sum over its invocations."""
-    before = json.loads(path.read_text()) if path.is_file() else []
-    invocations = [i for i in before if i["started"] != entry["started"]] + [entry]
-    write_text(path, json.dumps(invocations, indent=2) + "\n")
-    return invocations
-
-
 def wall_line(invocations: Sequence[dict]) -> str:
     """One sentence: the wall time of the invocations (resumed runs) that built this work directory."""
     total = sum(float(i["seconds"]) for i in invocations)
@@ -674,14 +646,3 @@ def write_sweep_report(
     summary = summarise(lay, plan, sweep=True, form=form.name)
     text = sweep_markdown(form, summary, timings, presets, invocations)
     return _write(lay, "sweep.md", text, summary, timings), summary
-
-
-class Timer:
-    """Wall-clock seconds of a block."""
-
-    def __enter__(self) -> Timer:
-        self.start = time.monotonic()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.monotonic() - self.start

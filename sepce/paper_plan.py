@@ -1,4 +1,5 @@
-"""The paper's main experiment as a list of script invocations (``eval-scripts/reproduce.py``).
+"""The paper's plan: its main experiment as steps for the pipeline runner (:mod:`sepce.pipeline`;
+``eval-scripts/reproduce.py``), each step with what it reads and writes and its resources on a GPU machine.
 
 Stages, in order (each a call of a repository script, exactly as a user would type it):
 
@@ -18,7 +19,8 @@ Stages, in order (each a call of a repository script, exactly as a user would ty
 Every stage is resumable: finished training runs and the classifier are skipped (their output exists), the
 generation scripts skip existing images, and the metric scripts reuse results of unchanged inputs. ``--tiny``
 runs the same stages on the tiny random model with few images, steps and iterations, random LPIPS/FID/ResNet
-backbones, and a class map reduced to the concepts involved plus the blank class.
+backbones, and a class map reduced to the concepts involved plus the blank class. The table stage
+(:func:`table_steps`) and the original's folder name are shared with the concept-world benchmark.
 """
 
 from __future__ import annotations
@@ -26,20 +28,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import runpy
-import shlex
-import subprocess
-import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sepce.classes import ConceptClass, class_by_name, classes_by_names, load_class_map
+from sepce.data_generation import data_folder_name
 from sepce.evaluation.table import ModelSpec, spec_of
 from sepce.generation import file_slug
-from sepce.io import write_text
-from sepce.paths import ARTIST_CLASSIFIER, REPO_ROOT, run_name
+from sepce.paths import ARTIST_CLASSIFIER, near, run_name
+from sepce.pipeline.steps import Resources, ScriptStep
 from sepce.prompt_csv import read_prompt_csv
 from sepce.tiny import TINY_WIDE_CONFIG
 
@@ -108,30 +106,6 @@ METHODS: Dict[str, Method] = {
 
 
 @dataclass
-class ScriptStep:
-    """One stage action: run a script (``argv[0]`` a repo script or ``-m module``) or write a small file."""
-
-    stage: str
-    name: str
-    argv: List[str] = field(default_factory=list)
-    skip_if: Optional[Path] = None  # an output whose existence means the step is done
-    nproc: int = 1  # > 1: launched with torchrun
-    write: Optional[Path] = None  # a file this step writes (content below) instead of running a script
-    content: str = ""
-    resumes: bool = False  # keeps the output an interrupted run left (images, a learned word) and goes on from it
-
-    def shell(self) -> str:
-        """The step as a shell command line."""
-        if self.write is not None:
-            return (
-                f"mkdir -p {shlex.quote(str(self.write.parent))} && cat > {shlex.quote(str(self.write))} <<'EOF'\n"
-                f"{self.content.rstrip()}\nEOF"
-            )
-        launcher = ["python"] if self.nproc == 1 else ["torchrun", "--standalone", "--nproc_per_node", str(self.nproc)]
-        return shlex.join(launcher + self.argv)
-
-
-@dataclass
 class Row:
     """A table row: an output folder of generate-images.py and what the model erased / restored."""
 
@@ -183,15 +157,7 @@ class ReproductionLayout:
     prompts_path: Path
     ckpt_path: Path
     config_path: Path
-
-
-def _near(path: Path) -> Path:
-    """An absolute ``path`` under the current folder, written relative to it (readable commands)."""
-    path = Path(path)
-    try:
-        return path.resolve().relative_to(Path.cwd().resolve()) if path.is_absolute() else path
-    except ValueError:
-        return path
+    run_dir: Path  # the runner's books (timings.json, invocations.json) and job folders (jobs/)
 
 
 def reproduction_layout(
@@ -219,6 +185,7 @@ def reproduction_layout(
             work / "evaluate.csv",
             work / "tiny" / "model.ckpt",
             work / "tiny" / "config.yaml",
+            work,
         )
     work = Path(work_dir or ".")
     return ReproductionLayout(
@@ -227,10 +194,11 @@ def reproduction_layout(
         work / "evaluation_folder",
         work / "outputs" / "table",
         Path(classifier or work / ARTIST_CLASSIFIER),
-        _near(classes),
-        _near(prompts_path),
-        _near(ckpt_path),
-        _near(config_path),
+        near(classes),
+        near(prompts_path),
+        near(ckpt_path),
+        near(config_path),
+        work / "outputs" / "reproduce",
     )
 
 
@@ -275,12 +243,6 @@ def model_rows(methods: Sequence[str], concept: str, sepce_concepts: Sequence[st
     return rows
 
 
-def table_spec(rows: Sequence[Row], eval_dir: Path, spec_path: Path) -> dict:
-    """The make-table.py spec of the rows (the first is the original; :func:`sepce.evaluation.table.spec_of`)."""
-    models = [ModelSpec(r.name, eval_dir / r.folder, r.erased, r.restored, original=i == 0) for i, r in enumerate(rows)]
-    return spec_of(models, spec_path)
-
-
 # ------------------------------------------------------------------------------------------------ stages
 def _model_flags(lay: ReproductionLayout) -> List[str]:
     return ["--ckpt_path", str(lay.ckpt_path), "--config_path", str(lay.config_path)]
@@ -300,6 +262,23 @@ def _sample_flags(s: ReproductionSettings) -> List[str]:
     return flags + _quiet_flags(s)
 
 
+#: Time limit of one step of the full-size experiment on one GPU (minutes; generous: README "Running on a cluster").
+STAGE_MINUTES = {"data": 120, "classifier": 60, "erase": 240, "generate": 240, "metrics": 60, "classify": 60}
+
+
+def _resources(s: ReproductionSettings, stage: str, gpus: int = 1) -> Resources:
+    """A step's resources: ``gpus`` GPUs (none when the run is on the CPU), 8 cores and 32 GB beside a GPU, the
+    stage's time limit (:data:`STAGE_MINUTES`; 10 min for steps without GPU work and for ``--tiny``)."""
+    if s.device == "cpu" or gpus == 0:
+        return Resources(0, 2, 8 if s.tiny else 16, 30 if s.tiny else STAGE_MINUTES.get(stage, 10) * 4)
+    return Resources(gpus, 8, 32, 30 if s.tiny else STAGE_MINUTES.get(stage, 10))
+
+
+def _training_gpus(devices: str) -> int:
+    """GPUs a training script uses with ``--devices`` (``0,1``: two)."""
+    return 0 if devices == "cpu" else len([d for d in devices.split(",") if d.strip()])
+
+
 def model_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: List[ConceptClass]) -> tuple:
     """Stage 1 (``--tiny`` only): the tiny base model, the reduced class map and evaluation CSV. Returns the
     steps and the class map the later stages use."""
@@ -309,14 +288,16 @@ def model_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: List[
         "-m",
         "sepce.tiny",
         "--config",
-        str(_near(TINY_WIDE_CONFIG)),
+        str(near(TINY_WIDE_CONFIG)),
         "--out",
         str(lay.ckpt_path.parent),
         "--if_missing",
     ]
     class_text, rows_text = tiny_inputs(classes, s.prompts_path, [s.concept, *s.sepce_concepts], s.cases_per_class)
     steps = [
-        ScriptStep("model", "tiny base model", argv),
+        ScriptStep(
+            "model", "tiny base model", argv, writes=(lay.ckpt_path.parent,), resources=_resources(s, "model", 0)
+        ),
         ScriptStep("model", "tiny class map", write=lay.classes, content=class_text),
         ScriptStep("model", "tiny evaluation CSV", write=lay.prompts_path, content=rows_text),
     ]
@@ -326,6 +307,10 @@ def model_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: List[
     return steps, tiny_classes
 
 
+def _model_inputs(lay: ReproductionLayout) -> tuple:
+    return lay.ckpt_path, lay.config_path, lay.classes
+
+
 def data_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: Sequence[ConceptClass]) -> List[ScriptStep]:
     """Stage 2: ``generate-data.py`` for every class (erasure training images and classifier class folders)."""
     steps = []
@@ -333,7 +318,19 @@ def data_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: Sequen
         argv = ["eval-scripts/generate-data.py", "--prompt", c.prompt, "--model_name", str(c.index)]
         argv += ["--save_path", str(lay.data_dir), "--num_cases", str(s.num_cases), "--num_samples", "1"]
         argv += [*_class_flags(lay), *_model_flags(lay), *_sample_flags(s)]
-        steps.append(ScriptStep("data", f"training images of {c.name}", argv, nproc=s.nproc_per_node, resumes=True))
+        writes = (lay.data_dir / data_folder_name(c.prompt), lay.data_dir / "train" / str(c.index))
+        steps.append(
+            ScriptStep(
+                "data",
+                f"training images of {c.name}",
+                argv,
+                nproc=s.nproc_per_node,
+                resumes=True,
+                reads=_model_inputs(lay),
+                writes=writes,
+                resources=_resources(s, "data", s.nproc_per_node),
+            )
+        )
     return steps
 
 
@@ -344,7 +341,17 @@ def classifier_stage(s: ReproductionSettings, lay: ReproductionLayout) -> List[S
     argv += [*_class_flags(lay), *_quiet_flags(s)]
     if s.tiny:
         argv += ["--no_pretrained", "--epochs", "3", "--image_size", str(s.image_size), "--batch_size", "8"]
-    return [ScriptStep("classifier", "style classifier", argv, skip_if=lay.classifier)]
+    return [
+        ScriptStep(
+            "classifier",
+            "style classifier",
+            argv,
+            skip_if=lay.classifier,
+            reads=(lay.data_dir / "train", lay.data_dir / "eval", lay.classes),
+            writes=(lay.classifier.parent,),
+            resources=_resources(s, "classifier"),
+        )
+    ]
 
 
 def erase_stage(s: ReproductionSettings, lay: ReproductionLayout) -> List[ScriptStep]:
@@ -362,7 +369,17 @@ def erase_stage(s: ReproductionSettings, lay: ReproductionLayout) -> List[Script
             argv += [*method.tiny_flags, "--image_size", str(s.image_size)]
         if s.iterations is not None:
             argv += ["--iterations", str(s.iterations)]
-        steps.append(ScriptStep("erase", f"{name} on {', '.join(concepts)}", argv, skip_if=out / "erasure.safetensors"))
+        steps.append(
+            ScriptStep(
+                "erase",
+                f"{name} on {', '.join(concepts)}",
+                argv,
+                skip_if=out / "erasure.safetensors",
+                reads=(*_model_inputs(lay), *((lay.data_dir,) if method.uses_data else ())),
+                writes=(out,),
+                resources=_resources(s, "erase", _training_gpus(s.devices)),
+            )
+        )
     return steps
 
 
@@ -376,24 +393,39 @@ def generate_stage(s: ReproductionSettings, lay: ReproductionLayout, rows: Seque
         argv += [*_class_flags(lay), *_model_flags(lay), *_sample_flags(s)]
         if row.erase is not None:
             argv += ["--erase", *row.erase]
+        run = () if row.folder == ORIGINAL_FOLDER else (lay.models_dir / row.model_name,)
         steps.append(
-            ScriptStep("generate", f"evaluation images of {row.name}", argv, nproc=s.nproc_per_node, resumes=True)
+            ScriptStep(
+                "generate",
+                f"evaluation images of {row.name}",
+                argv,
+                nproc=s.nproc_per_node,
+                resumes=True,
+                reads=(*_model_inputs(lay), lay.prompts_path, *run),
+                writes=(lay.eval_dir / row.folder,),
+                resources=_resources(s, "generate", s.nproc_per_node),
+            )
         )
     return steps
 
 
-def sort_stage(lay: ReproductionLayout, rows: Sequence[Row]) -> List[ScriptStep]:
+def sort_stage(s: ReproductionSettings, lay: ReproductionLayout, rows: Sequence[Row]) -> List[ScriptStep]:
     """Stage 6: ``move_image.py`` sorts every row's images into class folders."""
     argv = ["train-scripts/move_image.py", "--path", str(lay.eval_dir), "--folders", *[r.folder for r in rows]]
     argv += ["--prompts_path", str(lay.prompts_path), *_class_flags(lay)]
-    return [ScriptStep("sort", "sort into class folders", argv)]
+    folders = tuple(lay.eval_dir / r.folder for r in rows)
+    resources = _resources(s, "sort", 0)
+    return [ScriptStep("sort", "sort into class folders", argv, reads=folders, writes=folders, resources=resources)]
 
 
-def classify_stage(s: ReproductionSettings, lay: ReproductionLayout) -> List[ScriptStep]:
+def classify_stage(s: ReproductionSettings, lay: ReproductionLayout, rows: Sequence[Row]) -> List[ScriptStep]:
     """Stage 7: ``artist-cls-test.py`` (accuracy per class of every model folder)."""
     argv = ["train-scripts/artist-cls-test.py", "--path", str(lay.eval_dir), "--classifier", str(lay.classifier)]
     argv += ["--device", s.device, "--overwrite", *_class_flags(lay), *_quiet_flags(s)]
-    return [ScriptStep("classify", "classifier accuracy", argv)]
+    reads = (lay.classifier, *(lay.eval_dir / r.folder for r in rows))
+    writes = tuple(lay.eval_dir / r.folder / "results" for r in rows)
+    resources = _resources(s, "classify")
+    return [ScriptStep("classify", "classifier accuracy", argv, reads=reads, writes=writes, resources=resources)]
 
 
 def metrics_stage(s: ReproductionSettings, lay: ReproductionLayout, rows: Sequence[Row]) -> List[ScriptStep]:
@@ -407,19 +439,40 @@ def metrics_stage(s: ReproductionSettings, lay: ReproductionLayout, rows: Sequen
             argv += [flag, str(weights)] if weights is not None else []
         if s.tiny:
             argv += ["--no_pretrained", "--fid_size", "75", "--batch_size", "16"]
-        steps.append(ScriptStep("metrics", f"LPIPS and FID of {row.name}", argv))
+        steps.append(
+            ScriptStep(
+                "metrics",
+                f"LPIPS and FID of {row.name}",
+                argv,
+                reads=(lay.eval_dir / ORIGINAL_FOLDER, lay.eval_dir / row.folder, lay.prompts_path),
+                writes=(lay.eval_dir / row.folder / "results",),
+                resources=_resources(s, "metrics"),
+            )
+        )
     return steps
 
 
-def table_stage(lay: ReproductionLayout, rows: Sequence[Row]) -> List[ScriptStep]:
-    """Stage 9: the table spec (which concepts each row erased or restored) and ``make-table.py``."""
-    spec_path = lay.table_dir / "spec.json"
-    spec = json.dumps(table_spec(rows, lay.eval_dir, spec_path), indent=2)
-    argv = ["eval-scripts/make-table.py", "--spec", str(spec_path), "--output_dir", str(lay.table_dir)]
+def table_steps(models: Sequence[ModelSpec], table_dir: Path, classes: Path) -> List[ScriptStep]:
+    """The last stage of both pipelines: the table spec (which concepts each model erased or restored;
+    :func:`sepce.evaluation.table.spec_of`) and ``make-table.py`` over it, in ``table_dir``."""
+    spec_path = table_dir / "spec.json"
+    spec = json.dumps(spec_of(list(models), spec_path), indent=2) + "\n"
+    argv = ["eval-scripts/make-table.py", "--spec", str(spec_path), "--output_dir", str(table_dir)]
+    reads = (spec_path, *(m.path for m in models))
     return [
-        ScriptStep("table", "table spec", write=spec_path, content=spec + "\n"),
-        ScriptStep("table", "table", [*argv, "--overwrite", *_class_flags(lay)]),
+        ScriptStep("table", "table spec", write=spec_path, content=spec),
+        ScriptStep(
+            "table", "table", [*argv, "--overwrite", "--classes", str(classes)], reads=reads, writes=(table_dir,)
+        ),
     ]
+
+
+def table_stage(lay: ReproductionLayout, rows: Sequence[Row]) -> List[ScriptStep]:
+    """Stage 9: the table of the rows (the first is the original)."""
+    models = [
+        ModelSpec(r.name, lay.eval_dir / r.folder, r.erased, r.restored, original=i == 0) for i, r in enumerate(rows)
+    ]
+    return table_steps(models, lay.table_dir, lay.classes)
 
 
 def plan_reproduction(s: ReproductionSettings, lay: ReproductionLayout) -> List[ScriptStep]:
@@ -435,73 +488,9 @@ def plan_reproduction(s: ReproductionSettings, lay: ReproductionLayout) -> List[
         *classifier_stage(s, lay),
         *erase_stage(s, lay),
         *generate_stage(s, lay, rows),
-        *sort_stage(lay, rows),
-        *classify_stage(s, lay),
+        *sort_stage(s, lay, rows),
+        *classify_stage(s, lay, rows),
         *metrics_stage(s, lay, rows),
         *table_stage(lay, rows),
     ]
     return [step for step in steps if step.stage in s.stages]
-
-
-class StepFailed(RuntimeError):
-    """A step exited with a non-zero status."""
-
-
-def _command(step: ScriptStep) -> List[str]:
-    if step.argv[0] == "-m":
-        return [sys.executable, *step.argv]
-    script = str(REPO_ROOT / step.argv[0])
-    if step.nproc > 1:
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(step.nproc),
-            script,
-            *step.argv[1:],
-        ]
-    return [sys.executable, script, *step.argv[1:]]
-
-
-def _run_in_process(step: ScriptStep) -> int:
-    """Run a script in this interpreter as ``__main__`` (no interpreter start-up and imports per step)."""
-    saved = sys.argv
-    try:
-        if step.argv[0] == "-m":
-            sys.argv = [step.argv[1], *step.argv[2:]]
-            with warnings.catch_warnings():  # "found in sys.modules": the module is imported already; harmless
-                warnings.simplefilter("ignore", RuntimeWarning)
-                runpy.run_module(step.argv[1], run_name="__main__", alter_sys=True)
-        else:
-            sys.argv = [str(REPO_ROOT / step.argv[0]), *step.argv[1:]]
-            runpy.run_path(sys.argv[0], run_name="__main__")
-    except SystemExit as exit_:
-        if isinstance(exit_.code, str):
-            print(exit_.code, file=sys.stderr)
-            return 1
-        return int(exit_.code or 0)
-    finally:
-        sys.argv = saved
-    return 0
-
-
-def run_step(step: ScriptStep, runner: str) -> str:
-    """Execute ``step``; returns ``'done'`` or ``'skipped'``. Raises :class:`StepFailed`."""
-    if step.write is not None:
-        if step.write.is_file() and step.write.read_text() == step.content:
-            return "skipped"
-        write_text(step.write, step.content)
-        return "done"
-    if step.skip_if is not None and step.skip_if.exists():
-        return "skipped"
-    if runner == "inprocess":
-        if step.nproc > 1:
-            raise ValueError("--nproc_per_node > 1 needs --runner subprocess (torchrun)")
-        code = _run_in_process(step)
-    else:
-        code = subprocess.run(_command(step)).returncode
-    if code != 0:
-        raise StepFailed(f"step '{step.name}' failed (exit status {code}): {step.shell()}")
-    return "done"
