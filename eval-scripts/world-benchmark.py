@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import EXIT_HELP, add_quiet, parser, run
+from sepce.cli import EXIT_HELP, add_quiet, parse_device, parser, run
 from sepce.io import write_text
 from sepce.reproduce import StepFailed, run_step
 from sepce.world.benchmark import (
@@ -114,6 +114,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default="inprocess",
         help="run each script in this interpreter (faster) or in a new Python process (always with --jobs > 1)",
     )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where every script trains and samples (cpu, cuda, cuda:N); the metrics run on the CPU",
+    )
     p.add_argument("--dry_run", action="store_true", help="print the script steps as a shell script; run nothing")
     add_quiet(p)
     args = p.parse_args(argv)
@@ -149,7 +154,8 @@ def main(args: argparse.Namespace) -> Optional[dict]:
         cells = sweep_cells(args.methods, styles, args.triples, args.seeds)
     else:
         cells = single_cells(args.methods, args.concept, args.sepce_concepts, candidates)
-    plan = plan_benchmark(lay, form, cells, presets, args.batch_size, args.quiet)
+    parse_device(args.device)  # one line before anything runs when the device does not exist
+    plan = plan_benchmark(lay, form, cells, presets, args.batch_size, args.quiet, args.device)
     if args.dry_run:
         print("#!/usr/bin/env bash\nset -euo pipefail")
         for step in plan.steps:

@@ -390,14 +390,16 @@ def plan_benchmark(
     presets: Optional[Dict[str, tuple]] = None,
     batch_size: int = 32,
     quiet: bool = False,
+    device: str = "cpu",
 ) -> BenchmarkPlan:
-    """Every script step (stages data, erase, generate, attack and the table files) for ``cells``."""
+    """Every script step (stages data, erase, generate, attack and the table files) for ``cells``; ``device``: where
+    the scripts train and sample (``--device`` / ``--devices``; the metrics stay on the CPU)."""
     classes = load_class_map(lay.classes)
     presets = {**PRESETS, **(presets or {})}
     prompt_of = {c.name: c.prompt for c in classes}
     model_flags = ["--ckpt_path", str(lay.ckpt_path), "--config_path", str(lay.config_path)]
     sample_flags = ["--sampler", form.sampler, "--ddim_steps", str(form.steps)]
-    sample_flags += ["--guidance_scale", str(form.guidance), "--image_size", str(IMAGE_SIZE), "--device", "cpu"]
+    sample_flags += ["--guidance_scale", str(form.guidance), "--image_size", str(IMAGE_SIZE), "--device", device]
     sample_flags += ["--batch_size", str(batch_size)] + (["--quiet"] if quiet else [])
     content = eval_csv_text(classes, form.seeds_per_class)
     setup = [ScriptStep("generate", "evaluation CSV", write=lay.prompts_path, content=content)]
@@ -413,7 +415,7 @@ def plan_benchmark(
         chain = chains.setdefault(cell.run, [])
         if not chain and not cell.original:
             preset = presets[cell.method] if cell.preset is None else cell.preset
-            chain.append(erase_step(lay, form, cell, preset, classes, model_flags, quiet))
+            chain.append(erase_step(lay, form, cell, preset, classes, model_flags, quiet, device))
         argv = ["eval-scripts/generate-images.py", *model_argv(lay, cell), "--prompts_path", str(lay.prompts_path)]
         argv += ["--save_path", str(lay.eval_dir), "--output_name", cell.folder, "--num_samples", str(form.num_samples)]
         argv += ["--classes", str(lay.classes), *model_flags, *sample_flags]
@@ -445,13 +447,14 @@ def erase_step(
     classes: Sequence[ConceptClass],
     model_flags: Sequence[str],
     quiet: bool,
+    device: str = "cpu",
 ) -> ScriptStep:
     """The training script call of a cell's run (skipped once its erasure record exists)."""
     method = WORLD_METHODS[cell.method]
     prompt_of = {c.name: c.prompt for c in classes}
     out = lay.models_dir / cell.run
     argv = [method.script, *method.concept_argv([prompt_of[s] for s in cell.styles])]
-    argv += [*expand_preset(preset, classes, cell.styles), *model_flags, "--devices", "cpu", "--output_dir", str(out)]
+    argv += [*expand_preset(preset, classes, cell.styles), *model_flags, "--devices", device, "--output_dir", str(out)]
     if method.seeded:
         argv += ["--seed", str(cell.seed)]
     if method.image_size:
