@@ -146,6 +146,11 @@ def test_plan_names_the_presets_and_the_model_geometry(tmp_path):
     assert len(csv_text) == 1 + len(STYLES) * FORMS["full"].seeds_per_class
     short = plan_benchmark(lay, FORMS["short"], cells)
     assert not short.attacked and not any(s.stage == "attack" for s in short.steps)
+    # every image the protocol draws uses the sampler the pre-registered rule chose (docs/world-benchmark.md)
+    drawn = [s for s in short.steps if s.stage in ("data", "generate") and s.argv]
+    assert {(s.argv[s.argv.index("--sampler") + 1], s.argv[s.argv.index("--ddim_steps") + 1]) for s in drawn} == {
+        ("dpmpp_2m", "10")
+    }
     # --device: every script trains and samples there (a GPU run of the whole protocol); the default is the CPU
     assert {s.argv[s.argv.index("--device") + 1] for s in steps if "--device" in s.argv} == {"cpu"}
     on_gpu = plan_benchmark(lay, FORMS["short"], cells, device="cuda").steps
