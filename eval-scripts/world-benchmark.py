@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sepce.classes import load_class_map
-from sepce.cli import EXIT_HELP, add_launcher, add_quiet, check_launcher, launch_of, parser, run
+from sepce.cli import EXIT_HELP, add_launcher, add_quiet, check_launcher, launch_of, parse_device, parser, run
 from sepce.pipeline.runner import dry_run, jobs_dir, run_plan
 from sepce.pipeline.timing import Booking
 from sepce.world.benchmark import (
@@ -109,6 +109,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "or a submitit launcher)",
     )
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="where every script trains and samples (cpu, cuda, cuda:N); the metrics run on the CPU",
+    )
+    p.add_argument(
         "--dry_run",
         action="store_true",
         help="print the steps as a shell script, with the jobs (resources, dependencies) a launcher would start; "
@@ -150,7 +155,8 @@ def main(args: argparse.Namespace) -> Optional[dict]:
         cells = sweep_cells(args.methods, styles, args.triples, args.seeds)
     else:
         cells = single_cells(args.methods, args.concept, args.sepce_concepts, candidates)
-    plan = plan_benchmark(lay, form, cells, presets, args.batch_size, args.quiet)
+    parse_device(args.device)  # one line before anything runs when the device does not exist
+    plan = plan_benchmark(lay, form, cells, presets, args.batch_size, args.quiet, args.device)
     steps = [s for s in plan.steps if s.stage in args.stages]
     inprocess = args.runner == "inprocess" and args.launcher == "local" and args.jobs == 1
     launch = launch_of(args, jobs_dir(lay.work), inprocess)

@@ -8,15 +8,16 @@ Seeds (same seed → same image)
 Image ``k`` of a case with seed ``s`` starts from row ``k`` of
 ``torch.randn((num_samples, C, H/8, W/8), generator=torch.Generator("cpu").manual_seed(s))`` — exactly the
 latents of the ESD repository's ``generate-images.py`` (which draws the whole batch of a case from
-``torch.manual_seed(s)``); K-LMS multiplies them by the scheduler's ``init_noise_sigma`` (σ_max), DDIM and PLMS
-start from them as x_T. Row ``k`` does not depend on ``num_samples`` (CPU draws are sequential), and every
-image's latent comes from its own case's generator, so the batch an image is sampled in (``--batch_size``,
-resuming, ``torchrun`` sharding) does not change it. Sampling is deterministic after the initial latent
-(DDIM with η = 0).
+``torch.manual_seed(s)``); K-LMS multiplies them by the scheduler's ``init_noise_sigma`` (σ_max), DDIM, PLMS and
+DPM-Solver++(2M) start from them as x_T. Row ``k`` does not depend on ``num_samples`` (CPU draws are
+sequential), and every image's latent comes from its own case's generator, so the batch an image is sampled in
+(``--batch_size``, resuming, ``torchrun`` sharding) does not change it. Sampling is deterministic after the initial
+latent (DDIM with η = 0).
 
 Sampling (:class:`ImageSampler`)
 --------------------------------
-K-LMS (the paper's evaluation protocol: 100 steps, guidance 7.5, 512 px), DDIM or PLMS from
+K-LMS (the paper's evaluation protocol: 100 steps, guidance 7.5, 512 px), DDIM, PLMS or DPM-Solver++(2M) (fewer
+steps for the same images; the concept world's protocol, docs/world-benchmark.md) from
 :mod:`ldm.models.diffusion.sampling`; classifier-free guidance evaluates the unconditional and conditional
 halves in one batched UNet forward (:func:`ldm.models.diffusion.sampling.cfg`). Latents and sampler arithmetic
 stay float32; with ``fp16``/``bf16`` (GPU only) the networks' weights are cast to that type and run in it.
@@ -67,6 +68,7 @@ from ldm.models.diffusion.sampling import (
     cfg,
     ddim_sample,
     ddim_timesteps,
+    dpmpp_2m_sample,
     klms_initial_latent,
     klms_sample,
     plms_sample,
@@ -82,7 +84,7 @@ from sepce.prompt_csv import PromptRow, shard_rows
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("klms", "ddim", "plms")
+SAMPLERS = ("klms", "ddim", "plms", "dpmpp_2m")
 SEED_SCHEME = "image k of a case = row k of torch.randn((num_samples, C, H/8, W/8), Generator(cpu).manual_seed(seed))"
 
 
@@ -102,10 +104,10 @@ class SamplingSettings:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler {self.sampler!r} is not supported; expected one of {list(SAMPLERS)}")
-        limit = 500 if self.sampler in ("ddim", "plms") else 1000
+        limit = 1000 if self.sampler == "klms" else 500
         if not 1 <= self.steps <= limit:
             raise ValueError(f"--ddim_steps {self.steps} must lie in 1..{limit} for the {self.sampler} sampler")
-        if self.sampler != "klms":
+        if self.sampler in ("ddim", "plms"):
             try:
                 ddim_timesteps(self.steps)  # refuses step counts whose uniform DDIM grid reaches timestep 1000
             except ValueError as e:
@@ -206,6 +208,8 @@ class ImageSampler:
             return klms_sample(fn, klms_initial_latent(x, alphas), cond, alphas, s.steps, progress=progress)
         if s.sampler == "ddim":
             return ddim_sample(fn, x, cond, alphas, s.steps, progress=progress)
+        if s.sampler == "dpmpp_2m":
+            return dpmpp_2m_sample(fn, x, cond, alphas, s.steps, progress=progress)
         return plms_sample(fn, x, cond, alphas, s.steps, progress=progress)
 
     @torch.no_grad()
@@ -566,9 +570,14 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, steps: int = 100, im
     """The sampler flags every generation script shares (ESD's names: ``--ddim_steps`` counts any sampler), with
     ``--device``, ``--precision`` and ``--quiet`` of :mod:`sepce.cli`; :func:`generation_setup` reads them."""
     parser.add_argument(
-        "--sampler", choices=SAMPLERS, default="klms", help="sampler: K-LMS (paper protocol), DDIM (eta 0) or PLMS"
+        "--sampler",
+        choices=SAMPLERS,
+        default="klms",
+        help="sampler: K-LMS (paper protocol), DDIM (eta 0), PLMS or DPM-Solver++(2M) (one UNet call per step)",
     )
-    parser.add_argument("--ddim_steps", type=positive_int, default=steps, help="number of sampler steps")
+    parser.add_argument(
+        "--ddim_steps", "--steps", dest="ddim_steps", type=positive_int, default=steps, help="number of sampler steps"
+    )
     parser.add_argument("--guidance_scale", type=float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument("--image_size", type=positive_int, default=image_size, help="image height and width in pixels")
     parser.add_argument(

@@ -374,10 +374,17 @@ def test_compvis_ddim_sampler(gpu_model, golden, sim):
     assert_on(CUDA, sampler.decode(noisy, c, 2, 3.0, uc))
 
 
-def test_plms_klms_and_guidance_wrapper_match_cpu(gpu_model, compvis_tiny_model, sim):
+def test_plms_klms_dpmpp_and_guidance_wrapper_match_cpu(gpu_model, compvis_tiny_model, sim):
     """The functional samplers with the cfg wrapper give on the device what they give on the CPU."""
     from ldm.models.diffusion.plms import PLMSSampler
-    from ldm.models.diffusion.sampling import cfg, ddim_sample, klms_initial_latent, klms_sample, plms_sample
+    from ldm.models.diffusion.sampling import (
+        cfg,
+        ddim_sample,
+        dpmpp_2m_sample,
+        klms_initial_latent,
+        klms_sample,
+        plms_sample,
+    )
 
     c = gpu_model.get_learned_conditioning(["Picasso", "Picasso"])
     uc = gpu_model.get_learned_conditioning([""])  # a batch of 1, broadcast by cfg
@@ -396,6 +403,7 @@ def test_plms_klms_and_guidance_wrapper_match_cpu(gpu_model, compvis_tiny_model,
         "ddim": lambda m, x, a: ddim_sample(m, x, host_or(c, x), a, 4, eta=1.0, generator=gen(x, 2), stop_after=2),
         "plms": lambda m, x, a: plms_sample(m, x, host_or(c, x), a, 4, start_step=2),
         "klms": lambda m, x, a: klms_sample(m, klms_initial_latent(x, a), host_or(c, x), a, 4, stop_after=3),
+        "dpmpp_2m": lambda m, x, a: dpmpp_2m_sample(m, x, host_or(c, x), a, 4),
     }
     for name, run in runs.items():
         out = run(cfg(gpu_model.apply_model, uc, 7.5), x_t, gpu_model.alphas_cumprod)

@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import REPO, assert_one_line_error, one_line_error
 from ldm.checkpoint import read_state_dict
+from ldm.models.diffusion import sampling as S
 from PIL import Image
 
 import sepce.data_generation as D
@@ -168,7 +169,7 @@ def test_generated_images_match_esd_diffusers_lms_loop(tmp_path, tiny_ckpt, tiny
     assert (meta["prompt"], meta["seed"], meta["sample"], meta["sampler"]) == ("Picasso", "7", "1", "klms")
 
 
-@pytest.mark.parametrize("sampler", ["klms", "ddim", "plms"])
+@pytest.mark.parametrize("sampler", ["klms", "ddim", "plms", "dpmpp_2m"])
 def test_same_seed_same_image_across_runs_and_batch_sizes(tmp_path, tiny_ckpt, prompts, sampler, gen_images):
     for name, batch in (("a", 3), ("b", 3), ("c", 1), ("d", 5)):
         run(
@@ -240,6 +241,23 @@ def test_without_bars_each_finished_stage_is_one_log_line(tmp_path, tiny_ckpt, p
     assert any(r.name == "sepce.modeling" and r.getMessage().startswith("loaded ") for r in caplog.records)
 
 
+def test_dpmpp_2m_images_and_generation_json_record_the_sampler(tmp_path, tiny_ckpt, tiny_model, prompts, gen_images):
+    """``--sampler dpmpp_2m --steps 7``: generation.json and the PNGs record it; the pixels are those of
+    ``dpmpp_2m_sample`` with guidance on the same start noise (the ImageSampler wiring)."""
+    run(gen_images, *sd_argv(tiny_ckpt, prompts, tmp_path / "out", steps=5), "--sampler", "dpmpp_2m", "--steps", "7")
+    folder = tmp_path / "out" / "SD-v1-4"
+    settings = json.loads((folder / G.SETTINGS_FILE).read_text())["settings"]
+    assert (settings["sampler"], settings["steps"]) == ("dpmpp_2m", 7)
+    assert Image.open(folder / "0_0.png").text["sampler"] == "dpmpp_2m"
+    sampler = G.ImageSampler(tiny_model, G.SamplingSettings("dpmpp_2m", 7, 7.5, 64), torch.device("cpu"))
+    noise, prompt = G.case_noise(42, 1, sampler.latent_shape), "Van Gogh"  # case 0 of PROMPTS
+    with torch.no_grad():
+        fn = S.cfg(sampler.model_fn, sampler.embed([""]), 7.5)
+        latents = S.dpmpp_2m_sample(fn, noise, sampler.embed([prompt]), tiny_model.alphas_cumprod, 7)
+    expected = sampler.decode(latents)[0].astype(np.int16)
+    assert np.abs(pixels(folder / "0_0.png") - expected).max() <= 1
+
+
 def test_sampling_settings_are_checked_when_built():
     assert G.SamplingSettings("ddim", 50, 5.0, 64).steps == 50
     for bad, message in (
@@ -290,6 +308,7 @@ def test_bad_csv_fails_before_model_load(tmp_path, tiny_ckpt, no_model_load, tex
         (["--ddim_steps", "600", "--sampler", "ddim"], r"--ddim_steps 600 must lie in 1..500"),
         (["--image_size", "60"], r"--image_size 60 must be a positive multiple of 8"),
         (["--ddim_steps", "9", "--sampler", "plms"], r"--ddim_steps 9: the CompVis uniform DDIM discretisation"),
+        (["--steps", "501", "--sampler", "dpmpp_2m"], r"--ddim_steps 501 must lie in 1..500 for the dpmpp_2m"),
     ],
 )
 def test_bad_options_fail_before_model_load(

@@ -1,5 +1,5 @@
-"""Sampler tests: DDIM/K-LMS against diffusers' schedulers (test-only oracle), PLMS against its defining
-Adams-Bashforth combinations, exactness on a point-mass data distribution, the guidance wrapper, partial
+"""Sampler tests: DDIM/K-LMS/DPM-Solver++(2M) against diffusers' schedulers (test-only oracle), PLMS against its
+defining Adams-Bashforth combinations, exactness on a point-mass data distribution, the guidance wrapper, partial
 runs and the CompVis-style sampler classes. Dummy eps models only; the file runs in seconds on CPU."""
 
 import logging
@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, LMSDiscreteScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, LMSDiscreteScheduler
 from ldm.models.diffusion import sampling as S
 from ldm.models.diffusion.ddim import DDIMSampler, model_device
 from ldm.models.diffusion.plms import PLMSSampler
@@ -171,6 +171,55 @@ def test_klms_with_guidance_matches_diffusers_lms_pipeline_loop(inputs, steps):
     torch.testing.assert_close(out, latents, rtol=1e-5, atol=2e-5)
 
 
+# ------------------------------------------------------------------------------- DPM-Solver++(2M) vs diffusers
+def dpm_oracle():
+    """diffusers' DPM-Solver++(2M) with the settings :func:`S.dpmpp_2m_sample` follows (its defaults, spelled out)."""
+    return DPMSolverMultistepScheduler(
+        **SCHED_KW,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        solver_type="midpoint",
+        timestep_spacing="linspace",
+        final_sigmas_type="zero",
+        lower_order_final=True,
+        prediction_type="epsilon",
+    )
+
+
+@pytest.mark.parametrize("steps", [10, 12, 15, 25, 50])
+def test_dpmpp_2m_with_guidance_matches_diffusers_pipeline_loop(inputs, steps):
+    x, cond, uncond = inputs
+    scale = 7.5
+    oracle = dpm_oracle()
+    oracle.set_timesteps(steps)
+    sched = S.dpm_schedule(oracle.alphas_cumprod, steps)
+    np.testing.assert_array_equal(sched.timesteps, oracle.timesteps.numpy())
+    np.testing.assert_array_equal(sched.sigmas, oracle.sigmas.numpy())
+    assert float(oracle.init_noise_sigma) == 1.0  # the start latent is the unit noise itself, as DDIM's x_T
+    steps_seen, cb = recorder()
+    out = S.dpmpp_2m_sample(S.cfg(toy_eps, uncond, scale), x, cond, oracle.alphas_cumprod, steps, callback=cb)
+
+    latents, uncond_b = x.clone(), uncond.expand_as(cond)
+    for k, t in enumerate(oracle.timesteps):
+        model_in = oracle.scale_model_input(torch.cat([latents] * 2), t)
+        e_u, e_c = toy_eps(model_in, t.expand(2 * x.shape[0]), torch.cat([uncond_b, cond])).chunk(2)
+        latents = oracle.step(e_u + scale * (e_c - e_u), t, latents).prev_sample
+        assert steps_seen[k]["t"] == int(t) and steps_seen[k]["i"] == k
+        torch.testing.assert_close(steps_seen[k]["x"], latents, rtol=1e-5, atol=1e-5)
+    assert len(steps_seen) == steps
+    torch.testing.assert_close(out, latents, rtol=1e-5, atol=1e-5)
+
+
+def test_dpmpp_2m_schedule_and_argument_checks(alphas):
+    sched = S.dpm_schedule(alphas, 10)
+    assert sched.timesteps[0] == 999 and sched.timesteps.dtype == np.int64 and len(sched) == 10
+    assert sched.sigmas[-1] == 0 and np.all(np.diff(sched.sigmas) < 0)
+    assert len(set(S.dpm_schedule(alphas, 500).timesteps.tolist())) == 500  # no repeated timestep up to T/2
+    for bad in (0, 501, 2.5):
+        with pytest.raises(ValueError, match="num_steps"):
+            S.dpm_schedule(alphas, bad)
+
+
 def test_lms_coefficients_integrate_polynomials_exactly(alphas):
     sigmas = S.klms_schedule(alphas, 25).sigmas
     rng = np.random.default_rng(0)
@@ -268,6 +317,19 @@ def test_klms_is_exact_for_a_point_mass(alphas, steps):
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("steps", [25, 5])
+def test_dpmpp_2m_is_exact_for_a_point_mass(alphas, steps):
+    # the data prediction is x0 at every step, so both the first- and the second-order updates keep the exact
+    # trajectory x_t = alpha_t x0 + sigma_t eps_hat, and the last step (onto sigma = 0) returns x0
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    steps_seen, cb = recorder()
+    out = S.dpmpp_2m_sample(exact_eps_model(x0, alphas), x_T, None, alphas, steps, callback=cb)
+    for step in steps_seen:
+        torch.testing.assert_close(step["pred_x0"], x0, rtol=0, atol=2e-5)
+    torch.testing.assert_close(out, x0, rtol=0, atol=2e-5)
+
+
 # --------------------------------------------------------------------------------------------------- guidance
 def test_cfg_one_batched_call_and_arithmetic(inputs):
     x, cond, uncond = inputs
@@ -327,7 +389,7 @@ def test_ddim_split_runs_equal_full_run(inputs, alphas):
             S.ddim_sample(model, x, cond, alphas, 20, **bad)
 
 
-@pytest.mark.parametrize("fn", [S.plms_sample, S.klms_sample])
+@pytest.mark.parametrize("fn", [S.plms_sample, S.klms_sample, S.dpmpp_2m_sample])
 def test_multistep_stop_after_returns_intermediate_latent(inputs, alphas, fn):
     x, cond, _ = inputs
     steps_seen, cb = recorder()

@@ -153,6 +153,18 @@ def test_plan_names_the_presets_and_the_model_geometry(tmp_path):
     assert any(s.name == "CRA images of SepCE-waves+dots+rings-seed0-restore-rings" for s in steps)
     short = plan_benchmark(lay, FORMS["short"], cells)
     assert not short.attacked and not any(s.stage == "attack" for s in short.steps)
+    # every image the protocol draws uses the sampler the pre-registered rule chose (docs/world-benchmark.md)
+    drawn = [s for s in short.steps if s.stage in ("data", "generate") and s.argv]
+    assert {(s.argv[s.argv.index("--sampler") + 1], s.argv[s.argv.index("--ddim_steps") + 1]) for s in drawn} == {
+        ("dpmpp_2m", "10")
+    }
+    # --device: every script trains and samples there (a GPU run of the whole protocol); the default is the CPU
+    assert {s.argv[s.argv.index("--device") + 1] for s in steps if "--device" in s.argv} == {"cpu"}
+    on_gpu = plan_benchmark(lay, FORMS["short"], cells, device="cuda").steps
+    assert {s.argv[s.argv.index("--device") + 1] for s in on_gpu if "--device" in s.argv} == {"cuda"}
+    assert {s.argv[s.argv.index("--devices") + 1] for s in on_gpu if s.stage == "erase"} == {"cuda"}
+    sampled = [s for s in on_gpu if s.stage in ("data", "generate") and s.argv]
+    assert sampled and all("--device" in s.argv for s in sampled)
 
 
 def test_sweep_covers_every_reported_style_seed_and_triple(tmp_path):
@@ -202,6 +214,10 @@ def test_benchmark_refuses_bad_input(tmp_path):
     assert bad.returncode != 0 and "paisley" in bad.stderr and "Traceback" not in bad.stderr
     bad = run_script("eval-scripts/world-benchmark.py", "--preset", "XYZ=--lr 1", check=False)
     assert bad.returncode != 0 and "XYZ" in bad.stderr
+    if not torch.cuda.is_available():
+        bad = run_script("eval-scripts/world-benchmark.py", "--device", "cuda", "--work_dir", tmp_path, check=False)
+        assert bad.returncode != 0 and "no CUDA device is visible" in bad.stderr and "Traceback" not in bad.stderr
+        assert not (tmp_path / "invocations.json").exists()
 
 
 def test_benchmark_smoke_form_prints_the_table_and_restores_exactly(tmp_path):

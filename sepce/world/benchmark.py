@@ -94,6 +94,11 @@ ANCHOR_PROMPT = ""  # the world's generic caption: Ablating Concepts' anchor (do
 STEP_RESOURCES = Resources(gpus=0, cpus=1, mem_gb=4, minutes=120)
 
 
+def step_resources(device: str) -> Resources:
+    """A step's resources: :data:`STEP_RESOURCES`, plus one GPU when the scripts run on CUDA (``--device``)."""
+    return STEP_RESOURCES if device == "cpu" else Resources(gpus=1, cpus=1, mem_gb=8, minutes=120)
+
+
 @dataclass(frozen=True)
 class Form:
     """How much of the protocol to run."""
@@ -113,14 +118,20 @@ class Form:
     cra_objects: int = 8  # CRA images per style and run: ``a <object> in the style of <style>``, the first objects
 
 
+#: The sampler and steps of every image the protocol draws (training data, evaluation and attack images), chosen by
+#: the pre-registered rule on the held-out styles (docs/world-benchmark.md, "The sampler"; was DDIM 50).
+WORLD_SAMPLER = ("dpmpp_2m", 10)
+
 #: Protocol v2 (docs/world-benchmark.md, "How much data"): ``seeds_per_class`` is per training seed; a
 #: deterministic method (UCE) gets as many seeds from its one run as a seeded method has over all its seeds.
 FORMS: Dict[str, Form] = {
-    "full": Form("full", 40, 1, 128, "ddim", 50, 7.5, attack=True),
-    "sweep": Form("sweep", 16, 1, 128, "ddim", 50, 7.5, attack=True, sweep=True, attack_seeds=SWEEP_ATTACK_SEEDS),
-    "short": Form("short", 8, 1, 64, "ddim", 25, 7.5),
-    "tune": Form("tune", 40, 1, 64, "ddim", 50, 7.5),  # v2 re-tuning rule needs spared reachable: >= 36
-    "smoke": Form("smoke", 1, 2, 2, "ddim", 4, 7.5, iterations=2, attack=True, attack_steps=2, cra_objects=1),
+    "full": Form("full", 40, 1, 128, *WORLD_SAMPLER, 7.5, attack=True),
+    "sweep": Form("sweep", 16, 1, 128, *WORLD_SAMPLER, 7.5, attack=True, sweep=True, attack_seeds=SWEEP_ATTACK_SEEDS),
+    "short": Form("short", 8, 1, 64, *WORLD_SAMPLER, 7.5),
+    "tune": Form("tune", 40, 1, 64, *WORLD_SAMPLER, 7.5),  # v2 re-tuning rule needs spared reachable: >= 36
+    "smoke": Form(
+        "smoke", 1, 2, 2, WORLD_SAMPLER[0], 4, 7.5, iterations=2, attack=True, attack_steps=2, cra_objects=1
+    ),
 }
 
 
@@ -495,14 +506,16 @@ def plan_benchmark(
     presets: Optional[Dict[str, tuple]] = None,
     batch_size: int = 32,
     quiet: bool = False,
+    device: str = "cpu",
 ) -> BenchmarkPlan:
-    """Every script step (stages data, erase, generate, attack and the table files) for ``cells``."""
+    """Every script step (stages data, erase, generate, attack and the table files) for ``cells``; ``device``: where
+    the scripts train and sample (``--device`` / ``--devices``; the metrics stay on the CPU)."""
     classes = load_class_map(lay.classes)
     presets = {**PRESETS, **(presets or {})}
     prompt_of = {c.name: c.prompt for c in classes}
     model_flags = ["--ckpt_path", str(lay.ckpt_path), "--config_path", str(lay.config_path)]
     sample_flags = ["--sampler", form.sampler, "--ddim_steps", str(form.steps)]
-    sample_flags += ["--guidance_scale", str(form.guidance), "--image_size", str(IMAGE_SIZE), "--device", "cpu"]
+    sample_flags += ["--guidance_scale", str(form.guidance), "--image_size", str(IMAGE_SIZE), "--device", device]
     sample_flags += ["--batch_size", str(batch_size)] + (["--quiet"] if quiet else [])
     spc, span = form.seeds_per_class, seed_span(cells)
     content = eval_csv_text(classes, spc * span)
@@ -527,7 +540,7 @@ def plan_benchmark(
                 resumes=True,
                 reads=inputs,
                 writes=(lay.data_dir / data_folder_name(prompt),),
-                resources=STEP_RESOURCES,
+                resources=step_resources(device),
             )
         )
     chains: Dict[str, List[ScriptStep]] = {}
@@ -535,7 +548,7 @@ def plan_benchmark(
         chain = chains.setdefault(cell.run, [])
         if not chain and not cell.original:
             preset = presets[cell.method] if cell.preset is None else cell.preset
-            chain.append(erase_step(lay, form, cell, preset, classes, model_flags, quiet))
+            chain.append(erase_step(lay, form, cell, preset, classes, model_flags, quiet, device))
         run = () if cell.original else (lay.models_dir / cell.run,)
         folder = lay.eval_dir / cell.folder
         for what, prompts, out in (
@@ -553,7 +566,7 @@ def plan_benchmark(
                     resumes=True,
                     reads=(*inputs, prompts, *run),
                     writes=(out / cell.folder,),
-                    resources=STEP_RESOURCES,
+                    resources=step_resources(device),
                 )
             )
         for style in attacked.get(cell.folder, []):
@@ -572,7 +585,7 @@ def plan_benchmark(
                     resumes=True,
                     reads=(*inputs, seed_csv(lay, cell.block, 1, span), lay.data_dir, lay.classifier, *run),
                     writes=(folder / "attack", folder / "results"),
-                    resources=STEP_RESOURCES,
+                    resources=step_resources(device),
                 )
             )
     folders = tuple(lay.eval_dir / c.folder for c in cells) + tuple(lay.cra_dir / c.folder for c in cells)
@@ -601,13 +614,14 @@ def erase_step(
     classes: Sequence[ConceptClass],
     model_flags: Sequence[str],
     quiet: bool,
+    device: str = "cpu",
 ) -> ScriptStep:
     """The training script call of a cell's run (skipped once its erasure record exists)."""
     method = WORLD_METHODS[cell.method]
     prompt_of = {c.name: c.prompt for c in classes}
     out = lay.models_dir / cell.run
     argv = [method.script, *method.concept_argv([prompt_of[s] for s in cell.styles])]
-    argv += [*expand_preset(preset, classes, cell.styles), *model_flags, "--devices", "cpu", "--output_dir", str(out)]
+    argv += [*expand_preset(preset, classes, cell.styles), *model_flags, "--devices", device, "--output_dir", str(out)]
     if method.seeded:
         argv += ["--seed", str(cell.seed)]
     if method.image_size:
@@ -627,7 +641,7 @@ def erase_step(
         skip_if=out / "erasure.safetensors",
         reads=reads,
         writes=(out,),
-        resources=STEP_RESOURCES,
+        resources=step_resources(device),
     )
 
 

@@ -18,6 +18,10 @@ Samplers:
   Diffusion-Based Generative Models"; k-diffusion's ``sample_lms``), step for step what diffusers'
   ``LMSDiscreteScheduler`` does with its default "linspace" timestep spacing and order 4. This is the sampler
   of the paper's evaluation protocol (100 steps, guidance 7.5).
+- :func:`dpmpp_2m_sample` -- DPM-Solver++(2M), Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
+  Diffusion Probabilistic Models", Algorithm 2 (multistep, second order, data prediction), step for step what
+  diffusers' ``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)`` does with its defaults
+  ("linspace" spacing, ``final_sigmas_type="zero"``, ``lower_order_final=True``, midpoint solver type).
 
 Every sampler takes ``start_step``/``stop_after`` so a caller can run only part of the schedule: steps are
 numbered ``0..n-1`` from the noisiest, and a call runs steps ``start_step <= i < stop_after``. ESD samples
@@ -42,12 +46,15 @@ StepCallback = Callable[[Dict[str, Any]], None]
 
 __all__ = [
     "DDIMSchedule",
+    "DPMSchedule",
     "KLMSSchedule",
     "cfg",
     "ddim_sample",
     "ddim_schedule",
     "ddim_step",
     "ddim_timesteps",
+    "dpm_schedule",
+    "dpmpp_2m_sample",
     "klms_init_noise_sigma",
     "klms_initial_latent",
     "klms_sample",
@@ -196,6 +203,29 @@ def lms_coefficients(sigmas: np.ndarray, i: int, order: int) -> List[float]:
         antiderivative = basis.integ()
         coeffs.append(float(antiderivative(float(sigmas[i + 1])) - antiderivative(float(sigmas[i]))))
     return coeffs
+
+
+@dataclass(frozen=True)
+class DPMSchedule:
+    """DPM-Solver discretisation (diffusers' "linspace" spacing), noisiest first: step i goes from
+    ``sigmas[i]`` to ``sigmas[i + 1]``; the last sigma is 0 (the step onto the data prediction)."""
+
+    timesteps: np.ndarray  # (n,) int64, round(linspace(0, T-1, n+1))[::-1][:-1]
+    sigmas: np.ndarray  # (n+1,) float32 sigma = sqrt((1-a)/a) at the timesteps (interpolated), then 0
+
+    def __len__(self) -> int:
+        return int(self.timesteps.shape[0])
+
+
+def dpm_schedule(alphas_cumprod: torch.Tensor, num_steps: int) -> DPMSchedule:
+    """Timesteps and sigmas of :func:`dpmpp_2m_sample`: integer timesteps ``round(linspace(0, T-1, S+1))``
+    without the last (0), noisiest first, so the first step starts at t = T-1 from unit-variance noise."""
+    n_train = int(alphas_cumprod.shape[0])
+    if not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= n_train // 2:
+        raise ValueError(f"num_steps={num_steps!r}: expected an integer in 1..{n_train // 2}")
+    timesteps = np.linspace(0, n_train - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
+    sigmas = np.interp(timesteps, np.arange(n_train), _train_sigmas(alphas_cumprod))
+    return DPMSchedule(timesteps, np.concatenate([sigmas, [0.0]]).astype(np.float32))
 
 
 # ------------------------------------------------------------------------------------------------ guidance
@@ -435,4 +465,57 @@ def klms_sample(
         x = x + sum(c * d for c, d in zip(coeffs, reversed(derivatives)))
         if callback is not None:
             callback({"i": i, "t": float(sched.timesteps[i]), "sigma": float(sigma), "x": x, "pred_x0": denoised})
+    return x
+
+
+def _alpha_sigma_lambda(sigma: float) -> Tuple[float, float, float]:
+    """The VP quantities of a k-diffusion sigma: alpha_t = 1 / sqrt(sigma^2 + 1), sigma_t = sigma alpha_t and the
+    half log-SNR lambda_t = log(alpha_t / sigma_t) (DPM-Solver's time variable; +inf at sigma = 0)."""
+    alpha = 1.0 / float(np.sqrt(sigma * sigma + 1.0))
+    sigma_t = sigma * alpha
+    return alpha, sigma_t, (float(np.log(alpha) - np.log(sigma_t)) if sigma > 0 else float("inf"))
+
+
+def dpmpp_2m_sample(
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    cond: Any,
+    alphas_cumprod: torch.Tensor,
+    num_steps: int,
+    *,
+    start_step: int = 0,
+    stop_after: Optional[int] = None,
+    callback: Optional[StepCallback] = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): multistep second-order solver of the diffusion ODE in
+    data prediction, one model evaluation per step.
+
+    With x0_i = (x_i - sigma_i eps_i) / alpha_i (VP alpha, sigma of :func:`_alpha_sigma_lambda`), lambda the half
+    log-SNR and h = lambda_{i+1} - lambda_i, step i is
+      x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} (e^{-h} - 1) D_i,
+    with D_i = x0_i on the first step and on the last one (onto sigma = 0, which returns x0), otherwise
+    D_i = x0_i + (x0_i - x0_{i-1}) / (2 r), r = h_{i-1} / h (the midpoint form of the 2nd-order correction).
+    ``x`` is the unit-variance start noise at t = T-1 (as DDIM's x_T: no scaling). The model sees integer
+    timesteps (long tensor (B,)). Other arguments as :func:`ddim_sample`; the history restarts at ``start_step``;
+    the callback dict holds ``{"i", "t", "sigma", "x", "pred_x0"}``.
+    """
+    sched = dpm_schedule(alphas_cumprod, num_steps)
+    n = len(sched)
+    previous: Optional[Tuple[torch.Tensor, float]] = None  # (x0 of the last step, its h)
+    for i in tqdm(_step_range(start_step, stop_after, n), desc="DPM++2M", disable=not progress, leave=False):
+        alpha_s, sigma_s, lambda_s = _alpha_sigma_lambda(float(sched.sigmas[i]))
+        alpha_t, sigma_t, lambda_t = _alpha_sigma_lambda(float(sched.sigmas[i + 1]))
+        t = int(sched.timesteps[i])
+        eps = model_fn(x, _timestep(x, t, torch.long), cond)
+        x0 = (x - sigma_s * eps) / alpha_s
+        h = lambda_t - lambda_s
+        if sigma_t == 0.0:  # the last step (first order): e^{-h} = 0, sigma_t / sigma_s = 0, alpha_t = 1
+            x = x0
+        else:
+            d = x0 if previous is None else x0 + (x0 - previous[0]) * (h / (2.0 * previous[1]))
+            x = (sigma_t / sigma_s) * x + (alpha_t * -float(np.expm1(-h))) * d
+        previous = (x0, h)
+        if callback is not None:
+            callback({"i": i, "t": t, "sigma": float(sched.sigmas[i]), "x": x, "pred_x0": x0})
     return x
