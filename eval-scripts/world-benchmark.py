@@ -51,7 +51,7 @@ from sepce.world.benchmark import (
     single_cells,
     sweep_cells,
 )
-from sepce.world.classifier import SHIPPED_CLASSIFIER
+from sepce.world.concept_classifier import SHIPPED_CLASSIFIER
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 from sepce.world.report import Timer, book_invocation, record_time, write_report, write_sweep_report
 

@@ -214,3 +214,24 @@ def test_ldm_does_not_import_sepce():
 def test_no_import_cycles(package):
     found = describe(import_graph(), package)
     assert not found, f"import cycle(s) in {package}:\n{found}"
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen, stack = set(), [start]
+    while stack:
+        for target in graph[stack.pop()] - seen:
+            seen.add(target)
+            stack.append(target)
+    return seen
+
+
+def test_reachable_follows_chains():
+    assert reachable({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}}, "a") == {"b", "c"}
+
+
+def test_attack_imports_no_benchmark():
+    """The attack picks its judge through sepce.evaluation.classifiers, not through the world benchmark (#22)."""
+    graph = import_graph()
+    assert "sepce.evaluation.classifiers" in graph["sepce.attack"]
+    assert "sepce.world.benchmark" not in reachable(graph, "sepce.attack")

@@ -44,18 +44,24 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from sepce.classes import ConceptClass, classes_by_names, load_class_map
-from sepce.evaluation.classifier import accuracy_table
+from sepce.evaluation.artist_classifier import accuracy_table
 from sepce.evaluation.common import fingerprint
 from sepce.evaluation.compare import compare_folders
 from sepce.evaluation.fid import FID_WORLD_CLASSIFIER_NETWORK
 from sepce.evaluation.images import index_images, parse_image_name
-from sepce.evaluation.loading import load_images
 from sepce.evaluation.results import stored_rows, write_metric
 from sepce.evaluation.table import ModelSpec, spec_of
 from sepce.paths import REPO_ROOT, run_name
 from sepce.prompts import case_classes, read_prompt_csv
 from sepce.reproduce import ORIGINAL_FOLDER, ScriptStep, tiny_inputs
-from sepce.world.classifier import SHIPPED_CLASSIFIER, WorldClassifier, feature_distance, load_classifier, predict
+from sepce.world.concept_classifier import (
+    IMAGE_SIZE,
+    SHIPPED_CLASSIFIER,
+    WorldClassifier,
+    classify_paths,
+    feature_distance,
+    load_classifier,
+)
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 
 log = logging.getLogger(__name__)
@@ -64,7 +70,6 @@ CLASS_MAP = REPO_ROOT / "data" / "world" / "classes.csv"
 EVAL_CSV = REPO_ROOT / "data" / "world" / "evaluate.csv"
 STAGES = ("data", "erase", "generate", "attack", "metrics", "table")
 ACCURACY_COLUMNS = ["class", "name", "correct", "images", "accuracy_pct"]
-IMAGE_SIZE = 64
 #: Styles the presets were tuned on (single-concept methods erased ``grid``; SepCE erased both); every other style
 #: is reported. Fixed before any result of the retrained model was seen (docs/world-benchmark.md).
 HELD_OUT = ("grid", "stripes")
@@ -517,15 +522,6 @@ def folder_images(folder: Path, case_to_class: Dict[int, int]) -> tuple[List[Pat
             paths.append(index[name])
             labels.append(case_to_class[parsed[0]])
     return paths, labels
-
-
-@torch.no_grad()
-def classify_paths(classifier: WorldClassifier, paths: Sequence[Path], batch_size: int = 128) -> List[int]:
-    """Predicted style index of each image file."""
-    out: List[int] = []
-    for start in range(0, len(paths), batch_size):
-        out += predict(classifier, load_images(paths[start : start + batch_size], IMAGE_SIZE))[0].tolist()
-    return out
 
 
 def accuracy_results(

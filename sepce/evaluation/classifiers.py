@@ -1,0 +1,175 @@
+"""One interface over the classifiers that judge generated images (docs/method.md, "Evaluation").
+
+Every evaluation and attack asks the same question — which class of the class map does each image show — of a
+different judge:
+
+- ``world``: the concept world's style head (:mod:`sepce.world.concept_classifier`); a safetensors file with
+  its format tag;
+- ``artist``: the artist ResNet18 (:mod:`sepce.evaluation.artist_classifier`); an ``artist-cls-train.py``
+  checkpoint;
+- ``imagenet``: torchvision's ImageNet ResNet-50, top-1 on each class's ImageNet index
+  (:mod:`sepce.evaluation.imagenet`); ``--classifier_kind imagenet``;
+- ``nudenet``: NudeNet's detector; an image shows the nudity class when any exposed body part is detected above
+  the threshold (:mod:`sepce.evaluation.nudity`); ``--classifier_kind nudenet``.
+
+:func:`resolve_kind` reads the kind from the flag or the file, without loading a network (so bad input fails in
+one line first); :func:`open_classifier` builds the judge. A judge's :meth:`ConceptClassifier.predict` returns
+one class index per image (``-1``: none of the class map's classes), and its :class:`ClassifierInfo` is what
+every result file records: the classifier's name, version, file digest and threshold.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional, Protocol, Sequence
+
+import torch
+
+from sepce.classes import ConceptClass
+
+NO_CLASS = -1  # a prediction outside the class map (an ImageNet class no row maps to; a clean image)
+
+
+class ClassifierKind(str, enum.Enum):
+    WORLD = "world"
+    ARTIST = "artist"
+
+
+#: The kinds that need no file (their weights come from a cache or ship with a package).
+FILE_OPTIONAL: tuple = ()
+
+
+@dataclass(frozen=True)
+class ClassifierInfo:
+    """What a result file says about its judge."""
+
+    kind: str
+    name: str
+    version: str  # the package (torchvision, nudenet) or file format the judge comes from
+    path: Optional[str] = None
+    sha256: Optional[str] = None
+    threshold: Optional[float] = None
+    image_size: Optional[int] = None
+    classes: List[str] = field(default_factory=list)  # what the judge can say (detector classes for NudeNet)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConceptClassifier(Protocol):
+    info: ClassifierInfo
+
+    def predict(self, paths: Sequence[Path], batch_size: int = 64) -> List[int]:
+        """The class-map index each image shows (:data:`NO_CLASS` for none)."""
+        ...
+
+
+def resolve_kind(path: Optional[Path], kind: Optional[str] = None, flag: str = "--classifier") -> ClassifierKind:
+    """The judge's kind: ``kind`` when given (``auto``/None: from the file), checked against the file; one-line
+    errors for a missing or unrecognised file. Reads at most a safetensors header."""
+    from sepce.world.concept_classifier import CLASSIFIER_FORMAT
+
+    if kind not in (None, "auto"):
+        try:
+            chosen = ClassifierKind(kind)
+        except ValueError:
+            raise ValueError(
+                f"--classifier_kind {kind!r}: expected one of {['auto'] + [k.value for k in ClassifierKind]}"
+            ) from None
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path} does not exist")
+        if path is None and chosen not in FILE_OPTIONAL:
+            raise ValueError(f"--classifier_kind {chosen.value} needs {flag} PATH")
+        return chosen
+    if path is None:
+        raise ValueError(f"{flag} is needed to tell the classifier's kind (or pass --classifier_kind)")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("format") == CLASSIFIER_FORMAT:
+                    return ClassifierKind.WORLD
+        except Exception:  # noqa: BLE001 - unreadable header: not a world classifier
+            pass
+        raise ValueError(f"{flag} {path} is a safetensors file but not a world classifier ({CLASSIFIER_FORMAT})")
+    return ClassifierKind.ARTIST
+
+
+class WorldStyleClassifier:
+    """The world classifier's style head; the class map's names must be the world's styles in order."""
+
+    def __init__(self, path: Path, classes: Sequence[ConceptClass]):
+        from sepce.world.concept_classifier import CLASSIFIER_FORMAT, IMAGE_SIZE, load_classifier
+        from sepce.world.render import STYLES
+
+        names = [c.name for c in classes]
+        if names != list(STYLES):
+            raise ValueError(f"world classifier {path} predicts the styles {list(STYLES)}, not the classes {names}")
+        self.model, _ = load_classifier(path)
+        self.info = ClassifierInfo(
+            "world",
+            "world classifier (style head)",
+            CLASSIFIER_FORMAT,
+            image_size=IMAGE_SIZE,
+            classes=names,
+            **file_identity(path),
+        )
+
+    def predict(self, paths: Sequence[Path], batch_size: int = 64) -> List[int]:
+        from sepce.world.concept_classifier import classify_paths
+
+        return classify_paths(self.model, list(paths), batch_size)
+
+
+class ArtistClassifier:
+    """The artist ResNet18 of ``artist-cls-train.py`` (it checks its own class map)."""
+
+    def __init__(self, path: Path, classes: Sequence[ConceptClass], device: torch.device):
+        from sepce.evaluation.artist_classifier import CHECKPOINT_FORMAT, load_classifier
+
+        self.model, meta = load_classifier(path, classes)
+        self.device = device
+        self.info = ClassifierInfo(
+            "artist",
+            "artist ResNet18 (artist-cls-train.py)",
+            CHECKPOINT_FORMAT,
+            image_size=int(meta["image_size"]),
+            classes=[c.name for c in classes],
+            **file_identity(path),
+        )
+
+    def predict(self, paths: Sequence[Path], batch_size: int = 64) -> List[int]:
+        from sepce.evaluation.artist_classifier import predict
+
+        out = predict(self.model, list(paths), self.info.image_size, batch_size, self.device, desc="classify")
+        return out.tolist()
+
+
+def open_classifier(
+    path: Optional[Path],
+    classes: Sequence[ConceptClass],
+    device: torch.device,
+    kind: Optional[str] = None,
+    *,
+    class_map: Optional[Path] = None,
+    threshold: Optional[float] = None,
+) -> ConceptClassifier:
+    """The judge of :func:`resolve_kind`'s kind over ``classes``. ``class_map`` (the CSV) names each class's
+    ImageNet index for ``imagenet``; ``threshold`` is NudeNet's detection score threshold."""
+    chosen = resolve_kind(path, kind)
+    if chosen is ClassifierKind.WORLD:
+        return WorldStyleClassifier(Path(path), classes)
+    return ArtistClassifier(Path(path), classes, device)
+
+
+def file_identity(path: Path) -> dict:
+    """``path`` and ``sha256`` of a judge's file, for :class:`ClassifierInfo`."""
+    from sepce.records import file_digest
+
+    return {"path": str(path), "sha256": file_digest(path)}
