@@ -35,10 +35,11 @@ NO_CLASS = -1  # a prediction outside the class map (an ImageNet class no row ma
 class ClassifierKind(str, enum.Enum):
     WORLD = "world"
     ARTIST = "artist"
+    IMAGENET = "imagenet"
 
 
 #: The kinds that need no file (their weights come from a cache or ship with a package).
-FILE_OPTIONAL: tuple = ()
+FILE_OPTIONAL = (ClassifierKind.IMAGENET,)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,33 @@ class ArtistClassifier:
         return out.tolist()
 
 
+class ImageNetClassifier:
+    """torchvision's ImageNet ResNet-50, top-1: an image shows class c when its first-ranked ImageNet class is
+    c's ``imagenet_index`` (:mod:`sepce.evaluation.imagenet`)."""
+
+    def __init__(self, path: Optional[Path], classes: Sequence[ConceptClass], indices: Sequence[int], device):
+        import torchvision
+
+        from sepce.evaluation.imagenet import build_resnet50, weights_file
+
+        weights = weights_file(path)
+        self.model, self.device = build_resnet50(weights), device
+        self.to_class = {imagenet: c.index for c, imagenet in zip(classes, indices)}
+        self.info = ClassifierInfo(
+            "imagenet",
+            "torchvision ResNet-50 IMAGENET1K_V1, top-1",
+            f"torchvision {torchvision.__version__}",
+            image_size=224,
+            classes=[f"{c.name} = ImageNet {i}" for c, i in zip(classes, indices)],
+            **file_identity(weights),
+        )
+
+    def predict(self, paths: Sequence[Path], batch_size: int = 64) -> List[int]:
+        from sepce.evaluation.imagenet import top1
+
+        return [self.to_class.get(k, NO_CLASS) for k in top1(self.model, list(paths), self.device, batch_size)]
+
+
 def open_classifier(
     path: Optional[Path],
     classes: Sequence[ConceptClass],
@@ -165,7 +193,29 @@ def open_classifier(
     chosen = resolve_kind(path, kind)
     if chosen is ClassifierKind.WORLD:
         return WorldStyleClassifier(Path(path), classes)
+    if chosen is ClassifierKind.IMAGENET:
+        from sepce.evaluation.imagenet import imagenet_indices
+
+        if class_map is None:
+            raise ValueError("the ImageNet classifier needs the class map CSV (its imagenet_index column)")
+        return ImageNetClassifier(path, classes, imagenet_indices(class_map, classes), device)
     return ArtistClassifier(Path(path), classes, device)
+
+
+def check_classifier(
+    path: Optional[Path], classes: Sequence[ConceptClass], kind: Optional[str] = None, class_map: Optional[Path] = None
+) -> ClassifierKind:
+    """Everything :func:`open_classifier` would reject, checked without loading a network: the kind and file,
+    the ImageNet weights and the class map's ImageNet indices. One-line errors."""
+    chosen = resolve_kind(path, kind)
+    if chosen is ClassifierKind.IMAGENET:
+        from sepce.evaluation.imagenet import imagenet_indices, weights_file
+
+        weights_file(path)
+        if class_map is None:
+            raise ValueError("the ImageNet classifier needs the class map CSV (its imagenet_index column)")
+        imagenet_indices(class_map, classes)
+    return chosen
 
 
 def file_identity(path: Path) -> dict:
