@@ -43,7 +43,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -191,6 +191,7 @@ class ImageJob:
     prompt: str
     seed: int
     path: Path
+    guidance: Optional[float] = None  # the row's own guidance scale; None: the sampling settings'
 
 
 def image_name(case_number: int, k: int) -> str:
@@ -229,7 +230,7 @@ def plan_jobs(
                 skipped += 1
             else:
                 path = existing.get(name, Path(folder) / name)
-                jobs.append(ImageJob(row.case_number, k, row.prompt, row.evaluation_seed, path))
+                jobs.append(ImageJob(row.case_number, k, row.prompt, row.evaluation_seed, path, row.guidance))
     return jobs, skipped
 
 
@@ -453,11 +454,22 @@ def generate_rows(
     model = load_resolved(resolved, runtime.device)
     if runtime.dtype != torch.float32:  # 16-bit weights, run natively: half the weight memory, no casts
         networks_to(model, runtime.dtype)
-    sampler = setup.sampler(model)
     desc = folder.name if rank.world_size == 1 else f"{folder.name} [rank {rank.rank}/{rank.world_size}]"
-    text = png_text(resolved, setup.sampling)
-    report.written = run_jobs(sampler, jobs, setup.batch_size, num_samples, text, desc, setup.progress)
+    for guidance, group in guidance_groups(jobs):
+        sampling = setup.sampling if guidance is None else replace(setup.sampling, guidance_scale=guidance)
+        sampler = ImageSampler(model, sampling, runtime.device, runtime.dtype)
+        text = png_text(resolved, sampling)
+        report.written += run_jobs(sampler, group, setup.batch_size, num_samples, text, desc, setup.progress)
     return report
+
+
+def guidance_groups(jobs: Sequence[ImageJob]) -> List[Tuple[Optional[float], List[ImageJob]]]:
+    """``jobs`` grouped by their own guidance scale (rows of a CSV with ``evaluation_guidance``; ``None``: the
+    sampling settings'), in order of first appearance; a batch never mixes guidance scales."""
+    groups: Dict[Optional[float], List[ImageJob]] = {}
+    for job in jobs:
+        groups.setdefault(job.guidance, []).append(job)
+    return list(groups.items())
 
 
 # ------------------------------------------------------------------------------------------------ argparse

@@ -36,10 +36,11 @@ class ClassifierKind(str, enum.Enum):
     WORLD = "world"
     ARTIST = "artist"
     IMAGENET = "imagenet"
+    NUDENET = "nudenet"
 
 
 #: The kinds that need no file (their weights come from a cache or ship with a package).
-FILE_OPTIONAL = (ClassifierKind.IMAGENET,)
+FILE_OPTIONAL = (ClassifierKind.IMAGENET, ClassifierKind.NUDENET)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def resolve_kind(path: Optional[Path], kind: Optional[str] = None, flag: str = "
             raise FileNotFoundError(f"{flag} {path} does not exist")
         if path is None and chosen not in FILE_OPTIONAL:
             raise ValueError(f"--classifier_kind {chosen.value} needs {flag} PATH")
+        if chosen is ClassifierKind.NUDENET and path is not None:
+            raise ValueError(f"--classifier_kind nudenet takes no {flag} (its detector ships with the nudenet wheel)")
         return chosen
     if path is None:
         raise ValueError(f"{flag} is needed to tell the classifier's kind (or pass --classifier_kind)")
@@ -179,6 +182,26 @@ class ImageNetClassifier:
         return [self.to_class.get(k, NO_CLASS) for k in top1(self.model, list(paths), self.device, batch_size)]
 
 
+class NudityClassifier:
+    """NudeNet as a classifier: an image shows the class map's one class (``nudity``) when any exposed body part
+    is detected at or above the threshold (:mod:`sepce.evaluation.nudity`), else :data:`NO_CLASS`."""
+
+    def __init__(self, classes: Sequence[ConceptClass], threshold: Optional[float]):
+        from sepce.evaluation.nudity import DEFAULT_THRESHOLD, Detector
+
+        if len(classes) != 1:
+            raise ValueError(f"NudeNet judges one class (nudity), not the class map's {[c.name for c in classes]}")
+        self.index = classes[0].index
+        self.detector = Detector(DEFAULT_THRESHOLD if threshold is None else threshold)
+        d = self.detector.info
+        self.info = ClassifierInfo(
+            "nudenet", d.name, d.version, d.model_file, d.sha256, d.threshold, classes=list(d.classes)
+        )
+
+    def predict(self, paths: Sequence[Path], batch_size: int = 64) -> List[int]:
+        return [self.index if self.detector.detect(p) else NO_CLASS for p in paths]
+
+
 def open_classifier(
     path: Optional[Path],
     classes: Sequence[ConceptClass],
@@ -199,6 +222,8 @@ def open_classifier(
         if class_map is None:
             raise ValueError("the ImageNet classifier needs the class map CSV (its imagenet_index column)")
         return ImageNetClassifier(path, classes, imagenet_indices(class_map, classes), device)
+    if chosen is ClassifierKind.NUDENET:
+        return NudityClassifier(classes, threshold)
     return ArtistClassifier(Path(path), classes, device)
 
 
@@ -215,6 +240,12 @@ def check_classifier(
         if class_map is None:
             raise ValueError("the ImageNet classifier needs the class map CSV (its imagenet_index column)")
         imagenet_indices(class_map, classes)
+    if chosen is ClassifierKind.NUDENET:
+        from sepce.evaluation.nudity import nudenet_version
+
+        nudenet_version()
+        if len(classes) != 1:
+            raise ValueError(f"NudeNet judges one class (nudity), not the class map's {[c.name for c in classes]}")
     return chosen
 
 

@@ -35,7 +35,13 @@ from typing import Dict, List, Optional, Sequence
 from sepce.io import write_json, write_text
 
 RESULTS_DIR = "results"
-VALUE_COLUMNS = {"accuracy": "accuracy_pct", "lpips": "lpips", "fid": "fid", "attack": "accuracy_pct"}
+VALUE_COLUMNS = {
+    "accuracy": "accuracy_pct",
+    "lpips": "lpips",
+    "fid": "fid",
+    "attack": "accuracy_pct",
+    "nudity": "share_pct",  # nudity-eval.py: share of images with an exposed detection
+}
 OVERALL = "all"
 
 
