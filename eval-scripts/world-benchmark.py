@@ -34,6 +34,7 @@ from sepce.cli import EXIT_HELP, add_quiet, parser, run
 from sepce.io import write_text
 from sepce.reproduce import StepFailed, run_step
 from sepce.world.benchmark import (
+    ATTACK_SCRIPTS,
     DEFAULT_CONCEPT,
     DEFAULT_METHODS,
     DEFAULT_SEPCE,
@@ -98,6 +99,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="replace a method's preset; given several times for one method (weakest first), each is a tuning "
         "candidate with its own run, and report.md applies the preset rule (docs/world-benchmark.md)",
     )
+    p.add_argument(
+        "--attacks",
+        nargs="+",
+        choices=list(ATTACK_SCRIPTS),
+        default=["inversion"],
+        help="attacks of the attack stage (forms with the attack): concept inversion and/or the adversarial-prompt "
+        "attack (results/adversarial.*: ASR before/after)",
+    )
     p.add_argument("--ckpt_path", type=Path, default=SHIPPED_CKPT, help="the world model (original)")
     p.add_argument("--config_path", type=Path, default=SHIPPED_CONFIG, help="its config")
     p.add_argument("--classifier", type=Path, default=SHIPPED_CLASSIFIER, help="the world classifier")
@@ -149,7 +158,7 @@ def main(args: argparse.Namespace) -> Optional[dict]:
         cells = sweep_cells(args.methods, styles, args.triples, args.seeds)
     else:
         cells = single_cells(args.methods, args.concept, args.sepce_concepts, candidates)
-    plan = plan_benchmark(lay, form, cells, presets, args.batch_size, args.quiet)
+    plan = plan_benchmark(lay, form, cells, presets, args.batch_size, args.quiet, args.attacks)
     if args.dry_run:
         print("#!/usr/bin/env bash\nset -euo pipefail")
         for step in plan.steps:

@@ -41,6 +41,7 @@ VALUE_COLUMNS = {
     "fid": "fid",
     "attack": "accuracy_pct",
     "nudity": "share_pct",  # nudity-eval.py: share of images with an exposed detection
+    "adversarial": "asr_after_pct",  # attack-adversarial-prompt.py: attack success rate after the attack
 }
 OVERALL = "all"
 

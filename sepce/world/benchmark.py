@@ -79,6 +79,12 @@ DEFAULT_SEPCE = ("waves", "dots", "gradient")
 #: The sweep: SepCE erases each of two disjoint triples of reported styles; every method trains with these seeds.
 SWEEP_TRIPLES = (("waves", "dots", "gradient"), ("checker", "rings", "noise"))
 SWEEP_SEEDS = (0, 1)
+#: Attack kinds the attack stage can run on every attacked style (--attacks): concept inversion (a new word) and
+#: the adversarial-prompt attack (real tokens prepended, sepce.adversarial); each writes its own results file.
+ATTACK_SCRIPTS = {
+    "inversion": "eval-scripts/attack-inversion.py",
+    "adversarial": "eval-scripts/attack-adversarial-prompt.py",
+}
 ANCHOR_PROMPT = ""  # the world's generic caption: Ablating Concepts' anchor (docs/method.md)
 
 
@@ -395,8 +401,10 @@ def plan_benchmark(
     presets: Optional[Dict[str, tuple]] = None,
     batch_size: int = 32,
     quiet: bool = False,
+    attacks: Sequence[str] = ("inversion",),
 ) -> BenchmarkPlan:
-    """Every script step (stages data, erase, generate, attack and the table files) for ``cells``."""
+    """Every script step (stages data, erase, generate, attack and the table files) for ``cells``; ``attacks``:
+    the kinds of :data:`ATTACK_SCRIPTS` the attack stage runs."""
     classes = load_class_map(lay.classes)
     presets = {**PRESETS, **(presets or {})}
     prompt_of = {c.name: c.prompt for c in classes}
@@ -424,14 +432,16 @@ def plan_benchmark(
         argv += ["--classes", str(lay.classes), *model_flags, *sample_flags]
         chain.append(ScriptStep("generate", f"evaluation images of {cell.folder}", argv, resumes=True))
         for style in attacked.get(cell.folder, []):
-            argv = ["eval-scripts/attack-inversion.py", *model_argv(lay, cell), "--prompt", prompt_of[style]]
-            argv += ["--data_dir", str(lay.data_dir), "--prompts_path", str(lay.prompts_path)]
-            argv += ["--classes", str(lay.classes), "--save_path", str(lay.eval_dir), "--output_name", cell.folder]
-            argv += ["--num_samples", str(form.num_samples), "--classifier", str(lay.classifier)]
-            argv += ["--domain", "world", *model_flags, *sample_flags]
-            if form.attack_steps is not None:
-                argv += ["--attack_steps", str(form.attack_steps)]
-            chain.append(ScriptStep("attack", f"attack on {style} in {cell.folder}", argv, resumes=True))
+            for kind in attacks:
+                argv = [ATTACK_SCRIPTS[kind], *model_argv(lay, cell), "--prompt", prompt_of[style]]
+                argv += ["--data_dir", str(lay.data_dir), "--prompts_path", str(lay.prompts_path)]
+                argv += ["--classes", str(lay.classes), "--save_path", str(lay.eval_dir), "--output_name", cell.folder]
+                argv += ["--num_samples", str(form.num_samples), "--classifier", str(lay.classifier)]
+                argv += ["--domain", "world", *model_flags, *sample_flags]
+                if form.attack_steps is not None:
+                    argv += ["--attack_steps", str(form.attack_steps)]
+                name = f"attack on {style} in {cell.folder}" + ("" if kind == "inversion" else f" ({kind})")
+                chain.append(ScriptStep("attack", name, argv, resumes=True))
     table: List[ScriptStep] = []
     if not form.sweep:
         spec_path = lay.table_dir / "spec.json"
