@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from sepce.adversarial import PRESETS, JudgeSettings, plan_adversarial, run_adversarial
+from sepce.adversarial import PRESETS, VOCABULARIES, JudgeSettings, plan_adversarial, run_adversarial
 from sepce.attack import DOMAINS, domain_of
 from sepce.classes import classes_by_names, load_class_map
 from sepce.cli import EXIT_HELP, add_classes, add_prompts_path, parser, run
@@ -63,7 +63,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     p.add_argument("--classifier", type=Path, default=None, help="the judge's file (none for nudenet)")
     p.add_argument("--threshold", type=float, default=None, help="NudeNet's detection threshold (None: 0.6)")
-    p.add_argument("--adv_tokens", type=int, default=None, help="prefix tokens (None: the preset's, 5)")
+    p.add_argument("--adv_tokens", type=int, default=None, help="prefix tokens (None: the preset's)")
+    p.add_argument(
+        "--adv_vocabulary",
+        choices=VOCABULARIES,
+        default=None,
+        help="tokens the prefix may use: full (CLIP's) or world (the world's captions'); None: the preset's",
+    )
     p.add_argument("--attack_steps", type=int, default=None, help="optimisation steps (None: the preset's)")
     p.add_argument("--attack_lr", type=float, default=None, help="Adam learning rate (None: the preset's)")
     p.add_argument("--attack_batch_size", type=int, default=None, help="target latents per step (None: preset)")
@@ -88,6 +94,7 @@ def main(args: argparse.Namespace) -> dict:
         "batch_size": args.attack_batch_size,
         "seed": args.attack_seed,
         "init_word": args.init_word,
+        "vocabulary": args.adv_vocabulary,
     }
     preset = replace(PRESETS[domain], **{k: v for k, v in overrides.items() if v is not None})
     if args.threshold is not None and not 0 < args.threshold <= 1:

@@ -13,8 +13,9 @@ onto the nearest token embeddings (L2, special tokens excluded); the loss is com
 and its gradient applied to the continuous ones (the straight-through projection of Wen et al. 2023, "Hard
 Prompts Made Easy", which UnlearnDiffAtk's projected gradient descent on one-hot tokens amounts to). The prefix
 starts at ``k`` copies of the init word (:class:`AdversarialPreset`), Adam, per step ``batch_size`` target latents
-with fresh ``t`` and noise (:class:`sepce.attack.TrainingLatents`). The kept prefix is the projected one with the
-lowest mean loss over the steps it was the projection (ties: the latest). One prefix per concept, over all of its
+with fresh ``t`` and noise (:class:`sepce.attack.TrainingLatents`). The kept prefix is, among the projections of the
+last quarter of the steps and the final one, the one with the lowest loss on a fixed probe of target latents,
+timesteps and noise (:func:`probe_losses`; ties: the latest). One prefix per concept, over all of its
 target images (a universal prefix; UnlearnDiffAtk optimises one per prompt and image).
 
 Evaluation (:func:`run_adversarial`): the evaluation CSV's rows of the concept are drawn twice with the same seeds
@@ -83,6 +84,7 @@ class AdversarialPreset:
     lr: float
     seed: int
     init_word: str
+    vocabulary: str = "full"  # the tokens a prefix may use: full (CLIP's vocabulary) or world (its captions')
 
     def validate(self) -> AdversarialPreset:
         for name in ("tokens", "steps", "batch_size"):
@@ -93,14 +95,24 @@ class AdversarialPreset:
             raise ValueError(f"--adv_lr {self.lr!r}: expected a positive number")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"--adv_seed {self.seed!r}: expected a non-negative integer")
+        if self.vocabulary not in VOCABULARIES:
+            raise ValueError(f"--adv_vocabulary {self.vocabulary!r}: expected one of {list(VOCABULARIES)}")
         return self
 
 
-#: UnlearnDiffAtk prepends 5 tokens; the learning rate is PEZ's order for CLIP token embeddings (norms ~0.5).
-#: World: 150 steps of batch 4 take well under a minute on 2 CPU cores. SD: not tuned here (no SD weights).
+VOCABULARIES = ("full", "world")
+PROBE_LATENTS = 8  # fixed (latent, t, noise) draws on which the last steps' prefixes are compared
+
+#: UnlearnDiffAtk prepends 5 tokens to SD prompts. World: its text encoder was trained from scratch on the
+#: world's captions only, so every other row of its token table is an untrained random vector (norm ~11 like the
+#: trained ones); the prefix is searched among the caption vocabulary (the concept's own words included, as in
+#: UnlearnDiffAtk's full vocabulary), 3 tokens (captions are 2-7 tokens long), and the learning rate matches
+#: the table's scale (rows ~16 apart). SD: not tuned here (no SD weights); CLIP's token rows have norms ~0.4.
 PRESETS = {
-    "world": AdversarialPreset(tokens=5, steps=150, batch_size=4, lr=0.05, seed=0, init_word="thing"),
-    "sd": AdversarialPreset(tokens=5, steps=400, batch_size=4, lr=0.05, seed=0, init_word="art"),
+    "world": AdversarialPreset(
+        tokens=3, steps=150, batch_size=4, lr=0.5, seed=0, init_word="thing", vocabulary="world"
+    ),
+    "sd": AdversarialPreset(tokens=5, steps=400, batch_size=4, lr=0.01, seed=0, init_word="art"),
 }
 
 
@@ -143,8 +155,15 @@ def prefix_conditioning(model: torch.nn.Module, prompts: Sequence[str], vectors:
         return model.get_learned_conditioning(slots.texts)
 
 
-def candidate_ids(tokenizer, vocab_size: int) -> torch.Tensor:
-    """Token ids a prefix may use: every id of the table but the start and end tokens."""
+def candidate_ids(tokenizer, vocab_size: int, vocabulary: str = "full") -> torch.Tensor:
+    """Token ids a prefix may use: ``full``: every id of the table but the start and end tokens; ``world``: the
+    tokens of the concept world's captions (every style and object, both style wordings)."""
+    if vocabulary == "world":
+        from sepce.world.prompts import STYLE_FORMS, build_prompt
+        from sepce.world.render import OBJECTS, STYLES
+
+        captions = [build_prompt(s, o, f) for s in (None, *STYLES) for o in (None, *OBJECTS) for f in STYLE_FORMS]
+        return torch.tensor(sorted({i for c in captions for i in tokenizer.encode(c)}))
     keep = torch.ones(vocab_size, dtype=torch.bool)
     keep[[tokenizer.bos_token_id, tokenizer.eos_token_id]] = False
     return keep.nonzero().squeeze(1)
@@ -198,7 +217,7 @@ def optimise_prefix(
     tokenizer = encoder.tokenizer
     init = table[slot_prompts(tokenizer, [PLACEHOLDER], preset.init_word).ids[0, 1]].detach().float()
     soft = init.repeat(preset.tokens, 1).clone().requires_grad_(True)  # k D, continuous
-    candidates = candidate_ids(tokenizer, table.shape[0]).to(device)
+    candidates = candidate_ids(tokenizer, table.shape[0], preset.vocabulary).to(device)
     optimiser = torch.optim.Adam([soft], lr=preset.lr)
     generator = torch.Generator().manual_seed(preset.seed)
     device_generator = torch.Generator(device).manual_seed(preset.seed + 1)
@@ -225,17 +244,46 @@ def optimise_prefix(
         key = tuple(ids.tolist())
         seen.setdefault(key, []).append(losses[-1])
         last[key] = len(losses)
-    best = min(seen, key=lambda key: (sum(seen[key]) / len(seen[key]), -last[key]))
+    final = tuple(project(soft.detach(), table, candidates).tolist())
+    last[final] = len(losses) + 1
+    late = [key for key in last if last[key] > preset.steps - max(1, preset.steps // 4)]  # the last quarter's
+    probe = probe_losses(model, latents, prompt, [torch.tensor(k) for k in late], table, preset)
+    best = min(late, key=lambda key: (probe[late.index(key)], -last[key]))
     text = " ".join(tokenizer.decode([i]).strip() for i in best)
     meta = {
         "preset": asdict(preset),
         "prompt": prompt,
         "seconds": round(time.perf_counter() - started, 2),
-        "distinct_prefixes": len(seen),
-        "kept_mean_loss": sum(seen[best]) / len(seen[best]),
-        "kept_steps": len(seen[best]),
+        "distinct_prefixes": len(last),
+        "compared": {" ".join(map(str, k)): round(v, 6) for k, v in zip(late, probe)},
+        "kept_probe_loss": probe[late.index(best)],
     }
     return AdversarialPrefix(list(best), text, preset.init_word, losses, meta)
+
+
+@torch.no_grad()
+def probe_losses(
+    model: torch.nn.Module,
+    latents: TrainingLatents,
+    prompt: str,
+    prefixes: Sequence[torch.Tensor],
+    table: torch.Tensor,
+    preset: AdversarialPreset,
+) -> List[float]:
+    """The ε-loss of each prefix (token ids) on the same :data:`PROBE_LATENTS` draws of target latent, timestep
+    and noise (seeded), so that prefixes are compared on equal terms rather than on their own random steps."""
+    device = table.device
+    generator = torch.Generator().manual_seed(preset.seed + 2)
+    device_generator = torch.Generator(device).manual_seed(preset.seed + 3)
+    z = torch.cat([latents.draw(generator, device_generator) for _ in range(PROBE_LATENTS)])  # P C h w
+    t = torch.randint(model.num_timesteps, (PROBE_LATENTS,), generator=generator).to(device)  # P
+    noise = torch.randn(z.shape, generator=device_generator, device=device, dtype=z.dtype)
+    out = []
+    for ids in prefixes:
+        cond = prefix_conditioning(model, [prompt] * PROBE_LATENTS, table[ids.to(device)].float(), preset.init_word)
+        loss, _ = model.p_losses(z, cond, t, noise=noise)
+        out.append(float(loss))
+    return out
 
 
 class PrefixSampler(ImageSampler):
@@ -429,7 +477,7 @@ def run_adversarial(plan: AdversarialPlan) -> dict:
         "loss": {
             "first": prefix.losses[0],
             "last": prefix.losses[-1],
-            "kept_mean": prefix.meta["kept_mean_loss"],
+            "kept_probe": prefix.meta["kept_probe_loss"],
             "seconds": prefix.meta["seconds"],
         },
         "predictions": {n: [int(b), int(a)] for n, b, a in zip(names, before, after)},

@@ -60,8 +60,13 @@ def test_projection_and_search_on_the_tiny_model(tiny_model, tmp_path):
     assert len(prefix.ids) == 3 and len(prefix.losses) == 4 and all(map(torch.isfinite, torch.tensor(prefix.losses)))
     assert all(0 <= i < table.shape[0] and i in set(candidates.tolist()) for i in prefix.ids)
     assert prefix.meta["distinct_prefixes"] >= 2  # lr 0.5 moves the soft prefix off the init word
+    compared = prefix.meta["compared"]
+    assert compared[" ".join(map(str, prefix.ids))] == min(compared.values())  # the probe's best is kept
     again = adv.optimise_prefix(model, images, "Van Gogh", preset)
     assert again.ids == prefix.ids and again.losses == prefix.losses  # seeded
+    world = adv.candidate_ids(tokenizer, table.shape[0], "world")
+    words = {tokenizer.decode([i]) for i in world.tolist()}
+    assert {"waves", "style", "circle", "in", "an"} <= words and len(words) < 40
     with pytest.raises(ValueError, match="--adv_tokens 0"):
         adv.AdversarialPreset(0, 1, 1, 0.1, 0, "thing").validate()
 
@@ -92,7 +97,8 @@ def test_script_world_classifier_end_to_end(tmp_path, tiny_ckpt, load_script, ca
     stored = json.loads((folder / "results" / "adversarial.json").read_text())
     assert stored["classifier"]["kind"] == "world" and len(stored["classifier"]["sha256"]) == 64
     waves = stored["concepts"]["waves"]
-    assert waves["adversarial_prompt"].endswith("in the style of waves") and len(waves["ids"]) == 5
+    assert waves["adversarial_prompt"].endswith("in the style of waves")
+    assert len(waves["ids"]) == adv.PRESETS["world"].tokens
     row = out["row"]
     assert row["images"] == 2 and row["after"] == sum(a == 3 for _, a in waves["predictions"].values())
     assert row["after_low_pct"] == pytest.approx(100 * wilson(row["after"], 2).low)
