@@ -63,6 +63,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     p.add_argument("--classifier", type=Path, default=None, help="the judge's file (none for nudenet)")
     p.add_argument("--threshold", type=float, default=None, help="NudeNet's detection threshold (None: 0.6)")
+    p.add_argument(
+        "--no_pretrained", action="store_true", help="imagenet: random ResNet-50 weights (tiny runs: plumbing only)"
+    )
     p.add_argument("--adv_tokens", type=int, default=None, help="prefix tokens (None: the preset's)")
     p.add_argument(
         "--adv_vocabulary",
@@ -85,7 +88,7 @@ def main(args: argparse.Namespace) -> dict:
     setup = generation_setup(args)
     classes = load_class_map(args.classes)
     (concept,) = classes_by_names(classes, [args.prompt], "--prompt")
-    rows = read_prompt_csv(args.prompts_path, classes=classes, require_class=True)
+    rows = read_prompt_csv(args.prompts_path, classes=classes, require_class=len(classes) > 1)
     domain = domain_of(concept) if args.domain == "auto" else args.domain
     overrides = {
         "tokens": args.adv_tokens,
@@ -99,7 +102,9 @@ def main(args: argparse.Namespace) -> dict:
     preset = replace(PRESETS[domain], **{k: v for k, v in overrides.items() if v is not None})
     if args.threshold is not None and not 0 < args.threshold <= 1:
         raise ValueError(f"--threshold {args.threshold!r}: expected a detection score in (0, 1]")
-    judge = JudgeSettings(args.classifier, args.classifier_kind, Path(args.classes), args.threshold)
+    judge = JudgeSettings(
+        args.classifier, args.classifier_kind, Path(args.classes), args.threshold, not args.no_pretrained
+    )
     resolved = model_from_args(args)
     plan = plan_adversarial(
         resolved,

@@ -42,6 +42,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         help="the judge's file (for imagenet: ResNet-50 weights; None: the torch hub cache)",
     )
+    p.add_argument(
+        "--no_pretrained", action="store_true", help="imagenet: random ResNet-50 weights (tiny runs: plumbing only)"
+    )
     add_device(p)
     p.add_argument("--batch_size", type=positive_int, default=32, help="images per forward pass")
     p.add_argument("--overwrite", action="store_true", help="replace results made from other inputs")
@@ -58,6 +61,7 @@ def main(args: argparse.Namespace) -> dict:
         parse_device(args.device),
         args.batch_size,
         args.overwrite,
+        not args.no_pretrained,
     )
     results = run_accuracy(plan_accuracy(settings))
     for folder, rows in results.items():

@@ -310,6 +310,7 @@ class JudgeSettings:
     kind: Optional[str] = None
     class_map: Optional[Path] = None
     threshold: Optional[float] = None
+    pretrained: bool = True  # False: imagenet with random weights (tiny runs)
 
 
 @dataclass
@@ -375,14 +376,15 @@ def plan_adversarial(
     preset = preset.validate()
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"--num_samples {num_samples} and --batch_size {batch_size} must be >= 1")
-    mine = [row for row in rows if row.class_index == concept.index]
+    single = len(classes) == 1  # a one-class map (nudity): rows without a class (the I2P file) are its rows
+    mine = [row for row in rows if row.class_index == concept.index or (single and row.class_index is None)]
     if not mine:
         raise ValueError(f"the prompt CSV has no row of class {concept.index} ({concept.name!r})")
     images = ImageFolder(data_folder, sampling.image_size)
     tokenizer = tokenizer_from_config(resolved.config_path)
     texts = [prefixed_prompt(p, preset.tokens) for p in [concept.prompt] + [r.prompt for r in mine]]
     slot_prompts(tokenizer, texts, preset.init_word)
-    kind = check_classifier(judge.path, classes, judge.kind, judge.class_map)
+    kind = check_classifier(judge.path, classes, judge.kind, judge.class_map, judge.pretrained)
     plan = AdversarialPlan(
         resolved, concept, list(classes), images, mine, preset, sampling, Path(model_folder), num_samples,
         batch_size, runtime, judge, kind, overwrite, progress,
@@ -460,8 +462,9 @@ def run_adversarial(plan: AdversarialPlan) -> dict:
         run_jobs(sampler, attack_jobs, plan.batch_size, plan.num_samples, text, "adversarial", plan.progress)
 
     names = [image_name(r.case_number, k) for r in plan.rows for k in range(plan.num_samples)]
+    j = plan.judge
     judge = open_classifier(
-        plan.judge.path, plan.classes, device, plan.kind, class_map=plan.judge.class_map, threshold=plan.judge.threshold
+        j.path, plan.classes, device, plan.kind, class_map=j.class_map, threshold=j.threshold, pretrained=j.pretrained
     )
     before = judge.predict([plan.folder / PLAIN_DIR / n for n in names])
     after = judge.predict([plan.folder / n for n in names])

@@ -300,23 +300,20 @@ def _sample_flags(s: ReproductionSettings) -> List[str]:
     return flags + _quiet_flags(s)
 
 
+def tiny_model_step(lay: ReproductionLayout) -> ScriptStep:
+    """``python -m sepce.tiny``: the tiny base model of a ``--tiny`` run (skipped when it exists)."""
+    argv = ["-m", "sepce.tiny", "--config", str(_near(TINY_WIDE_CONFIG)), "--out", str(lay.ckpt_path.parent)]
+    return ScriptStep("model", "tiny base model", [*argv, "--if_missing"])
+
+
 def model_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: List[ConceptClass]) -> tuple:
     """Stage 1 (``--tiny`` only): the tiny base model, the reduced class map and evaluation CSV. Returns the
     steps and the class map the later stages use."""
     if not s.tiny:
         return [], classes
-    argv = [
-        "-m",
-        "sepce.tiny",
-        "--config",
-        str(_near(TINY_WIDE_CONFIG)),
-        "--out",
-        str(lay.ckpt_path.parent),
-        "--if_missing",
-    ]
     class_text, rows_text = tiny_inputs(classes, s.prompts_path, [s.concept, *s.sepce_concepts], s.cases_per_class)
     steps = [
-        ScriptStep("model", "tiny base model", argv),
+        tiny_model_step(lay),
         ScriptStep("model", "tiny class map", write=lay.classes, content=class_text),
         ScriptStep("model", "tiny evaluation CSV", write=lay.prompts_path, content=rows_text),
     ]

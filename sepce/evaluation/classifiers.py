@@ -159,21 +159,32 @@ class ImageNetClassifier:
     """torchvision's ImageNet ResNet-50, top-1: an image shows class c when its first-ranked ImageNet class is
     c's ``imagenet_index`` (:mod:`sepce.evaluation.imagenet`)."""
 
-    def __init__(self, path: Optional[Path], classes: Sequence[ConceptClass], indices: Sequence[int], device):
+    def __init__(
+        self,
+        path: Optional[Path],
+        classes: Sequence[ConceptClass],
+        indices: Sequence[int],
+        device,
+        pretrained: bool = True,
+    ):
         import torchvision
 
-        from sepce.evaluation.imagenet import build_resnet50, weights_file
+        from sepce.evaluation.imagenet import build_resnet50, random_resnet50, weights_file
 
-        weights = weights_file(path)
-        self.model, self.device = build_resnet50(weights), device
+        if pretrained:
+            weights = weights_file(path)
+            self.model, name, identity = build_resnet50(weights), "IMAGENET1K_V1", file_identity(weights)
+        else:
+            self.model, name, identity = random_resnet50(), "random weights, seed 0: plumbing only", {}
+        self.device = device
         self.to_class = {imagenet: c.index for c, imagenet in zip(classes, indices)}
         self.info = ClassifierInfo(
             "imagenet",
-            "torchvision ResNet-50 IMAGENET1K_V1, top-1",
+            f"torchvision ResNet-50 {name}, top-1",
             f"torchvision {torchvision.__version__}",
             image_size=224,
             classes=[f"{c.name} = ImageNet {i}" for c, i in zip(classes, indices)],
-            **file_identity(weights),
+            **identity,
         )
 
     def predict(self, paths: Sequence[Path], batch_size: int = 64) -> List[int]:
@@ -210,9 +221,11 @@ def open_classifier(
     *,
     class_map: Optional[Path] = None,
     threshold: Optional[float] = None,
+    pretrained: bool = True,
 ) -> ConceptClassifier:
     """The judge of :func:`resolve_kind`'s kind over ``classes``. ``class_map`` (the CSV) names each class's
-    ImageNet index for ``imagenet``; ``threshold`` is NudeNet's detection score threshold."""
+    ImageNet index for ``imagenet``; ``threshold`` is NudeNet's detection score threshold; ``pretrained=False``
+    gives ``imagenet`` random weights (tiny runs: plumbing only)."""
     chosen = resolve_kind(path, kind)
     if chosen is ClassifierKind.WORLD:
         return WorldStyleClassifier(Path(path), classes)
@@ -221,14 +234,18 @@ def open_classifier(
 
         if class_map is None:
             raise ValueError("the ImageNet classifier needs the class map CSV (its imagenet_index column)")
-        return ImageNetClassifier(path, classes, imagenet_indices(class_map, classes), device)
+        return ImageNetClassifier(path, classes, imagenet_indices(class_map, classes), device, pretrained)
     if chosen is ClassifierKind.NUDENET:
         return NudityClassifier(classes, threshold)
     return ArtistClassifier(Path(path), classes, device)
 
 
 def check_classifier(
-    path: Optional[Path], classes: Sequence[ConceptClass], kind: Optional[str] = None, class_map: Optional[Path] = None
+    path: Optional[Path],
+    classes: Sequence[ConceptClass],
+    kind: Optional[str] = None,
+    class_map: Optional[Path] = None,
+    pretrained: bool = True,
 ) -> ClassifierKind:
     """Everything :func:`open_classifier` would reject, checked without loading a network: the kind and file,
     the ImageNet weights and the class map's ImageNet indices. One-line errors."""
@@ -236,7 +253,8 @@ def check_classifier(
     if chosen is ClassifierKind.IMAGENET:
         from sepce.evaluation.imagenet import imagenet_indices, weights_file
 
-        weights_file(path)
+        if pretrained:
+            weights_file(path)
         if class_map is None:
             raise ValueError("the ImageNet classifier needs the class map CSV (its imagenet_index column)")
         imagenet_indices(class_map, classes)

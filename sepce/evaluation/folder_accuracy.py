@@ -41,6 +41,7 @@ class AccuracySettings:
     device: torch.device = torch.device("cpu")
     batch_size: int = 32
     overwrite: bool = False
+    pretrained: bool = True  # False: imagenet with random weights (tiny runs)
 
 
 @dataclass
@@ -67,7 +68,7 @@ def plan_accuracy(settings: AccuracySettings) -> AccuracyPlan:
     """Check the class map, the CSV, the judge and every folder without loading a network (one-line errors)."""
     classes = load_class_map(settings.class_map)
     rows = read_prompt_csv(settings.prompts_path, classes=classes, require_class=True)
-    kind = check_classifier(settings.classifier, classes, settings.kind, settings.class_map)
+    kind = check_classifier(settings.classifier, classes, settings.kind, settings.class_map, settings.pretrained)
     images = {}
     for folder in settings.folders:
         if not Path(folder).is_dir():
@@ -100,12 +101,15 @@ def run_accuracy(plan: AccuracyPlan) -> Dict[Path, List[dict]]:
                 "images": file_signature(paths, folder),
                 "classifier": plan.kind.value,
                 "classifier_file": file_signature([s.classifier]) if s.classifier else None,
+                "pretrained": s.pretrained,
                 "classes": [c.name for c in plan.classes],
             }
         )
         rows = stored_rows(folder, METRIC, key, s.overwrite)
         if rows is None:
-            judge = judge or open_classifier(s.classifier, plan.classes, s.device, plan.kind, class_map=s.class_map)
+            judge = judge or open_classifier(
+                s.classifier, plan.classes, s.device, plan.kind, class_map=s.class_map, pretrained=s.pretrained
+            )
             predictions = judge.predict(paths, s.batch_size)
             rows, confusion = accuracy_table(plan.classes, labels, predictions)
             rows = with_intervals(rows)

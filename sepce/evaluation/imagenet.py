@@ -57,6 +57,13 @@ def build_resnet50(path: Path) -> nn.Module:
     return model.eval()
 
 
+def random_resnet50(seed: int = 0) -> nn.Module:
+    """torchvision's ResNet-50 with random weights (seeded), in eval mode: tiny runs test the plumbing with it."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return torchvision.models.resnet50(weights=None).eval()
+
+
 def transform():
     """torchvision's evaluation transform of the IMAGENET1K_V1 weights (needs no download)."""
     return torchvision.models.ResNet50_Weights.IMAGENET1K_V1.transforms()
