@@ -108,6 +108,8 @@ def test_script_world_classifier_end_to_end(tmp_path, tiny_ckpt, load_script, ca
     assert not again["searched"] and again["row"] == row
     with one_line_error(capsys, "nudenet takes no --classifier"):
         run(script, *argv[:-3], "--classifier_kind", "nudenet", "--classifier", SHIPPED_CLASSIFIER)
+    with one_line_error(capsys, "--classifier_kind artist:", "holds a world classifier"):
+        run(script, *argv, "--classifier_kind", "artist")
     with one_line_error(capsys, "--adv_tokens 0"):
         run(script, *argv, "--adv_tokens", "0")
 

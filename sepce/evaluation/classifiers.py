@@ -86,6 +86,10 @@ def resolve_kind(path: Optional[Path], kind: Optional[str] = None, flag: str = "
             raise ValueError(f"--classifier_kind {chosen.value} needs {flag} PATH")
         if chosen is ClassifierKind.NUDENET and path is not None:
             raise ValueError(f"--classifier_kind nudenet takes no {flag} (its detector ships with the nudenet wheel)")
+        if chosen in (ClassifierKind.WORLD, ClassifierKind.ARTIST):
+            detected = resolve_kind(path, None, flag)
+            if detected is not chosen:
+                raise ValueError(f"--classifier_kind {chosen.value}: {flag} {path} holds a {detected.value} classifier")
         return chosen
     if path is None:
         raise ValueError(f"{flag} is needed to tell the classifier's kind (or pass --classifier_kind)")
