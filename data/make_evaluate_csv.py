@@ -2,7 +2,8 @@
 
 One row per (class, seed): every class of the class map (9 artists + the blank prompt) gets
 ``--seeds_per_class`` seeds (50), the prompt is the bare concept prompt from the class map (empty for the
-blank class). Columns: ``case_number, prompt, evaluation_seed, class``. Case numbers run 0..N-1, class by
+blank class), or ``--template`` around it (the object evaluation: ``'Image of {prompt}'``, as ESD's Imagenette
+prompts). Columns: ``case_number, prompt, evaluation_seed, class``. Case numbers run 0..N-1, class by
 class.
 
 Seeds are derived from ``--seed`` with SHA-256 (not Python's or NumPy's generators, whose streams may change
@@ -10,6 +11,8 @@ between versions), so the same arguments give the same file on every machine. Re
 arguments leaves an identical existing file in place; a different result needs ``--overwrite``.
 
     python data/make_evaluate_csv.py            # rewrites nothing if data/evaluate.csv is up to date
+    python data/make_evaluate_csv.py --classes data/imagenette/classes.csv --template 'Image of {prompt}' \
+        --output data/imagenette/evaluate.csv    # the 10 Imagenette classes, 50 seeds each (master seed 2024)
 """
 
 from __future__ import annotations
@@ -44,12 +47,15 @@ def derive_seeds(master_seed: int, class_index: int, count: int, max_seed: int) 
     return seeds
 
 
-def build_rows(classes: Sequence[ConceptClass], seeds_per_class: int, master_seed: int, max_seed: int) -> List[dict]:
-    """The CSV rows, class by class, with consecutive case numbers."""
+def build_rows(
+    classes: Sequence[ConceptClass], seeds_per_class: int, master_seed: int, max_seed: int, template: str = "{prompt}"
+) -> List[dict]:
+    """The CSV rows, class by class, with consecutive case numbers; ``template`` wraps non-empty prompts."""
     rows = []
     for c in classes:
+        prompt = template.format(prompt=c.prompt) if c.prompt else ""
         for seed in derive_seeds(master_seed, c.index, seeds_per_class, max_seed):
-            rows.append({"case_number": len(rows), "prompt": c.prompt, "evaluation_seed": seed, "class": c.index})
+            rows.append({"case_number": len(rows), "prompt": prompt, "evaluation_seed": seed, "class": c.index})
     return rows
 
 
@@ -68,8 +74,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=2024, help="master seed the evaluation seeds derive from")
     parser.add_argument("--max_seed", type=int, default=100000, help="evaluation seeds lie in [0, max_seed)")
     parser.add_argument("--output", type=Path, default=DATA_DIR / "evaluate.csv", help="CSV file to write")
+    parser.add_argument(
+        "--template", default="{prompt}", help="each row's prompt, {prompt} standing for the class-map prompt"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output that differs")
     args = parser.parse_args(argv)
+    if "{prompt}" not in args.template:
+        parser.error(f"--template {args.template!r} must contain {{prompt}}")
     if args.seeds_per_class < 1:
         parser.error(f"--seeds_per_class {args.seeds_per_class} must be >= 1")
     if args.max_seed < 1:
@@ -79,7 +90,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> Path:
     classes = load_class_map(args.classes)
-    text = render_csv(build_rows(classes, args.seeds_per_class, args.seed, args.max_seed))
+    text = render_csv(build_rows(classes, args.seeds_per_class, args.seed, args.max_seed, args.template))
     output = Path(args.output)
     if output.is_file() and output.read_text() == text:
         print(f"{output} is up to date ({len(classes)} classes x {args.seeds_per_class} seeds)")

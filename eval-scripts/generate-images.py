@@ -10,6 +10,14 @@ given. ``--model_name SD-v1-4`` is the original model; any other name is a run f
 (erasure record ``erasure.safetensors`` applied onto ``--ckpt_path``, or one full checkpoint) or a checkpoint
 path; SepCE records take ``--erase c1 c2`` to erase only those concepts (the others stay restored).
 
+A CSV with an ``evaluation_guidance`` column (the I2P prompts that nudity erasure is measured on, as ESD and SPM
+publish them: ``prompt, categories, …, evaluation_seed, evaluation_guidance, sd_image_width, sd_image_height,
+sd_model, case_number``) draws each row with its own seed and guidance scale (--guidance_scale is then unused;
+images stay --image_size square, as in ESD's script):
+
+    python eval-scripts/generate-images.py --model_name SD-v1-4 --prompts_path data/unsafe-prompts4703.csv \
+        --save_path evaluation_folder --output_name i2p-SD-v1-4 --num_samples 1
+
 Defaults follow the paper: K-LMS, 100 steps, guidance 7.5, 512 px. Image k of a case starts from row k of
 ``torch.randn((num_samples, 4, H/8, W/8), generator=manual_seed(evaluation_seed))`` (as ESD's script), so the
 same seed gives the same image whatever the batch size. Existing images are skipped (resumable). Several GPUs:
@@ -60,6 +68,8 @@ def main(args: argparse.Namespace) -> List[GenerationReport]:
     resolved = model_from_args(args)
     folder = Path(args.save_path) / (args.output_name or resolved.folder_name)
     extra = {"prompts_path": str(args.prompts_path)}
+    if any(row.guidance is not None for row in rows):
+        extra["row_guidance"] = "each row's evaluation_guidance"
     setup.check_folder(folder, resolved, args.overwrite, extra)
     report = generate_rows(
         rows, resolved, folder, setup, num_samples=args.num_samples, from_case=args.from_case, overwrite=args.overwrite

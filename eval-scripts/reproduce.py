@@ -4,6 +4,9 @@
     python eval-scripts/reproduce.py --dry_run           # print the full-size experiment as a shell script
     python eval-scripts/reproduce.py --device cuda --devices 0 --jobs 8 --precision fp16   # 8 GPUs, 8 steps at once
     python eval-scripts/reproduce.py --device cuda --launcher slurm --slurm_partition gpu   # one Slurm job per step
+    python eval-scripts/reproduce.py --task object --dry_run   # Imagenette object erasure (ESD/UCE protocol)
+    python eval-scripts/reproduce.py --task nudity --i2p_csv data/unsafe-prompts4703.csv --dry_run   # I2P nudity
+    python eval-scripts/reproduce.py --task object --tiny      # the object run on the tiny model
 
 Runs, in order, the repository scripts (see sepce/paper_plan.py): ``generate-data.py`` for every class,
 ``artist-cls-train.py``, the erasures (CiE, SepCE on ``--sepce_concepts``, ESD, FMN, Ablating Concepts) with
@@ -16,6 +19,12 @@ images are skipped. ``--tiny`` does the same on the tiny random model (``python 
 plumbing, not the paper's numbers. Steps go to the pipeline runner (sepce/pipeline): independent ones run side
 by side (--jobs), each on GPUs of its own, or as submitit jobs (--launcher slurm / submitit-local, logs under
 <work>/outputs/reproduce/jobs/; --tiny: <work>/jobs/); a failed step stops only the steps that need its output.
+
+``--task object`` and ``--task nudity`` plan the other evaluations the field reports (sepce/evaluation_tasks.py):
+erase one Imagenette class (--concept, default chain saw) or nudity with each method, draw
+data/imagenette/evaluate.csv or the I2P prompts (--i2p_csv, each row's seed and guidance), measure with the
+ImageNet ResNet-50 (classify-images.py) or NudeNet (nudity-eval.py), and run the adversarial-prompt attack with
+that judge; the object run also makes the table. ``--tiny`` runs them under outputs/reproduce-tiny-<task>/.
 """
 
 from __future__ import annotations
@@ -39,6 +48,15 @@ from sepce.cli import (
     parser,
     positive_int,
     run,
+)
+from sepce.evaluation_tasks import (
+    DEFAULT_CONCEPT,
+    NUDITY_CLASSES,
+    OBJECT_CLASSES,
+    OBJECT_CSV,
+    TASK_STAGES,
+    TASKS,
+    plan_task,
 )
 from sepce.paper_plan import (
     METHODS,
@@ -74,9 +92,32 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="print the steps as a shell script, with the jobs (resources, dependencies) a launcher would start; "
         "run, write and submit nothing",
     )
-    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="stages to run")
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="style",
+        help="the evaluation: the paper's style table, object erasure (Imagenette, ResNet-50) or nudity (I2P, NudeNet)",
+    )
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        choices=list(dict.fromkeys(STAGES + TASK_STAGES)),
+        default=None,
+        help="stages to run (None: every stage of the task)",
+    )
+    p.add_argument("--i2p_csv", type=Path, default=None, help="--task nudity: the I2P prompt CSV as published")
+    p.add_argument(
+        "--backbone_weights",
+        type=Path,
+        default=None,
+        help="--task object: torchvision's ResNet-50 ImageNet weights (None: the torch hub cache)",
+    )
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="erasure methods")
-    p.add_argument("--concept", default="Van Gogh", help="concept erased by the single-concept methods")
+    p.add_argument(
+        "--concept",
+        default=None,
+        help="concept erased by the single-concept methods (None: Van Gogh; object: chain saw; nudity: nudity)",
+    )
     p.add_argument(
         "--sepce_concepts",
         nargs="+",
@@ -151,6 +192,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_quiet(p)
     args = p.parse_args(argv)
     check_launcher(p, args)
+    args.concept = args.concept or DEFAULT_CONCEPT.get(args.task, "Van Gogh")
+    if args.stages is None:
+        args.stages = list(STAGES if args.task == "style" else TASK_STAGES)
+    if args.task != "style":
+        args.classes = OBJECT_CLASSES if args.task == "object" else NUDITY_CLASSES
+        args.prompts_path = OBJECT_CSV if args.task == "object" else args.i2p_csv
+        args.sepce_concepts = [args.concept]
+        if args.task == "nudity" and args.i2p_csv is None and not args.tiny:
+            p.error("--task nudity needs --i2p_csv (the I2P prompt CSV as published), or --tiny")
+        if args.tiny and args.work_dir is None:
+            args.work_dir = Path(f"outputs/reproduce-tiny-{args.task}")
     for key, value in (TINY if args.tiny else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -212,13 +264,18 @@ def settings_of(args: argparse.Namespace) -> tuple[ReproductionSettings, Reprodu
 def check_inputs(args: argparse.Namespace, steps: List[ScriptStep]) -> None:
     """Fail before running anything when a script, the class map, the CSV, a weights file or the base checkpoint
     is missing."""
+    if args.task == "nudity" and not args.tiny:
+        read_prompt_csv(args.i2p_csv, allow_empty_prompt=True)
+    elif args.task == "object":
+        read_prompt_csv(args.prompts_path, load_class_map(args.classes), require_class=True)
     missing = sorted(
         {s.argv[0] for s in steps if s.argv and s.argv[0] != "-m" and not (REPO_ROOT / s.argv[0]).is_file()}
     )
     if missing:
         raise FileNotFoundError(f"script(s) {missing} do not exist; choose --methods among the available ones")
-    read_prompt_csv(args.prompts_path, load_class_map(args.classes), require_class=True)
-    for flag in ("fid_weights", "lpips_backbone_weights"):
+    if args.task == "style":
+        read_prompt_csv(args.prompts_path, load_class_map(args.classes), require_class=True)
+    for flag in ("fid_weights", "lpips_backbone_weights", "backbone_weights"):
         weights = getattr(args, flag)
         if weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(f"--{flag} {weights} does not exist")
@@ -231,7 +288,10 @@ def check_inputs(args: argparse.Namespace, steps: List[ScriptStep]) -> None:
 
 def main(args: argparse.Namespace) -> List[ScriptStep]:
     settings, layout = settings_of(args)
-    steps = plan_reproduction(settings, layout)
+    if args.task == "style":
+        steps = plan_reproduction(settings, layout)
+    else:
+        steps = plan_task(args.task, settings, layout, args.i2p_csv, args.backbone_weights)
     check_inputs(args, steps)
     launch = launch_of(args, jobs_dir(layout.run_dir), inprocess=args.runner == "inprocess")
     if args.dry_run:

@@ -34,6 +34,7 @@ from sepce.cli import EXIT_HELP, add_launcher, add_quiet, check_launcher, launch
 from sepce.pipeline.runner import dry_run, jobs_dir, run_plan
 from sepce.pipeline.timing import Booking
 from sepce.world.benchmark import (
+    ATTACK_SCRIPTS,
     DEFAULT_CONCEPT,
     DEFAULT_METHODS,
     DEFAULT_SEPCE,
@@ -50,7 +51,7 @@ from sepce.world.benchmark import (
     single_cells,
     sweep_cells,
 )
-from sepce.world.classifier import SHIPPED_CLASSIFIER
+from sepce.world.concept_classifier import SHIPPED_CLASSIFIER
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 from sepce.world.report import write_report, write_sweep_report
 
@@ -96,6 +97,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         metavar="METHOD=FLAGS",
         help="replace a method's preset; given several times for one method (weakest first), each is a tuning "
         "candidate with its own run, and report.md applies the preset rule (docs/world-benchmark.md)",
+    )
+    p.add_argument(
+        "--attacks",
+        nargs="+",
+        choices=list(ATTACK_SCRIPTS),
+        default=["inversion"],
+        help="attacks of the attack stage (forms with the attack): concept inversion and/or the adversarial-prompt "
+        "attack (results/adversarial.*: ASR before/after)",
     )
     p.add_argument("--ckpt_path", type=Path, default=SHIPPED_CKPT, help="the world model (original)")
     p.add_argument("--config_path", type=Path, default=SHIPPED_CONFIG, help="its config")
@@ -156,7 +165,7 @@ def main(args: argparse.Namespace) -> Optional[dict]:
     else:
         cells = single_cells(args.methods, args.concept, args.sepce_concepts, candidates)
     parse_device(args.device)  # one line before anything runs when the device does not exist
-    plan = plan_benchmark(lay, form, cells, presets, args.batch_size, args.quiet, args.device)
+    plan = plan_benchmark(lay, form, cells, presets, args.batch_size, args.quiet, args.device, args.attacks)
     steps = [s for s in plan.steps if s.stage in args.stages]
     inprocess = args.runner == "inprocess" and args.launcher == "local" and args.jobs == 1
     launch = launch_of(args, jobs_dir(lay.work), inprocess)

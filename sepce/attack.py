@@ -55,6 +55,7 @@ import torch
 
 from sepce.classes import ConceptClass
 from sepce.cli import Runtime
+from sepce.evaluation.classifiers import ClassifierKind, open_classifier, resolve_kind
 from sepce.generation import (
     ImageSampler,
     SamplingSettings,
@@ -473,57 +474,6 @@ class AttackSampler(ImageSampler):
             return self.word.conditioning(self.model, prompts)
 
 
-# ------------------------------------------------------------------------------------------------ classifying
-def classifier_kind(path: Path) -> str:
-    """``world`` for a world classifier (safetensors with its format tag), ``artist`` otherwise (the ResNet18
-    checkpoint of ``artist-cls-train.py``, checked when loaded)."""
-    from sepce.world.classifier import CLASSIFIER_FORMAT
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--classifier {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("format") == CLASSIFIER_FORMAT:
-                    return "world"
-        except Exception:  # noqa: BLE001 - unreadable header: not a world classifier
-            pass
-        raise ValueError(f"--classifier {path} is a safetensors file but not a world classifier ({CLASSIFIER_FORMAT})")
-    return "artist"
-
-
-def classify(
-    path: Path, images: Sequence[Path], classes: Sequence[ConceptClass], device: torch.device, batch_size: int = 64
-) -> tuple[List[int], dict]:
-    """Predicted class index of each image, and a description of the classifier. The world classifier's style
-    head (64 px, ``sepce.world.classifier``) needs a class map whose names are the world's styles in order; the
-    artist ResNet18 (``sepce.evaluation.classifier``) checks its own class map."""
-    from sepce.records import file_digest
-
-    kind = classifier_kind(path)
-    info = {"path": str(path), "kind": kind, "sha256": file_digest(path)}
-    if kind == "world":
-        from sepce.world.benchmark import IMAGE_SIZE, classify_paths
-        from sepce.world.classifier import load_classifier
-        from sepce.world.render import STYLES
-
-        names = [c.name for c in classes]
-        if names != list(STYLES):
-            raise ValueError(f"world classifier {path} predicts the styles {list(STYLES)}, not the classes {names}")
-        model, _ = load_classifier(path)
-        info["image_size"] = IMAGE_SIZE
-        return classify_paths(model, list(images), batch_size), info
-    from sepce.evaluation.classifier import load_classifier, predict
-
-    model, meta = load_classifier(path, classes)
-    info["image_size"] = int(meta["image_size"])
-    predictions = predict(model, list(images), info["image_size"], batch_size, device, desc="classify attack")
-    return predictions.tolist(), info
-
-
 # ------------------------------------------------------------------------------------------------ the attack
 @dataclass
 class AttackPlan:
@@ -547,6 +497,7 @@ class AttackPlan:
     overwrite: bool = False
     progress: bool = False
     identity: dict = field(default_factory=dict)
+    classifier_kind: Optional[ClassifierKind] = None  # None: no classification
 
     @property
     def folder(self) -> Path:
@@ -606,8 +557,7 @@ def plan_attack(
     images = ImageFolder(data_folder, sampling.image_size)
     tokenizer = tokenizer_from_config(resolved.config_path)
     slot_prompts(tokenizer, list(templates) + [row.prompt for row in chosen], preset.init_word)
-    if classifier is not None:
-        classifier_kind(classifier)
+    kind = resolve_kind(classifier) if classifier is not None else None
     identity = {
         "model": resolved.describe(),
         "concept": concept.name,
@@ -637,6 +587,7 @@ def plan_attack(
         overwrite,
         progress,
         identity,
+        kind,
     )
     if not overwrite:
         _check_existing(plan)
@@ -697,7 +648,7 @@ def run_attack(plan: AttackPlan) -> dict:
     """Learn ``v*`` (or reuse an identical stored one), generate the attack images of the concept's rows, and,
     given a classifier, write ``results/attack.csv/json`` over every attack image of the model folder (each
     attacked concept's row of the table). Returns a summary."""
-    from sepce.evaluation.classifier import accuracy_table
+    from sepce.evaluation.artist_classifier import accuracy_table
     from sepce.evaluation.common import file_signature, fingerprint
     from sepce.evaluation.results import stored_rows, write_metric
     from sepce.evaluation.verify import verify_folders
@@ -741,7 +692,7 @@ def run_attack(plan: AttackPlan) -> dict:
             sampler, jobs, plan.batch_size, plan.num_samples, text, f"attack {plan.concept.name}", plan.progress, ledger
         )
     summary["skipped"] = skipped
-    if plan.classifier is None:
+    if plan.classifier_kind is None:
         return summary
 
     verify_folders(plan.folder)
@@ -756,7 +707,8 @@ def run_attack(plan: AttackPlan) -> dict:
     # the results summarise the folder's attack images: new images (another concept attacked) update them
     rows = stored_rows(plan.model_folder, RESULTS_METRIC, key, overwrite=True)
     if rows is None:
-        predictions, info = classify(plan.classifier, paths, plan.classes, device)
+        judge = open_classifier(plan.classifier, plan.classes, device, plan.classifier_kind)
+        predictions = judge.predict(paths)
         rows, confusion = accuracy_table(plan.classes, labels, predictions)
         words = {}
         for path in sorted(plan.folder.glob(f"{EMBEDDING_PREFIX}*.safetensors")):
@@ -773,7 +725,7 @@ def run_attack(plan: AttackPlan) -> dict:
         meta = {
             "model_folder": str(plan.model_folder),
             "attack_folder": str(plan.folder),
-            "classifier": info,
+            "classifier": judge.info.to_dict(),
             "fingerprint": key,
             "preset": json.loads(presets.pop()) if len(presets) == 1 else None,  # None: the words' presets differ
             "embeddings": words,

@@ -57,7 +57,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -237,6 +237,7 @@ class ImageJob:
     seed: int
     path: Path
     replace: bool = False  # the image was done when planned and is regenerated (overwrite)
+    guidance: Optional[float] = None  # the row's own guidance scale; None: the sampling settings'
 
 
 def image_name(case_number: int, k: int) -> str:
@@ -279,7 +280,8 @@ def plan_jobs(
                 skipped += 1
             else:
                 path = found.get(name, Path(folder) / name)
-                jobs.append(ImageJob(row.case_number, k, row.prompt, row.evaluation_seed, path, done))
+                job = ImageJob(row.case_number, k, row.prompt, row.evaluation_seed, path, done, row.guidance)
+                jobs.append(job)
     return jobs, skipped
 
 
@@ -557,12 +559,25 @@ def generate_rows(
     model = load_resolved(resolved, runtime.device)
     if runtime.dtype != torch.float32:  # 16-bit weights, run natively: half the weight memory, no casts
         networks_to(model, runtime.dtype)
-    sampler = setup.sampler(model)
     desc = folder.name if rank.world_size == 1 else f"{folder.name} [rank {rank.rank}/{rank.world_size}]"
-    text = png_text(resolved, setup.sampling)
     ledger = FolderLedger(folder, folder_settings(resolved, setup.sampling, runtime.precision))
-    report.written = run_jobs(sampler, jobs, setup.batch_size, num_samples, text, desc, setup.progress, ledger)
+    for guidance, group in guidance_groups(jobs):
+        sampling = setup.sampling if guidance is None else replace(setup.sampling, guidance_scale=guidance)
+        sampler = ImageSampler(model, sampling, runtime.device, runtime.dtype)
+        text = png_text(resolved, sampling)
+        report.written += run_jobs(
+            sampler, group, setup.batch_size, num_samples, text, desc, setup.progress, ledger
+        )
     return report
+
+
+def guidance_groups(jobs: Sequence[ImageJob]) -> List[Tuple[Optional[float], List[ImageJob]]]:
+    """``jobs`` grouped by their own guidance scale (rows of a CSV with ``evaluation_guidance``; ``None``: the
+    sampling settings'), in order of first appearance; a batch never mixes guidance scales."""
+    groups: Dict[Optional[float], List[ImageJob]] = {}
+    for job in jobs:
+        groups.setdefault(job.guidance, []).append(job)
+    return list(groups.items())
 
 
 # ------------------------------------------------------------------------------------------------ argparse

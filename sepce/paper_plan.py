@@ -279,25 +279,26 @@ def _training_gpus(devices: str) -> int:
     return 0 if devices == "cpu" else len([d for d in devices.split(",") if d.strip()])
 
 
+def tiny_model_step(s: ReproductionSettings, lay: ReproductionLayout) -> ScriptStep:
+    """``python -m sepce.tiny``: the tiny base model of a ``--tiny`` run (skipped when it exists)."""
+    argv = ["-m", "sepce.tiny", "--config", str(near(TINY_WIDE_CONFIG)), "--out", str(lay.ckpt_path.parent)]
+    return ScriptStep(
+        "model",
+        "tiny base model",
+        [*argv, "--if_missing"],
+        writes=(lay.ckpt_path.parent,),
+        resources=_resources(s, "model", 0),
+    )
+
+
 def model_stage(s: ReproductionSettings, lay: ReproductionLayout, classes: List[ConceptClass]) -> tuple:
     """Stage 1 (``--tiny`` only): the tiny base model, the reduced class map and evaluation CSV. Returns the
     steps and the class map the later stages use."""
     if not s.tiny:
         return [], classes
-    argv = [
-        "-m",
-        "sepce.tiny",
-        "--config",
-        str(near(TINY_WIDE_CONFIG)),
-        "--out",
-        str(lay.ckpt_path.parent),
-        "--if_missing",
-    ]
     class_text, rows_text = tiny_inputs(classes, s.prompts_path, [s.concept, *s.sepce_concepts], s.cases_per_class)
     steps = [
-        ScriptStep(
-            "model", "tiny base model", argv, writes=(lay.ckpt_path.parent,), resources=_resources(s, "model", 0)
-        ),
+        tiny_model_step(s, lay),
         ScriptStep("model", "tiny class map", write=lay.classes, content=class_text),
         ScriptStep("model", "tiny evaluation CSV", write=lay.prompts_path, content=rows_text),
     ]

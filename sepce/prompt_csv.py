@@ -3,8 +3,10 @@
 A prompt CSV (e.g. ``data/evaluate.csv``, made by ``data/make_evaluate_csv.py``) has one row per case with the
 columns ``case_number`` (unique integer), ``prompt`` (text; may be empty only for a class whose class-map
 prompt is empty, i.e. the blank-prompt class, or when the caller allows it), ``evaluation_seed`` (non-negative
-integer) and, optionally, ``class`` (an index into the class map ``data/classes.csv``). Any further columns
-are kept in :attr:`PromptRow.extra`.
+integer) and, optionally, ``class`` (an index into the class map ``data/classes.csv``) and
+``evaluation_guidance`` (the row's own classifier-free guidance scale, as in the I2P prompt file that ESD and
+SPM evaluate nudity on: ``prompt, categories, …, evaluation_seed, evaluation_guidance, sd_image_width,
+sd_image_height, sd_model, case_number``). Any further columns are kept in :attr:`PromptRow.extra`.
 
 :func:`read_prompt_csv` checks everything before a model is loaded and raises a ``ValueError`` (or
 ``FileNotFoundError``) whose one-line message names the file, the line and the bad value. Scripts turn it into
@@ -20,6 +22,7 @@ Typical use in a generation script::
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, TypeVar
@@ -28,6 +31,7 @@ from sepce.classes import ConceptClass
 
 REQUIRED_COLUMNS = ("case_number", "prompt", "evaluation_seed")
 CLASS_COLUMN = "class"
+GUIDANCE_COLUMN = "evaluation_guidance"
 
 T = TypeVar("T")
 
@@ -46,6 +50,7 @@ class PromptRow:
     class_index: Optional[int] = None
     line: int = 0
     extra: Dict[str, str] = field(default_factory=dict, compare=False)
+    guidance: Optional[float] = None  # the row's own guidance scale (column evaluation_guidance), else None
 
 
 def _parse_int(path: Path, line: int, column: str, value: str, minimum: Optional[int] = None) -> int:
@@ -56,6 +61,17 @@ def _parse_int(path: Path, line: int, column: str, value: str, minimum: Optional
         raise ValueError(f"{path} line {line}: {column} {value!r} is not an integer") from None
     if minimum is not None and number < minimum:
         raise ValueError(f"{path} line {line}: {column} {number} is negative; expected an integer >= {minimum}")
+    return number
+
+
+def _parse_guidance(path: Path, line: int, value: str) -> float:
+    text = (value or "").strip()
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{path} line {line}: {GUIDANCE_COLUMN} {value!r} is not a finite number >= 0")
     return number
 
 
@@ -136,7 +152,8 @@ def read_prompt_csv(
             for key, value in raw.items()
             if key is not None and key not in REQUIRED_COLUMNS and key != CLASS_COLUMN
         }
-        rows.append(PromptRow(case, prompt, seed, class_index, line, extra))
+        guidance = _parse_guidance(path, line, raw[GUIDANCE_COLUMN]) if GUIDANCE_COLUMN in header else None
+        rows.append(PromptRow(case, prompt, seed, class_index, line, extra, guidance))
     if not rows:
         raise ValueError(f"prompt CSV {path} has a header but no rows")
     return rows

@@ -211,7 +211,7 @@ def inputs(tmp_path, tiny_ckpt):
     classifier of the class map; returns the script's common flags."""
     import torchvision
 
-    from sepce.evaluation.classifier import classifier_checkpoint
+    from sepce.evaluation.artist_classifier import classifier_checkpoint
 
     write_images(tmp_path / "data" / "Van Gogh", n=2)
     write_images(tmp_path / "data" / "Picasso", n=2, seed=1)
@@ -322,7 +322,7 @@ def test_script_checks_inputs_before_loading(inputs, load_script, monkeypatch):
 
 def test_script_world_classifier_and_templates(tmp_path, tiny_ckpt, load_script):
     """The world domain (templates, preset) and the world classifier (64 px style head) on the tiny model."""
-    from sepce.world.classifier import SHIPPED_CLASSIFIER
+    from sepce.world.concept_classifier import SHIPPED_CLASSIFIER
 
     write_images(tmp_path / "data" / "in the style of waves", n=2)
     (tmp_path / "eval.csv").write_text(

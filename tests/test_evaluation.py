@@ -24,7 +24,7 @@ from PIL import Image
 
 from sepce.classes import load_class_map
 from sepce.cli import run as run_cli
-from sepce.evaluation.classifier import build_resnet18, load_classifier, predict, split_per_class, triangular_lr
+from sepce.evaluation.artist_classifier import build_resnet18, load_classifier, predict, split_per_class, triangular_lr
 from sepce.evaluation.fid import (
     feature_statistics,
     fid_from_features,

@@ -225,3 +225,24 @@ def test_methods_do_not_import_the_concept_world():
     assert {"sepce.methods.cie", "sepce.methods.sepce", "sepce.methods.esd", "sepce.methods.uce"} <= set(methods)
     bad = sorted(f"{m} -> {t}" for m in methods for t in graph[m] if t == "sepce.world" or t.startswith("sepce.world."))
     assert not bad, "modules under sepce/methods/ import the concept world:\n" + "\n".join(bad)
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen, stack = set(), [start]
+    while stack:
+        for target in graph[stack.pop()] - seen:
+            seen.add(target)
+            stack.append(target)
+    return seen
+
+
+def test_reachable_follows_chains():
+    assert reachable({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}}, "a") == {"b", "c"}
+
+
+def test_attack_imports_no_benchmark():
+    """The attack picks its judge through sepce.evaluation.classifiers, not through the world benchmark (#22)."""
+    graph = import_graph()
+    assert "sepce.evaluation.classifiers" in graph["sepce.attack"]
+    assert "sepce.world.benchmark" not in reachable(graph, "sepce.attack")

@@ -44,9 +44,9 @@ def test_valid_csv_gives_typed_rows(tmp_path):
     )
     rows = read_prompt_csv(path, CLASSES)
     assert rows == [
-        PromptRow(3, "Van Gogh", 42, 0, 2),
-        PromptRow(7, "", 1234, 9, 3),
-        PromptRow(8, "a cat", 5, None, 5),
+        PromptRow(3, "Van Gogh", 42, 0, 2, guidance=7.5),  # the row's own guidance scale (I2P's column)
+        PromptRow(7, "", 1234, 9, 3, guidance=7.5),
+        PromptRow(8, "a cat", 5, None, 5, guidance=7.5),
     ]
     assert all(isinstance(r.case_number, int) and isinstance(r.evaluation_seed, int) for r in rows)
     assert rows[0].extra == {"evaluation_guidance": "7.5"}

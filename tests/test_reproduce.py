@@ -1,7 +1,8 @@
 """The reproduction pipeline (eval-scripts/reproduce.py, sepce/paper_plan.py): the full-size plan uses the seed
 README's commands, ``--tiny`` runs every stage end to end on the tiny model and writes the table, a re-run
 resumes without redoing work, and SepCE's separability shows in the table (restored concepts and the blank
-prompt unchanged, erased ones changed)."""
+prompt unchanged, erased ones changed). ``--task object|nudity`` (sepce/evaluation_tasks.py) plans and, with
+``--tiny``, runs the object and nudity evaluations."""
 
 from __future__ import annotations
 
@@ -232,3 +233,59 @@ def test_help_keeps_the_description_lines(path, load_script, capsys):
     shown = capsys.readouterr().out.splitlines()
     for line in script.__doc__.strip().splitlines():
         assert line.rstrip() in shown, line
+
+
+# ------------------------------------------------------------------------------------------------ --task object|nudity
+def test_object_and_nudity_dry_runs(tmp_path, capsys, monkeypatch, reproduce):
+    monkeypatch.chdir(tmp_path)
+    reproduce("--task", "object", "--dry_run", "--device", "cpu")
+    script = capsys.readouterr().out
+    for command in (
+        "python eval-scripts/generate-data.py --prompt 'chain saw' --model_name none --link none",
+        "python train-scripts/CiE.py --prompt 'chain saw'",
+        "python train-scripts/Esd.py --prompt 'chain saw' --train_method xattn",
+        "python eval-scripts/generate-images.py --model_name ESD-chainsaw-xattn --prompts_path",
+        "python eval-scripts/classify-images.py --classifier_kind imagenet --path evaluation_folder/default",
+        "python eval-scripts/attack-adversarial-prompt.py --model_name SepCE-chainsaw --prompt 'chain saw'",
+        "python eval-scripts/make-table.py --spec outputs/table/spec.json",
+    ):
+        assert command in script, command
+    assert "imagenette/evaluate.csv" in script and "--no_pretrained" not in script
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert not any(tmp_path.iterdir())
+
+    i2p = tmp_path / "i2p.csv"
+    i2p.write_text(",prompt,evaluation_seed,evaluation_guidance,case_number\n0,a nude,3,7,0\n")
+    reproduce("--task", "nudity", "--i2p_csv", i2p, "--dry_run", "--device", "cpu")
+    script = capsys.readouterr().out
+    assert "python eval-scripts/nudity-eval.py --path evaluation_folder/default" in script
+    assert "--prompts_path i2p.csv" in script and "--classifier_kind nudenet" in script
+    assert "python train-scripts/SepCE.py --prompts nudity" in script and "make-table.py" not in script
+    with pytest.raises(SystemExit):
+        reproduce("--task", "nudity", "--dry_run")  # argparse: the I2P file is needed
+    assert "--task nudity needs --i2p_csv" in capsys.readouterr().err
+    i2p.write_text("prompt,sd_seed,case_number\na nude,3,0\n")
+    with one_line_error(capsys, "lacks column(s) ['evaluation_seed']"):
+        reproduce("--task", "nudity", "--i2p_csv", i2p, "--dry_run")
+
+
+@pytest.mark.parametrize(("task", "method"), [("object", "CiE"), ("nudity", "ESD")])
+def test_tiny_task_end_to_end(task, method, tmp_path, reproduce, capsys):
+    """Every stage of the task on the tiny model with one method: results name their judge, version and
+    threshold."""
+    work = tmp_path / task
+    reproduce("--task", task, "--tiny", "--methods", method, "--work_dir", work, "--quiet")
+    folders = [work / "evaluation_folder" / name for name in ("default", method.lower())]
+    for folder in folders:
+        adversarial = json.loads((folder / "results" / "adversarial.json").read_text())
+        assert adversarial["classifier"]["kind"] == ("imagenet" if task == "object" else "nudenet")
+        assert {"asr_before_pct", "after_high_pct"} <= set(adversarial["rows"][0])
+        if task == "object":
+            accuracy = json.loads((folder / "results" / "accuracy.json").read_text())
+            assert accuracy["classifier"]["name"].startswith("torchvision ResNet-50 random weights")
+        else:
+            nudity = json.loads((folder / "results" / "nudity.json").read_text())
+            assert nudity["detector"]["threshold"] == 0.6 and nudity["detector"]["version"].startswith("nudenet ")
+            assert json.loads((folder / "generation.json").read_text())["row_guidance"]
+    if task == "object":
+        assert "**– / " in (work / "table" / "table.md").read_text()  # the erased class's cell

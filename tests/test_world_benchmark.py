@@ -1,4 +1,4 @@
-"""The world classifier and the world benchmark (sepce/world/classifier.py, sepce/world/benchmark.py,
+"""The world classifier and the world benchmark (sepce/world/concept_classifier.py, sepce/world/benchmark.py,
 eval-scripts/world-benchmark.py); includes the CI check that the shipped model still draws its styles."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from sepce.world.benchmark import (
     single_cells,
     sweep_cells,
 )
-from sepce.world.classifier import (
+from sepce.world.concept_classifier import (
     accuracies,
     feature_distance,
     load_classifier,

@@ -15,7 +15,7 @@ from sepce.classes import load_class_map
 from sepce.evaluation.fid import fid_from_features
 from sepce.prompt_csv import read_prompt_csv
 from sepce.world.benchmark import CLASS_MAP, cra_csv_text, eval_csv_text
-from sepce.world.classifier import load_classifier, predict
+from sepce.world.concept_classifier import load_classifier, predict
 from sepce.world.measures import bootstrap_fid, cra_results, quality_results, read_record, render_for
 from sepce.world.render import OBJECTS, STYLES, Scene, render
 

@@ -28,7 +28,7 @@ from sepce.cli import (
     positive_int,
     run,
 )
-from sepce.evaluation.classifier import accuracy_table, load_classifier, predict
+from sepce.evaluation.artist_classifier import accuracy_table, load_classifier, predict
 from sepce.evaluation.common import file_signature, fingerprint
 from sepce.evaluation.images import generated_images, has_class_folders, images_by_class
 from sepce.evaluation.results import RESULTS_DIR, stored_rows, write_metric

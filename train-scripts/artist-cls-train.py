@@ -8,7 +8,7 @@ trains and the second evaluates; with only one, each class of it is split ``--tr
 ``--seed``. ResNet18 with ImageNet weights (torchvision's cache, or ``--backbone_weights``), new K-way FC
 layer, only the FC trained: SGD momentum 0.9, weight decay 5e-4, one triangular LR cycle 0 -> --lr -> 0, batch
 30, 20 epochs, Resize+CenterCrop --image_size (512) without normalisation; the epoch with the best eval
-accuracy is saved (see sepce/evaluation/classifier.py). Writes the checkpoint, ``<name>.history.csv`` and
+accuracy is saved (see sepce/evaluation/artist_classifier.py). Writes the checkpoint, ``<name>.history.csv`` and
 ``<name>.json``.
 """
 
@@ -23,7 +23,7 @@ import torch
 
 from sepce.classes import load_class_map
 from sepce.cli import EXIT_HELP, BatchSettings, add_batch_args, add_classes, parser, positive_int, run
-from sepce.evaluation.classifier import (
+from sepce.evaluation.artist_classifier import (
     TrainConfig,
     build_resnet18,
     classifier_checkpoint,

@@ -4,7 +4,7 @@
 
 Rendered scenes with exact labels, part of them passed through the world model's autoencoder (``--ckpt_path`` /
 ``--config_path``, by default the shipped model) so that the classifier sees the smoothness of decoded images;
-random blur, contrast and noise on top (``sepce/world/classifier.py``). Prints the validation accuracy on fresh
+random blur, contrast and noise on top (``sepce/world/concept_classifier.py``). Prints the validation accuracy on fresh
 renders and on their autoencoder reconstructions; ``--report`` writes it with the loss history as JSON.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 from sepce.cli import add_quiet, parser, run, show_progress
 from sepce.io import write_json
-from sepce.world.classifier import SHIPPED_CLASSIFIER, ClassifierSettings, save_classifier, train_classifier
+from sepce.world.concept_classifier import SHIPPED_CLASSIFIER, ClassifierSettings, save_classifier, train_classifier
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 
 DEFAULTS = ClassifierSettings()

@@ -6,7 +6,7 @@ Modules (import what you need; nothing heavy is imported here):
   pair same-named files of two model folders.
 - :mod:`~sepce.evaluation.loading` — the Resize+CenterCrop image transform and loaders.
 - :mod:`~sepce.evaluation.weights` — offline lookup of torchvision ImageNet weights (cache or explicit path).
-- :mod:`~sepce.evaluation.classifier` — the ResNet18 style classifier: training, checkpoints, accuracy.
+- :mod:`~sepce.evaluation.artist_classifier` — the ResNet18 style classifier: training, checkpoints, accuracy.
 - :mod:`~sepce.evaluation.lpips_metric` — LPIPS (AlexNet, 64 px) per class.
 - :mod:`~sepce.evaluation.fid` — Fréchet distance and per-class FID with a pluggable feature extractor.
 - :mod:`~sepce.evaluation.verify` — refuse image folders that do not match their ``generation.json`` (every scorer

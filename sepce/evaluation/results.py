@@ -42,6 +42,8 @@ VALUE_COLUMNS = {
     "attack": "accuracy_pct",
     "cra": "object_accuracy_pct",  # world protocol v2: object accuracy on the CRA images (sepce.world.measures)
     "quality": "fid_to_renders",  # world protocol v2: FID against ground-truth renders
+    "nudity": "share_pct",  # nudity-eval.py: share of images with an exposed detection
+    "adversarial": "asr_after_pct",  # attack-adversarial-prompt.py: attack success rate after the attack
 }
 OVERALL = "all"
 

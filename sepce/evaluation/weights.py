@@ -45,6 +45,7 @@ def _torchvision(name: str, url: str, builder: str) -> BackboneSpec:
 
 
 RESNET18 = _torchvision("ResNet18", "https://download.pytorch.org/models/resnet18-f37072fd.pth", "resnet18")
+RESNET50 = _torchvision("ResNet-50", "https://download.pytorch.org/models/resnet50-0676ba61.pth", "resnet50")
 ALEXNET = _torchvision("AlexNet", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "alexnet")
 FID_INCEPTION = BackboneSpec(
     "pytorch-fid",

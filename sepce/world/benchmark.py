@@ -52,12 +52,11 @@ import torch
 
 from sepce.classes import ConceptClass, classes_by_names, load_class_map
 from sepce.data_generation import data_folder_name
-from sepce.evaluation.classifier import accuracy_table
+from sepce.evaluation.artist_classifier import accuracy_table
 from sepce.evaluation.common import fingerprint
 from sepce.evaluation.compare import CompareSettings, compare_folders
 from sepce.evaluation.fid import FID_WORLD_CLASSIFIER_NETWORK
 from sepce.evaluation.images import index_images, parse_image_name
-from sepce.evaluation.loading import load_images
 from sepce.evaluation.results import stored_rows, write_metric
 from sepce.evaluation.table import ModelSpec
 from sepce.evaluation.verify import verify_folders
@@ -65,7 +64,14 @@ from sepce.paper_plan import ORIGINAL_FOLDER, table_steps
 from sepce.paths import REPO_ROOT, near, run_name
 from sepce.pipeline.steps import Resources, ScriptStep
 from sepce.prompt_csv import case_classes, read_prompt_csv
-from sepce.world.classifier import SHIPPED_CLASSIFIER, WorldClassifier, feature_distance, load_classifier, predict
+from sepce.world.concept_classifier import (
+    IMAGE_SIZE,
+    SHIPPED_CLASSIFIER,
+    WorldClassifier,
+    classify_paths,
+    feature_distance,
+    load_classifier,
+)
 from sepce.world.measures import cra_results, quality_results
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 from sepce.world.prompts import build_prompt
@@ -77,7 +83,6 @@ CLASS_MAP = REPO_ROOT / "data" / "world" / "classes.csv"
 EVAL_CSV = REPO_ROOT / "data" / "world" / "evaluate.csv"
 STAGES = ("data", "erase", "generate", "attack", "metrics", "table")
 ACCURACY_COLUMNS = ["class", "name", "correct", "images", "accuracy_pct"]
-IMAGE_SIZE = 64
 #: Styles the presets were tuned on (single-concept methods erased ``grid``; SepCE erased both); every other style
 #: is reported. Fixed before any result of the retrained model was seen (docs/world-benchmark.md).
 HELD_OUT = ("grid", "stripes")
@@ -89,6 +94,14 @@ SWEEP_TRIPLES = (("waves", "dots", "gradient"), ("checker", "rings", "noise"))
 SWEEP_SEEDS = (0, 1, 2, 3, 4)
 #: Protocol v2: the sweep attacks the runs of these training seeds only (the attack would dominate the cost).
 SWEEP_ATTACK_SEEDS = (0, 1)
+#: Attack kinds the attack stage can run on every attacked style (--attacks): concept inversion (a new word) and
+#: the adversarial-prompt attack (real tokens prepended, sepce.adversarial); each writes its own results file.
+ATTACK_SCRIPTS = {
+    "inversion": "eval-scripts/attack-inversion.py",
+    "adversarial": "eval-scripts/attack-adversarial-prompt.py",
+}
+#: What each attack kind writes in the model's folder besides its results.
+ATTACK_FOLDERS = {"inversion": "attack", "adversarial": "adversarial"}
 ANCHOR_PROMPT = ""  # the world's generic caption: Ablating Concepts' anchor (docs/method.md)
 #: Every step of the benchmark runs on one CPU core (a Slurm job: one core, 4 GB, a generous 2 h limit).
 STEP_RESOURCES = Resources(gpus=0, cpus=1, mem_gb=4, minutes=120)
@@ -507,9 +520,11 @@ def plan_benchmark(
     batch_size: int = 32,
     quiet: bool = False,
     device: str = "cpu",
+    attacks: Sequence[str] = ("inversion",),
 ) -> BenchmarkPlan:
     """Every script step (stages data, erase, generate, attack and the table files) for ``cells``; ``device``: where
-    the scripts train and sample (``--device`` / ``--devices``; the metrics stay on the CPU)."""
+    the scripts train and sample (``--device`` / ``--devices``; the metrics stay on the CPU); ``attacks``: the kinds
+    of :data:`ATTACK_SCRIPTS` the attack stage runs."""
     classes = load_class_map(lay.classes)
     presets = {**PRESETS, **(presets or {})}
     prompt_of = {c.name: c.prompt for c in classes}
@@ -570,24 +585,26 @@ def plan_benchmark(
                 )
             )
         for style in attacked.get(cell.folder, []):
-            argv = ["eval-scripts/attack-inversion.py", *model_argv(lay, cell), "--prompt", prompt_of[style]]
-            argv += ["--data_dir", str(lay.data_dir), "--prompts_path", str(seed_csv(lay, cell.block, 1, span))]
-            argv += ["--classes", str(lay.classes), "--save_path", str(lay.eval_dir), "--output_name", cell.folder]
-            argv += ["--num_samples", str(form.num_samples), "--classifier", str(lay.classifier)]
-            argv += ["--domain", "world", *model_flags, *sample_flags]
-            if form.attack_steps is not None:
-                argv += ["--attack_steps", str(form.attack_steps)]
-            chain.append(
-                ScriptStep(
-                    "attack",
-                    f"attack on {style} in {cell.folder}",
-                    argv,
-                    resumes=True,
-                    reads=(*inputs, seed_csv(lay, cell.block, 1, span), lay.data_dir, lay.classifier, *run),
-                    writes=(folder / "attack", folder / "results"),
-                    resources=step_resources(device),
+            attack_csv = seed_csv(lay, cell.block, 1, span)
+            for kind in attacks:
+                argv = [ATTACK_SCRIPTS[kind], *model_argv(lay, cell), "--prompt", prompt_of[style]]
+                argv += ["--data_dir", str(lay.data_dir), "--prompts_path", str(attack_csv)]
+                argv += ["--classes", str(lay.classes), "--save_path", str(lay.eval_dir), "--output_name", cell.folder]
+                argv += ["--num_samples", str(form.num_samples), "--classifier", str(lay.classifier)]
+                argv += ["--domain", "world", *model_flags, *sample_flags]
+                if form.attack_steps is not None:
+                    argv += ["--attack_steps", str(form.attack_steps)]
+                chain.append(
+                    ScriptStep(
+                        "attack",
+                        f"attack on {style} in {cell.folder}" + ("" if kind == "inversion" else f" ({kind})"),
+                        argv,
+                        resumes=True,
+                        reads=(*inputs, attack_csv, lay.data_dir, lay.classifier, *run),
+                        writes=(folder / ATTACK_FOLDERS[kind], folder / "results"),
+                        resources=step_resources(device),
+                    )
                 )
-            )
     folders = tuple(lay.eval_dir / c.folder for c in cells) + tuple(lay.cra_dir / c.folder for c in cells)
     metrics = ScriptStep(
         "metrics",
@@ -690,15 +707,6 @@ def folder_images(folder: Path, case_to_class: Dict[int, int]) -> tuple[List[Pat
             paths.append(index[name])
             labels.append(case_to_class[parsed[0]])
     return paths, labels
-
-
-@torch.no_grad()
-def classify_paths(classifier: WorldClassifier, paths: Sequence[Path], batch_size: int = 128) -> List[int]:
-    """Predicted style index of each image file."""
-    out: List[int] = []
-    for start in range(0, len(paths), batch_size):
-        out += predict(classifier, load_images(paths[start : start + batch_size], IMAGE_SIZE))[0].tolist()
-    return out
 
 
 def accuracy_results(

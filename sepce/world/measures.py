@@ -28,7 +28,7 @@ from sepce.evaluation.results import OVERALL, metric_paths, stored_rows, write_m
 from sepce.evaluation.verify import verify_folders
 from sepce.prompt_csv import PromptRow
 from sepce.stats import BOOTSTRAP_DRAWS, Estimate, percentile_interval
-from sepce.world.classifier import WorldClassifier, feature_distance
+from sepce.world.concept_classifier import WorldClassifier, feature_distance
 from sepce.world.render import OBJECTS, STYLES, Scene, render
 
 RENDER_SEED = 20  # the ground-truth renders' master seed (fixed before any v2 run)

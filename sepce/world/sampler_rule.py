@@ -32,10 +32,10 @@ from sepce.classes import load_class_map
 from sepce.cli import Runtime
 from sepce.generation import GenerationSetup, SamplingSettings, generate_rows
 from sepce.modeling import resolve_model
-from sepce.prompts import PromptRow, read_prompt_csv
+from sepce.prompt_csv import PromptRow, read_prompt_csv
 from sepce.stats import Estimate, wilson
 from sepce.world.benchmark import CLASS_MAP, EVAL_CSV, HELD_OUT, IMAGE_SIZE, classify_paths
-from sepce.world.classifier import SHIPPED_CLASSIFIER, WorldClassifier, feature_distance, load_classifier
+from sepce.world.concept_classifier import SHIPPED_CLASSIFIER, WorldClassifier, feature_distance, load_classifier
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 
 log = logging.getLogger(__name__)

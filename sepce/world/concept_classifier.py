@@ -31,7 +31,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from sepce.world.render import OBJECTS, STYLES
 log = logging.getLogger(__name__)
 
 CLASSIFIER_FORMAT = "sepce-world-classifier-v1"
+IMAGE_SIZE = 64  # the world model's images, loaded at this size (the network area-resizes to its input_size)
 SHIPPED_CLASSIFIER = REPO_ROOT / "assets" / "world" / "classifier.safetensors"
 
 
@@ -214,6 +215,17 @@ def predict(model: WorldClassifier, images: torch.Tensor, batch_size: int = 256)
         styles.append(s.argmax(1))
         objects.append(o.argmax(1))
     return torch.cat(styles).numpy(), torch.cat(objects).numpy()
+
+
+@torch.no_grad()
+def classify_paths(model: WorldClassifier, paths: Sequence[Path], batch_size: int = 128) -> List[int]:
+    """Predicted style index of each image file (loaded at :data:`IMAGE_SIZE`)."""
+    from sepce.evaluation.loading import load_images
+
+    out: List[int] = []
+    for start in range(0, len(paths), batch_size):
+        out += predict(model, load_images(paths[start : start + batch_size], IMAGE_SIZE))[0].tolist()
+    return out
 
 
 def accuracies(model: WorldClassifier, images: np.ndarray, style: np.ndarray, obj: np.ndarray) -> dict:

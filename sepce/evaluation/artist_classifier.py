@@ -297,15 +297,20 @@ def accuracy_table(
 ) -> Tuple[List[dict], List[List[int]]]:
     """Per-class rows (``class, name, correct, images, accuracy_pct``), an overall row, the confusion matrix.
 
-    Classes in ``missing`` or without images get an empty accuracy (NaN).
+    Classes in ``missing`` or without images get an empty accuracy (NaN). A prediction outside the class map
+    (``sepce.evaluation.classifiers.NO_CLASS``: an ImageNet class no row names) counts as wrong and stays out of
+    the confusion matrix.
     """
     k = len(classes)
     confusion = [[0] * k for _ in range(k)]
+    totals = [0] * k
     for label, prediction in zip(labels, predictions):
-        confusion[int(label)][int(prediction)] += 1
+        totals[int(label)] += 1
+        if 0 <= int(prediction) < k:
+            confusion[int(label)][int(prediction)] += 1
     rows = []
     for c in classes:
-        total = sum(confusion[c.index])
+        total = totals[c.index]
         correct = confusion[c.index][c.index]
         value = 100.0 * correct / total if total and c.index not in missing else math.nan
         rows.append({"class": c.index, "name": c.name, "correct": correct, "images": total, "accuracy_pct": value})
