@@ -56,7 +56,7 @@ from sepce.evaluation.artist_classifier import accuracy_table
 from sepce.evaluation.common import fingerprint
 from sepce.evaluation.compare import CompareSettings, compare_folders
 from sepce.evaluation.fid import FID_WORLD_CLASSIFIER_NETWORK
-from sepce.evaluation.images import index_images, parse_image_name
+from sepce.evaluation.folder_accuracy import labelled_images
 from sepce.evaluation.results import stored_rows, write_metric
 from sepce.evaluation.table import ModelSpec
 from sepce.evaluation.verify import verify_folders
@@ -697,25 +697,13 @@ class ClassifierFeatures(torch.nn.Module):
         return self.classifier.features(images)
 
 
-def folder_images(folder: Path, case_to_class: Dict[int, int]) -> tuple[List[Path], List[int]]:
-    """Generated images of a model folder (flat or sorted into class folders) with their classes."""
-    index, _ = index_images(folder)
-    paths, labels = [], []
-    for name in sorted(index):
-        parsed = parse_image_name(name)
-        if parsed is not None and parsed[0] in case_to_class:
-            paths.append(index[name])
-            labels.append(case_to_class[parsed[0]])
-    return paths, labels
-
-
 def accuracy_results(
     folder: Path, classifier: WorldClassifier, classifier_id: str, case_to_class: Dict[int, int], classes
 ) -> List[dict]:
     """Style accuracy per class of a model folder → ``results/accuracy.csv``, each image's true and predicted
     style in ``accuracy.json`` (reused when inputs are unchanged)."""
     verify_folders(folder)
-    paths, labels = folder_images(folder, case_to_class)
+    paths, labels = labelled_images(folder, case_to_class)
     if not paths:
         raise ValueError(f"{folder} holds no generated images of the evaluation CSV")
     key = fingerprint(
