@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,6 +40,37 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     from sepce.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+def write_images(folder: Path, n: int = 3, size: int = 64, seed: int = 0) -> Path:
+    """``n`` random RGB images ``<i>_0.png`` (size x size) in ``folder`` (training images of a concept)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}_0.png")
+    return folder
+
+
+def world_attack_argv(tmp_path: Path, tiny_ckpt: Path, *attack_flags: str) -> list[str]:
+    """The argv of an attack script (attack-inversion.py, attack-adversarial-prompt.py) on the tiny model against
+    the world concept 'in the style of waves', judged by the shipped world classifier: writes two training images
+    under ``tmp_path/data`` and a two-row CSV; ``attack_flags`` go before the closing ``--classifier X --quiet``."""
+    from sepce.world.concept_classifier import SHIPPED_CLASSIFIER
+
+    write_images(tmp_path / "data" / "in the style of waves", n=2)
+    (tmp_path / "eval.csv").write_text(
+        "case_number,prompt,evaluation_seed,class\n0,in the style of waves,5,3\n1,in the style of dots,6,1\n"
+    )
+    config, classes = str(tiny_ckpt.parent / "config.yaml"), str(REPO / "data" / "world" / "classes.csv")
+    return [
+        "--model_name", "original", "--ckpt_path", str(tiny_ckpt), "--config_path", config,
+        "--prompt", "in the style of waves", "--classes", classes, "--data_dir", str(tmp_path / "data"),
+        "--prompts_path", str(tmp_path / "eval.csv"), "--save_path", str(tmp_path / "out"), "--num_samples", "2",
+        "--sampler", "ddim", "--ddim_steps", "4", "--image_size", "64", "--device", "cpu", *attack_flags,
+        "--classifier", str(SHIPPED_CLASSIFIER), "--quiet",
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, one_line_error
-from test_attack import write_images
+from conftest import one_line_error, world_attack_argv, write_images
 
 import sepce.adversarial as adv
 from sepce.attack import text_encoder, token_table
@@ -77,19 +76,8 @@ def test_script_world_classifier_end_to_end(tmp_path, tiny_ckpt, load_script, ca
     from sepce.stats import wilson
     from sepce.world.concept_classifier import SHIPPED_CLASSIFIER
 
-    write_images(tmp_path / "data" / "in the style of waves", n=2)
-    (tmp_path / "eval.csv").write_text(
-        "case_number,prompt,evaluation_seed,class\n0,in the style of waves,5,3\n1,in the style of dots,6,1\n"
-    )
     script = load_script(SCRIPT)
-    config, classes = str(tiny_ckpt.parent / "config.yaml"), str(REPO / "data" / "world" / "classes.csv")
-    argv = [
-        "--model_name", "original", "--ckpt_path", str(tiny_ckpt), "--config_path", config,
-        "--prompt", "in the style of waves", "--classes", classes, "--data_dir", str(tmp_path / "data"),
-        "--prompts_path", str(tmp_path / "eval.csv"), "--save_path", str(tmp_path / "out"), "--num_samples", "2",
-        "--sampler", "ddim", "--ddim_steps", "4", "--image_size", "64", "--device", "cpu", "--attack_steps", "2",
-        "--attack_batch_size", "2", "--classifier", str(SHIPPED_CLASSIFIER), "--quiet",
-    ]  # fmt: skip
+    argv = world_attack_argv(tmp_path, tiny_ckpt, "--attack_steps", "2", "--attack_batch_size", "2")
     out = script.main(script.parse_args(argv))
     folder = tmp_path / "out" / "original"
     assert sorted(p.name for p in (folder / "adversarial").glob("*.png")) == ["0_0.png", "0_1.png"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, assert_one_line_error, run_script
+from conftest import assert_one_line_error, run_script, world_attack_argv, write_images
 from PIL import Image
 
 from sepce import attack
@@ -25,14 +25,6 @@ from sepce.training import ImageFolder
 
 SCRIPT = "eval-scripts/attack-inversion.py"
 FAST = attack.AttackPreset(steps=3, batch_size=2, lr=5e-2, seed=0, init_word="art")
-
-
-def write_images(folder: Path, n: int = 3, size: int = 64, seed: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}_0.png")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -322,21 +314,8 @@ def test_script_checks_inputs_before_loading(inputs, load_script, monkeypatch):
 
 def test_script_world_classifier_and_templates(tmp_path, tiny_ckpt, load_script):
     """The world domain (templates, preset) and the world classifier (64 px style head) on the tiny model."""
-    from sepce.world.concept_classifier import SHIPPED_CLASSIFIER
-
-    write_images(tmp_path / "data" / "in the style of waves", n=2)
-    (tmp_path / "eval.csv").write_text(
-        "case_number,prompt,evaluation_seed,class\n0,in the style of waves,5,3\n1,in the style of dots,6,1\n"
-    )
     script = load_script(SCRIPT)
-    config, classes = str(tiny_ckpt.parent / "config.yaml"), str(REPO / "data" / "world" / "classes.csv")
-    argv = [
-        "--model_name", "original", "--ckpt_path", str(tiny_ckpt), "--config_path", config,
-        "--prompt", "in the style of waves", "--classes", classes, "--data_dir", str(tmp_path / "data"),
-        "--prompts_path", str(tmp_path / "eval.csv"), "--save_path", str(tmp_path / "out"), "--num_samples", "2",
-        "--sampler", "ddim", "--ddim_steps", "4", "--image_size", "64", "--device", "cpu", "--attack_steps", "1",
-        "--classifier", str(SHIPPED_CLASSIFIER), "--quiet",
-    ]  # fmt: skip
+    argv = world_attack_argv(tmp_path, tiny_ckpt, "--attack_steps", "1")
     summary = script.main(script.parse_args(argv))
     stored = json.loads((tmp_path / "out" / "original" / "results" / "attack.json").read_text())
     word = stored["embeddings"]["embedding-waves.safetensors"]
