@@ -18,42 +18,23 @@ prefix is also in <model folder>/adversarial/prompt-<concept>.json (reused when 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 from sepce.adversarial import PRESETS, VOCABULARIES, JudgeSettings, plan_adversarial, run_adversarial
-from sepce.attack import DOMAINS, domain_of
-from sepce.classes import classes_by_names, load_class_map
-from sepce.cli import EXIT_HELP, add_classes, add_prompts_path, parser, run
-from sepce.data_generation import data_folder_name
+from sepce.attack import add_optimiser_arguments, add_target_arguments, preset_from_args, target_from_args
+from sepce.cli import EXIT_HELP, parser, run
 from sepce.evaluation.classifiers import ClassifierKind
-from sepce.generation import (
-    add_model_arguments,
-    add_output_arguments,
-    add_sampling_arguments,
-    generation_setup,
-    model_from_args,
-)
-from sepce.paths import DATA_DIR
-from sepce.prompt_csv import read_prompt_csv
+from sepce.generation import add_sampling_arguments
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = parser(__doc__, EXIT_HELP)
-    add_model_arguments(p)
-    p.add_argument("--prompt", required=True, help="the concept: its class-map prompt or name")
-    p.add_argument(
-        "--data_dir",
-        type=Path,
-        default=DATA_DIR,
-        help="target images of the concept (from the ORIGINAL model) are read from <data_dir>/<prompt>/",
-    )
-    add_prompts_path(p, required=True)
-    add_classes(p)
-    add_output_arguments(p, save_help="the model folder is <save_path>/<output name>/")
-    p.add_argument(
-        "--domain", choices=("auto",) + DOMAINS, default="auto", help="preset: sd or world; auto: from the prompt"
+    add_target_arguments(
+        p,
+        prompt_help="the concept: its class-map prompt or name",
+        data_help="target images of the concept (from the ORIGINAL model) are read from <data_dir>/<prompt>/",
+        domain_help="preset: sd or world; auto: from the prompt",
     )
     p.add_argument(
         "--classifier_kind",
@@ -73,10 +54,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=None,
         help="tokens the prefix may use: full (CLIP's) or world (the world's captions'); None: the preset's",
     )
-    p.add_argument("--attack_steps", type=int, default=None, help="optimisation steps (None: the preset's)")
-    p.add_argument("--attack_lr", type=float, default=None, help="Adam learning rate (None: the preset's)")
-    p.add_argument("--attack_batch_size", type=int, default=None, help="target latents per step (None: preset)")
-    p.add_argument("--attack_seed", type=int, default=None, help="seed of the search (None: the preset's)")
+    add_optimiser_arguments(
+        p,
+        lr_help="Adam learning rate (None: the preset's)",
+        batch_help="target latents per step (None: preset)",
+        seed_help="seed of the search (None: the preset's)",
+    )
     p.add_argument("--init_word", default=None, help="single-token word the prefix starts from (None: preset)")
     p.add_argument("--overwrite", action="store_true", help="search again and redraw even when results exist")
     add_sampling_arguments(p)
@@ -85,36 +68,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> dict:
     # every check happens here and in plan_adversarial, before any model loads
-    setup = generation_setup(args)
-    classes = load_class_map(args.classes)
-    (concept,) = classes_by_names(classes, [args.prompt], "--prompt")
-    rows = read_prompt_csv(args.prompts_path, classes=classes, require_class=len(classes) > 1)
-    domain = domain_of(concept) if args.domain == "auto" else args.domain
-    overrides = {
-        "tokens": args.adv_tokens,
-        "steps": args.attack_steps,
-        "lr": args.attack_lr,
-        "batch_size": args.attack_batch_size,
-        "seed": args.attack_seed,
-        "init_word": args.init_word,
-        "vocabulary": args.adv_vocabulary,
-    }
-    preset = replace(PRESETS[domain], **{k: v for k, v in overrides.items() if v is not None})
+    target, setup, domain = target_from_args(args, require_class=None)
+    preset = preset_from_args(PRESETS[domain], args, tokens=args.adv_tokens, vocabulary=args.adv_vocabulary)
     if args.threshold is not None and not 0 < args.threshold <= 1:
         raise ValueError(f"--threshold {args.threshold!r}: expected a detection score in (0, 1]")
     judge = JudgeSettings(
         args.classifier, args.classifier_kind, Path(args.classes), args.threshold, not args.no_pretrained
     )
-    resolved = model_from_args(args)
     plan = plan_adversarial(
-        resolved,
-        concept,
-        classes,
-        rows,
-        Path(args.data_dir) / data_folder_name(concept.prompt, concept.name),
-        Path(args.save_path) / (args.output_name or resolved.folder_name),
-        setup.sampling,
-        setup.runtime,
+        target,
         judge,
         preset,
         num_samples=args.num_samples,
@@ -125,9 +87,11 @@ def main(args: argparse.Namespace) -> dict:
     out = run_adversarial(plan)
     row, prefix = out["row"], out["prefix"]
     how = f"searched in {prefix.meta['seconds']} s" if out["searched"] else "reused (same inputs)"
-    print(f"{out['prompt_path']}: prefix {prefix.text!r} ({how}); adversarial prompt: {prefix.text} {concept.prompt}")
     print(
-        f"ASR on {concept.name!r}: before {row['asr_before_pct']:.1f} % [{row['before_low_pct']:.1f}, "
+        f"{out['prompt_path']}: prefix {prefix.text!r} ({how}); adversarial prompt: {prefix.text} {plan.concept.prompt}"
+    )
+    print(
+        f"ASR on {plan.concept.name!r}: before {row['asr_before_pct']:.1f} % [{row['before_low_pct']:.1f}, "
         f"{row['before_high_pct']:.1f}] -> after {row['asr_after_pct']:.1f} % [{row['after_low_pct']:.1f}, "
         f"{row['after_high_pct']:.1f}] ({row['after']}/{row['images']} images)"
     )

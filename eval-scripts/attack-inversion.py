@@ -29,58 +29,42 @@ flags override it (recorded). --image_size is the size of the generated images a
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from sepce.attack import DOMAINS, PRESETS, domain_of, plan_attack, run_attack
-from sepce.classes import classes_by_names, load_class_map
-from sepce.cli import EXIT_HELP, add_classes, add_prompts_path, parser, run
-from sepce.data_generation import data_folder_name
-from sepce.generation import (
-    add_model_arguments,
-    add_output_arguments,
-    add_sampling_arguments,
-    generation_setup,
-    model_from_args,
+from sepce.attack import (
+    PRESETS,
+    add_optimiser_arguments,
+    add_target_arguments,
+    plan_attack,
+    preset_from_args,
+    run_attack,
+    target_from_args,
 )
-from sepce.paths import DATA_DIR
-from sepce.prompt_csv import read_prompt_csv
+from sepce.cli import EXIT_HELP, parser, run
+from sepce.generation import add_sampling_arguments
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = parser(__doc__, EXIT_HELP)
-    add_model_arguments(p)
-    p.add_argument(
-        "--prompt",
-        required=True,
-        help="the concept: its class-map prompt or name (e.g. 'Van Gogh', 'in the style of waves')",
-    )
-    p.add_argument(
-        "--data_dir",
-        type=Path,
-        default=DATA_DIR,
-        help="training images of the concept (from the ORIGINAL model) are read from <data_dir>/<prompt>/",
-    )
-    add_prompts_path(p, required=True)
-    add_classes(p)
-    add_output_arguments(p, save_help="the model folder is <save_path>/<output name>/")
-    p.add_argument(
-        "--domain",
-        choices=("auto",) + DOMAINS,
-        default="auto",
-        help="training templates and preset: sd, or world (the concept world); auto: world for a concept-world "
-        "style prompt ('in the style of waves'), else sd",
+    add_target_arguments(
+        p,
+        prompt_help="the concept: its class-map prompt or name (e.g. 'Van Gogh', 'in the style of waves')",
+        data_help="training images of the concept (from the ORIGINAL model) are read from <data_dir>/<prompt>/",
+        domain_help="training templates and preset: sd, or world (the concept world); auto: world for a "
+        "concept-world style prompt ('in the style of waves'), else sd",
     )
     p.add_argument(
         "--init_word",
         default=None,
         help="single-token word v* starts from (None: the preset's: 'art' for SD, 'thing' for the world)",
     )
-    p.add_argument("--attack_steps", type=int, default=None, help="optimisation steps (None: the preset's)")
-    p.add_argument("--attack_lr", type=float, default=None, help="Adam learning rate of v* (None: the preset's)")
-    p.add_argument("--attack_batch_size", type=int, default=None, help="images per step (None: the preset's)")
-    p.add_argument("--attack_seed", type=int, default=None, help="seed of the optimisation (None: the preset's)")
+    add_optimiser_arguments(
+        p,
+        lr_help="Adam learning rate of v* (None: the preset's)",
+        batch_help="images per step (None: the preset's)",
+        seed_help="seed of the optimisation (None: the preset's)",
+    )
     p.add_argument(
         "--classifier",
         type=Path,
@@ -99,30 +83,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> dict:
     # every check happens here and in plan_attack, before any model loads
-    setup = generation_setup(args)
-    classes = load_class_map(args.classes)
-    (concept,) = classes_by_names(classes, [args.prompt], "--prompt")
-    rows = read_prompt_csv(args.prompts_path, classes=classes, require_class=True)
-    domain = domain_of(concept) if args.domain == "auto" else args.domain
-    overrides = {
-        "steps": args.attack_steps,
-        "lr": args.attack_lr,
-        "batch_size": args.attack_batch_size,
-        "seed": args.attack_seed,
-        "init_word": args.init_word,
-    }
-    preset = replace(PRESETS[domain], **{k: v for k, v in overrides.items() if v is not None})
-    resolved = model_from_args(args)
+    target, setup, domain = target_from_args(args, require_class=True)
     plan = plan_attack(
-        resolved,
-        concept,
-        classes,
-        rows,
-        Path(args.data_dir) / data_folder_name(concept.prompt, concept.name),
-        Path(args.save_path) / (args.output_name or resolved.folder_name),
-        setup.sampling,
-        setup.runtime,
-        preset=preset,
+        target,
+        preset=preset_from_args(PRESETS[domain], args),
         domain=domain,
         num_samples=args.num_samples,
         batch_size=setup.batch_size,
@@ -145,7 +109,8 @@ def main(args: argparse.Namespace) -> dict:
     if "accuracy" in summary:
         row = summary["accuracy"]
         print(
-            f"attack accuracy on {concept.name!r}: {row['accuracy_pct']:.1f} % ({row['correct']}/{row['images']}); "
+            f"attack accuracy on {plan.concept.name!r}: {row['accuracy_pct']:.1f} % "
+            f"({row['correct']}/{row['images']}); "
             f"{plan.model_folder / 'results' / 'attack.csv'}"
         )
     return summary

@@ -41,7 +41,15 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from sepce.attack import PLACEHOLDER, Slots, TrainingLatents, slot_prompts, text_encoder, token_table
+from sepce.attack import (
+    PLACEHOLDER,
+    AttackTarget,
+    Slots,
+    TrainingLatents,
+    slot_prompts,
+    text_encoder,
+    token_table,
+)
 from sepce.classes import ConceptClass
 from sepce.cli import Runtime
 from sepce.evaluation.classifiers import ClassifierKind, check_classifier, open_classifier
@@ -354,14 +362,7 @@ class AdversarialPlan:
 
 
 def plan_adversarial(
-    resolved: ResolvedModel,
-    concept: ConceptClass,
-    classes: Sequence[ConceptClass],
-    rows: Sequence[PromptRow],
-    data_folder: Path,
-    model_folder: Path,
-    sampling: SamplingSettings,
-    runtime: Runtime,
+    target: AttackTarget,
     judge: JudgeSettings,
     preset: AdversarialPreset,
     *,
@@ -373,21 +374,22 @@ def plan_adversarial(
     """Validate without loading a model: the concept's rows, target images, init word and prompts against the
     tokenizer, the judge, and what the folder already holds (a prefix found from other inputs needs
     ``overwrite``)."""
+    resolved, concept, classes, sampling = target.resolved, target.concept, target.classes, target.sampling
     preset = preset.validate()
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"--num_samples {num_samples} and --batch_size {batch_size} must be >= 1")
     single = len(classes) == 1  # a one-class map (nudity): rows without a class (the I2P file) are its rows
-    mine = [row for row in rows if row.class_index == concept.index or (single and row.class_index is None)]
+    mine = [row for row in target.rows if row.class_index == concept.index or (single and row.class_index is None)]
     if not mine:
         raise ValueError(f"the prompt CSV has no row of class {concept.index} ({concept.name!r})")
-    images = ImageFolder(data_folder, sampling.image_size)
+    images = ImageFolder(target.data_folder, sampling.image_size)
     tokenizer = tokenizer_from_config(resolved.config_path)
     texts = [prefixed_prompt(p, preset.tokens) for p in [concept.prompt] + [r.prompt for r in mine]]
     slot_prompts(tokenizer, texts, preset.init_word)
     kind = check_classifier(judge.path, classes, judge.kind, judge.class_map, judge.pretrained)
     plan = AdversarialPlan(
-        resolved, concept, list(classes), images, mine, preset, sampling, Path(model_folder), num_samples,
-        batch_size, runtime, judge, kind, overwrite, progress,
+        resolved, concept, list(classes), images, mine, preset, sampling, Path(target.model_folder), num_samples,
+        batch_size, target.runtime, judge, kind, overwrite, progress,
     )  # fmt: skip
     if plan.prompt_path.is_file() and not overwrite and _stored(plan) is None:
         raise FileExistsError(f"{plan.prompt_path} was found from other inputs; pass --overwrite to search again")

@@ -41,6 +41,7 @@ accuracy on all of them per class, with each image's true and predicted class an
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -49,18 +50,23 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from sepce.classes import ConceptClass
-from sepce.cli import Runtime
+from sepce.classes import ConceptClass, classes_by_names, load_class_map
+from sepce.cli import Runtime, add_classes, add_prompts_path
 from sepce.evaluation.classifiers import ClassifierKind, open_classifier, resolve_kind
 from sepce.generation import (
+    GenerationSetup,
     ImageSampler,
     SamplingSettings,
+    add_model_arguments,
+    add_output_arguments,
     folder_settings,
+    generation_setup,
     image_name,
+    model_from_args,
     plan_jobs,
     png_text,
     run_jobs,
@@ -68,8 +74,8 @@ from sepce.generation import (
 from sepce.generation import check_folder_settings as check_generation_settings
 from sepce.io import atomic_write
 from sepce.modeling import ResolvedModel, load_resolved, tokenizer_from_config
-from sepce.paths import concept_slug
-from sepce.prompt_csv import PromptRow, case_classes
+from sepce.paths import DATA_DIR, concept_slug
+from sepce.prompt_csv import PromptRow, case_classes, read_prompt_csv
 from sepce.training import ImageFolder, ParameterTrainer, TrainStep
 
 log = logging.getLogger(__name__)
@@ -476,6 +482,22 @@ class AttackSampler(ImageSampler):
 
 # ------------------------------------------------------------------------------------------------ the attack
 @dataclass
+class AttackTarget:
+    """What an attack aims at (this module's and :mod:`sepce.adversarial`'s): the model, the concept with its class
+    map and the prompt CSV's rows, the concept's training images (made by the ORIGINAL model) and the model's
+    folder of ``generate-images.py``, sampled with ``sampling`` on ``runtime``."""
+
+    resolved: ResolvedModel
+    concept: ConceptClass
+    classes: Sequence[ConceptClass]
+    rows: Sequence[PromptRow]
+    data_folder: Path
+    model_folder: Path
+    sampling: SamplingSettings
+    runtime: Runtime
+
+
+@dataclass
 class AttackPlan:
     """Everything :func:`run_attack` needs, validated by :func:`plan_attack` before any model loads."""
 
@@ -523,14 +545,7 @@ def embedding_path(model_folder: Path, concept: ConceptClass) -> Path:
 
 
 def plan_attack(
-    resolved: ResolvedModel,
-    concept: ConceptClass,
-    classes: Sequence[ConceptClass],
-    rows: Sequence[PromptRow],
-    data_folder: Path,
-    model_folder: Path,
-    sampling: SamplingSettings,
-    runtime: Runtime,
+    target: AttackTarget,
     *,
     preset: Optional[AttackPreset] = None,
     domain: Optional[str] = None,
@@ -546,6 +561,8 @@ def plan_attack(
     ``overwrite`` is needed)."""
     from sepce.evaluation.common import file_signature
 
+    resolved, concept, classes, rows = target.resolved, target.concept, target.classes, target.rows
+    sampling, runtime = target.sampling, target.runtime
     domain = domain or domain_of(concept)
     if domain not in DOMAINS:
         raise ValueError(f"--domain {domain!r}: expected one of {list(DOMAINS)}")
@@ -554,7 +571,7 @@ def plan_attack(
         raise ValueError(f"--num_samples {num_samples} and --batch_size {batch_size} must be >= 1")
     templates = TEMPLATES[domain]
     chosen = attack_rows(rows, concept)
-    images = ImageFolder(data_folder, sampling.image_size)
+    images = ImageFolder(target.data_folder, sampling.image_size)
     tokenizer = tokenizer_from_config(resolved.config_path)
     slot_prompts(tokenizer, list(templates) + [row.prompt for row in chosen], preset.init_word)
     kind = resolve_kind(classifier) if classifier is not None else None
@@ -579,7 +596,7 @@ def plan_attack(
         templates,
         preset,
         sampling,
-        Path(model_folder),
+        Path(target.model_folder),
         num_samples,
         batch_size,
         runtime,
@@ -735,3 +752,69 @@ def run_attack(plan: AttackPlan) -> dict:
         write_metric(plan.model_folder, RESULTS_METRIC, rows, RESULT_COLUMNS, meta)
     summary["accuracy"] = next(r for r in rows if r["class"] == plan.concept.index)
     return summary
+
+
+# ------------------------------------------------------------------------------------------------ the scripts
+def add_target_arguments(p: argparse.ArgumentParser, *, prompt_help: str, data_help: str, domain_help: str) -> None:
+    """The flags of the attack scripts (``attack-inversion.py``, ``attack-adversarial-prompt.py``) that name the
+    target (:func:`target_from_args`): the model, ``--prompt``, ``--data_dir``, the prompt CSV and class map, the
+    output folder and ``--domain``; the help texts that differ are the script's."""
+    add_model_arguments(p)
+    p.add_argument("--prompt", required=True, help=prompt_help)
+    p.add_argument("--data_dir", type=Path, default=DATA_DIR, help=data_help)
+    add_prompts_path(p, required=True)
+    add_classes(p)
+    add_output_arguments(p, save_help="the model folder is <save_path>/<output name>/")
+    p.add_argument("--domain", choices=("auto",) + DOMAINS, default="auto", help=domain_help)
+
+
+def add_optimiser_arguments(p: argparse.ArgumentParser, *, lr_help: str, batch_help: str, seed_help: str) -> None:
+    """The attack scripts' ``--attack_steps/lr/batch_size/seed`` (None: the preset's; :func:`preset_from_args`)."""
+    p.add_argument("--attack_steps", type=int, default=None, help="optimisation steps (None: the preset's)")
+    p.add_argument("--attack_lr", type=float, default=None, help=lr_help)
+    p.add_argument("--attack_batch_size", type=int, default=None, help=batch_help)
+    p.add_argument("--attack_seed", type=int, default=None, help=seed_help)
+
+
+def target_from_args(
+    args: argparse.Namespace, *, require_class: Optional[bool] = True
+) -> Tuple[AttackTarget, GenerationSetup, str]:
+    """The target, generation setup and domain (``--domain auto``: :func:`domain_of`) that the flags of
+    :func:`add_target_arguments` and ``add_sampling_arguments`` name, checked (one-line errors) without loading a
+    model; ``require_class``: every CSV row must name its class (None: when the class map has several classes; a
+    one-class map, nudity, takes rows without one)."""
+    from sepce.data_generation import data_folder_name
+
+    setup = generation_setup(args)
+    classes = load_class_map(args.classes)
+    (concept,) = classes_by_names(classes, [args.prompt], "--prompt")
+    if require_class is None:
+        require_class = len(classes) > 1
+    rows = read_prompt_csv(args.prompts_path, classes=classes, require_class=require_class)
+    domain = domain_of(concept) if args.domain == "auto" else args.domain
+    resolved = model_from_args(args)
+    target = AttackTarget(
+        resolved,
+        concept,
+        classes,
+        rows,
+        Path(args.data_dir) / data_folder_name(concept.prompt, concept.name),
+        Path(args.save_path) / (args.output_name or resolved.folder_name),
+        setup.sampling,
+        setup.runtime,
+    )
+    return target, setup, domain
+
+
+def preset_from_args(preset: Any, args: argparse.Namespace, **extra: Any) -> Any:
+    """``preset`` (an attack preset dataclass) with the fields that ``--attack_steps/lr/batch_size/seed``,
+    ``--init_word`` and ``extra`` set (None: keep the preset's)."""
+    overrides = {
+        "steps": args.attack_steps,
+        "lr": args.attack_lr,
+        "batch_size": args.attack_batch_size,
+        "seed": args.attack_seed,
+        "init_word": args.init_word,
+        **extra,
+    }
+    return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
