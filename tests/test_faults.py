@@ -26,7 +26,7 @@ from PIL import Image
 import sepce.generation as G
 from sepce.cli import EXIT_CHECK_FAILED
 from sepce.cli import run as run_cli
-from sepce.evaluation.compare import compare_folders
+from sepce.evaluation.compare import CompareSettings, compare_folders
 from sepce.evaluation.verify import FolderIntegrityError, verify_folders
 from sepce.folders import IMAGES_KEY, SETTINGS_FILE
 from sepce.io import save_torch, sha256_file
@@ -394,7 +394,8 @@ def test_scorers_refuse_folders_changed_after_generation(base, tmp_path, prompts
         def unused():
             raise AssertionError("a metric network was built for a folder that should be refused")
 
-        compare_folders(original, edited, classes_of, [], torch.device("cpu"), ("lpips",), lpips_factory=unused)
+        settings = CompareSettings(metrics=("lpips",), lpips_factory=unused)
+        compare_folders(original, edited, classes_of, [], torch.device("cpu"), settings)
 
     saved = (edited / "0_0.png").read_bytes()
     shutil.copy(edited / "0_1.png", edited / "0_0.png")
