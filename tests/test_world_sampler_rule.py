@@ -73,8 +73,8 @@ def test_held_out_rows_and_bad_settings(tmp_path):
     assert len(rows) == 100 and {r.prompt for r in rows} == {"in the style of grid", "in the style of stripes"}
     with pytest.raises(ValueError, match="--styles \\['plaid'\\]"):
         R.held_out_rows(R.RuleSettings(tmp_path, 2, styles=("plaid",)))
-    with pytest.raises(ValueError, match="fewer than 51 seeds"):
-        R.held_out_rows(R.RuleSettings(tmp_path, 51))
+    with pytest.raises(ValueError, match="fewer than 101 seeds"):  # data/world/evaluate.csv: 100 per style
+        R.held_out_rows(R.RuleSettings(tmp_path, 101))
     with pytest.raises(ValueError, match="--ddim_steps 9: the CompVis uniform DDIM"):
         R.RuleSettings(tmp_path, 2, candidates=(("ddim", 9),))
 
