@@ -98,8 +98,13 @@ def read_record(folder: Path, metric: str) -> Optional[dict]:
 
 
 def bootstrap_fid(a: np.ndarray, b: np.ndarray, draws: int = QUALITY_DRAWS, seed: int = 0) -> Estimate:
-    """FID of feature sets ``a`` (model) and ``b`` (renders, paired by index) with a percentile bootstrap over
-    images (pairs resampled together)."""
+    """FID of feature sets ``a`` (model) and ``b`` (renders, paired by index) with a bias-corrected percentile
+    bootstrap over images (pairs resampled together): the percentile interval shifted by the resamples' median
+    excess over the estimate, floored at 0.
+
+    A resample repeats images, which shrinks the feature covariances' rank and biases the resampled FID upwards;
+    the plain percentile interval then can miss the estimate altogether (seen: 23.2 [24.8, 40.0]). Shifting by the
+    bootstrap bias (Efron & Tibshirani 1993, §10.2) keeps the interval's width and puts the estimate inside it."""
     value = fid_from_features(a, b)
     rng = np.random.default_rng(seed)
     out = np.empty(draws)
@@ -107,7 +112,8 @@ def bootstrap_fid(a: np.ndarray, b: np.ndarray, draws: int = QUALITY_DRAWS, seed
         idx = rng.integers(0, len(a), len(a))
         out[j] = fid_from_features(a[idx], b[idx])
     lo, hi = percentile_interval(out)
-    return Estimate(value, lo, hi)
+    bias = float(np.median(out)) - value
+    return Estimate(value, max(0.0, lo - bias), hi - bias)
 
 
 def mean_interval(values: Sequence[float], draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> Estimate:
