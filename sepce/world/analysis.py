@@ -196,12 +196,18 @@ def _all(verdicts: Sequence[str], good: str, bad: str) -> str:
     return "no" if bad in verdicts else "undecided"
 
 
+def within_drop_range(e: Estimate) -> Estimate:
+    """A drop's interval cut to what a drop in points can be, [−100, 100] (a t interval can run past it)."""
+    return Estimate(e.value, max(-100.0, e.low), min(100.0, e.high))
+
+
 def over_styles(estimates: Sequence[Estimate]) -> Estimate:
-    """A mean over styles: t interval over the per-style values (styles − 1 df); one style keeps its interval."""
+    """A mean over styles: t interval over the per-style values (styles − 1 df), within [−100, 100]; one style
+    keeps its interval."""
     defined = [e for e in estimates if not math.isnan(e.value)]
     if len(defined) == 1:
         return defined[0]
-    return t_interval([e.value for e in defined])
+    return within_drop_range(t_interval([e.value for e in defined]))
 
 
 @dataclass(frozen=True)
