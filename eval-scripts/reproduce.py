@@ -185,8 +185,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--runner",
         choices=("auto", "subprocess", "inprocess"),
         default="auto",
-        help="local launcher, one job: run each step in a new Python process, or in this one (faster start-up); "
-        "auto: in-process for --tiny",
+        help="local launcher: run each step in a new Python process, or in this one (--jobs 1) / in --jobs worker "
+        "processes started once (faster start-up); auto: in-process for --tiny",
     )
     add_launcher(p)
     add_quiet(p)
@@ -208,15 +208,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.devices is None:
         args.devices = "cpu" if args.device == "cpu" else "0"
-    one_local_job = args.launcher == "local" and args.jobs == 1
+    local = args.launcher == "local"
     if args.runner == "auto":
-        args.runner = "inprocess" if args.tiny and one_local_job and args.nproc_per_node == 1 else "subprocess"
+        args.runner = "inprocess" if args.tiny and local and args.nproc_per_node == 1 else "subprocess"
     if args.nproc_per_node > 1 and args.runner == "inprocess":
         p.error("--nproc_per_node > 1 launches torchrun; use --runner subprocess")
-    if args.runner == "inprocess" and not one_local_job:
-        p.error(
-            f"--runner inprocess runs one step at a time here; not with --launcher {args.launcher} --jobs {args.jobs}"
-        )
+    if args.runner == "inprocess" and not local:
+        p.error(f"--runner inprocess runs steps in local interpreters; not with --launcher {args.launcher}")
     if args.cases_per_class is not None and not args.tiny:
         p.error("--cases_per_class subsets the CSV for --tiny runs; give a smaller --prompts_path instead")
     return args

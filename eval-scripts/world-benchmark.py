@@ -4,7 +4,7 @@ concept inversion, measure accuracy / feature distance / FID with the world clas
 
     python eval-scripts/world-benchmark.py --form short          # a few minutes on 2 CPU cores (README quick start)
     python eval-scripts/world-benchmark.py --form full           # one erasure per method, with the attack
-    python eval-scripts/world-benchmark.py --form sweep --jobs 2 # every method x every reported style x 5 seeds
+    python eval-scripts/world-benchmark.py --form sweep          # every method x every reported style x 5 seeds
     python eval-scripts/world-benchmark.py --form short --dry_run   # the commands, as a shell script
     python eval-scripts/world-benchmark.py --form sweep --launcher slurm --slurm_partition cpu   # one job per step
 
@@ -17,7 +17,8 @@ reported style (--styles) with every --seeds (training seed i on evaluation-seed
 triples, and writes sweep.md with the same v2 tables pooled over the runs.
 Method flags are the world presets unless overridden with --preset 'CiE=--lr 1e-4 --iterations 100' (how the
 presets were tuned, on the held-out styles: --form tune --concept grid --sepce_concepts grid stripes).
-Steps go to the pipeline runner (sepce/pipeline): --jobs at once as one-thread processes, or as submitit jobs
+Steps go to the pipeline runner (sepce/pipeline): --jobs at once (on the CPU one per core by default) in one-thread
+worker processes started once (--runner subprocess: a process per step), or as submitit jobs
 (--launcher submitit-local / slurm; a folder and log per job under <work_dir>/jobs/).
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import shlex
 from pathlib import Path
 from typing import Optional, Sequence
@@ -114,8 +116,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--runner",
         choices=("subprocess", "inprocess"),
         default="inprocess",
-        help="run each script in this interpreter (faster) or in a new Python process (always with --jobs > 1 "
-        "or a submitit launcher)",
+        help="local launcher: run the scripts in this interpreter (--jobs 1) or in --jobs worker processes started "
+        "once (no start-up per step: faster), or each in a new Python process (always with a submitit launcher)",
     )
     p.add_argument(
         "--device",
@@ -131,7 +133,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_launcher(p)
     add_quiet(p)
     args = p.parse_args(argv)
-    check_launcher(p, args)
+    check_launcher(p, args, local_jobs=len(os.sched_getaffinity(0)) if args.device == "cpu" else 1)
     if args.batch_size < 1:
         p.error(f"--batch_size {args.batch_size} must be >= 1")
     if len(set(args.sepce_concepts)) != len(args.sepce_concepts):
@@ -167,7 +169,7 @@ def main(args: argparse.Namespace) -> Optional[dict]:
     parse_device(args.device)  # one line before anything runs when the device does not exist
     plan = plan_benchmark(lay, form, cells, presets, args.batch_size, args.quiet, args.device, args.attacks)
     steps = [s for s in plan.steps if s.stage in args.stages]
-    inprocess = args.runner == "inprocess" and args.launcher == "local" and args.jobs == 1
+    inprocess = args.runner == "inprocess" and args.launcher == "local"
     launch = launch_of(args, jobs_dir(lay.work), inprocess)
     if args.dry_run:
         print(dry_run(steps, launch), end="")

@@ -259,7 +259,8 @@ def add_launcher(p: argparse.ArgumentParser) -> None:
         "--jobs",
         type=positive_int,
         default=None,
-        help="steps running at once (None: 1 for the local launchers, every ready step for slurm)",
+        help="steps running at once (None: every ready step for slurm; for the local launchers 1, or one per CPU "
+        "core for world-benchmark.py on the CPU)",
     )
     g.add_argument("--slurm_partition", default=None, help="slurm: the partition every job goes to (required)")
     g.add_argument("--slurm_account", default=None, help="slurm: the account jobs are charged to")
@@ -278,8 +279,9 @@ def add_launcher(p: argparse.ArgumentParser) -> None:
     )
 
 
-def check_launcher(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse launcher flags that do not fit together (argparse's error exit); fill in ``--jobs``."""
+def check_launcher(p: argparse.ArgumentParser, args: argparse.Namespace, local_jobs: int = 1) -> None:
+    """Refuse launcher flags that do not fit together (argparse's error exit); fill in ``--jobs`` (``local_jobs``
+    for the local launchers)."""
     slurm_flags = [f"--{k}" for k in ("slurm_partition", "slurm_account", "slurm_gpus_per_job", "slurm_time")]
     given = [f for f in slurm_flags if getattr(args, f[2:]) is not None]
     if args.launcher == "slurm" and args.slurm_partition is None:
@@ -287,7 +289,7 @@ def check_launcher(p: argparse.ArgumentParser, args: argparse.Namespace) -> None
     if args.launcher != "slurm" and given:
         p.error(f"{', '.join(given)} only apply to --launcher slurm, not {args.launcher}")
     if args.jobs is None and args.launcher != "slurm":
-        args.jobs = 1
+        args.jobs = local_jobs
 
 
 def launch_of(args: argparse.Namespace, jobs_dir: Path, inprocess: bool):

@@ -128,7 +128,7 @@ def test_slurm_dry_run_lists_jobs_with_resources_and_dependencies(tmp_path, caps
     for bad, error in (
         (["--launcher", "slurm"], "--launcher slurm needs --slurm_partition"),
         (["--slurm_time", "5"], "--slurm_time only apply to --launcher slurm, not local"),
-        (["--jobs", "2", "--runner", "inprocess"], "--runner inprocess runs one step at a time here"),
+        (["--launcher", "submitit-local", "--runner", "inprocess"], "--runner inprocess runs steps in local interp"),
     ):
         with pytest.raises(SystemExit) as info:  # argparse's usage error
             script.parse_args(["--tiny", "--dry_run", *bad])
@@ -278,6 +278,49 @@ def test_slurm_launcher_refuses_a_machine_without_slurm(tmp_path, monkeypatch):
     assert not (tmp_path / "one").exists() and not (tmp_path / "jobs").exists()
 
 
+def test_workers_run_steps_in_long_lived_interpreters(tmp_path):
+    """--runner inprocess with --jobs 2: the steps run in two worker processes started once (each runs several
+    steps, imports stay loaded), side by side; a step that raises or exits non-zero fails with one line and its
+    worker goes on; a step that kills its worker fails too, and the next step gets a new worker."""
+    script = tmp_path / "step.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "out, how = sys.argv[1], sys.argv[2]\n"
+        "time.sleep(0.3)\n"
+        "if how == 'raise': raise RuntimeError('bad step')\n"
+        "if how == 'exit': sys.exit(3)\n"
+        "if how == 'die': os._exit(9)\n"
+        "seen = 'yes' if 'sepce.pipeline.executors' in sys.modules else 'no'\n"
+        "open(out, 'w').write(f'{os.getpid()} {os.getppid()} {seen}')\n"
+    )
+
+    def step(name: str, how: str = "ok", reads=()) -> ScriptStep:
+        out = tmp_path / name
+        return ScriptStep("s", name, [str(script), str(out), how], reads=tuple(reads), writes=(out,), skip_if=out)
+
+    steps = [step(f"ok{i}") for i in range(4)]
+    steps += [step("raise", "raise"), step("exit", "exit"), step("after raise", reads=[tmp_path / "raise"])]
+    steps += [step("die", "die"), step("after die")]
+    lines: list = []
+    with pytest.raises(StepFailed) as info:
+        run_plan(steps, Launch(jobs=2, inprocess=True), say=lines.append)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "step 'raise' failed (exit status 1)" in message and "step 'exit' failed (exit status 3)" in message
+    assert "step 'die' failed (its worker process died (9))" in message
+    assert "1 step(s) depending on them not run" in message
+    written = {s.name: (tmp_path / s.name).read_text().split() for s in steps if (tmp_path / s.name).exists()}
+    assert set(written) == {"ok0", "ok1", "ok2", "ok3", "after die"}
+    assert all(seen == "yes" and int(parent) == os.getpid() for _, parent, seen in written.values())
+    pids = {pid for pid, _, _ in written.values()}
+    ok_pids = {written[f"ok{i}"][0] for i in range(4)}
+    assert len(ok_pids) == 2  # four steps, two workers (each started once)
+    assert sum(line.startswith("    worker ") for line in lines) == len(steps) - 1  # every step but the not-run one
+    for pid in pids:  # every worker ended with the run
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+
+
 def _interrupt_once_written(path: Path) -> None:
     """Ctrl-C, once the other step's process has written ``path``."""
     deadline = time.monotonic() + 60
@@ -295,8 +338,9 @@ def _terminate_once_written(path: Path) -> None:
     time.sleep(5)  # the handler interrupts this
 
 
+@pytest.mark.parametrize("inprocess", [False, True], ids=["processes", "workers"])
 @pytest.mark.parametrize("stop", [_interrupt_once_written, _terminate_once_written], ids=["ctrl-c", "sigterm"])
-def test_an_interrupted_run_ends_its_running_steps(tmp_path, stop):
+def test_an_interrupted_run_ends_its_running_steps(tmp_path, stop, inprocess):
     """Ctrl-C or SIGTERM in the launching process: the steps it started end too (none goes on writing unwatched);
     the signal handler is put back afterwards."""
     script = tmp_path / "slow.py"
@@ -308,7 +352,7 @@ def test_an_interrupted_run_ends_its_running_steps(tmp_path, stop):
     ]
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        run_plan(steps, Launch(jobs=2))
+        run_plan(steps, Launch(jobs=2, inprocess=inprocess))
     assert time.monotonic() - started < 50
     with pytest.raises(ProcessLookupError):  # terminated and reaped
         os.kill(int(pid_file.read_text()), 0)

@@ -1,5 +1,6 @@
 """Where a step runs (``--launcher``): ``local`` -- as a process of its own beside up to ``--jobs`` others, each
-with its own GPU(s) through ``CUDA_VISIBLE_DEVICES`` (or, for one job at a time, in this interpreter);
+with its own GPU(s) through ``CUDA_VISIBLE_DEVICES`` (``inprocess``: for one job at a time in this interpreter,
+for several in that many long-lived worker processes, :mod:`sepce.pipeline.worker`, started once);
 ``submitit-local`` and ``slurm`` -- as a job of submitit (its local executor: a subprocess with a job folder and
 log; or a Slurm job with the step's resources). Nothing here schedules across machines: each step maps to one
 submitit job and submitit does the rest.
@@ -7,9 +8,11 @@ submitit job and submitit does the rest.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import runpy
+import select
 import shutil
 import subprocess
 import sys
@@ -44,7 +47,7 @@ class Launch:
 
     launcher: str = "local"  # one of LAUNCHERS
     jobs: Optional[int] = 1  # steps running at once (None: every ready step; the Slurm default)
-    inprocess: bool = False  # local, one job at a time: run the scripts in this interpreter (no start-up per step)
+    inprocess: bool = False  # local: run the scripts in this interpreter (one job) or in --jobs workers (several)
     jobs_dir: Optional[Path] = None  # submitit: one folder per step with its job's log
     slurm: Optional[SlurmSettings] = None
 
@@ -55,15 +58,17 @@ class Launch:
             raise ValueError("the slurm launcher needs a partition (--slurm_partition)")
         if self.launcher in SUBMITIT_LAUNCHERS and self.jobs_dir is None:
             raise ValueError(f"the {self.launcher} launcher needs a folder for its jobs")
-        if self.inprocess and (self.launcher != "local" or self.jobs != 1):
-            raise ValueError("running steps in this interpreter needs the local launcher and one job at a time")
+        if self.inprocess and self.launcher != "local":
+            raise ValueError("running steps in long-lived interpreters needs the local launcher")
         if self.jobs is not None and self.jobs < 1:
             raise ValueError(f"jobs {self.jobs} must be >= 1")
 
     def describe(self) -> str:
         jobs = "every ready step at once" if self.jobs is None else f"up to {self.jobs} step(s) at once"
         if self.launcher == "local":
-            where = "in this interpreter" if self.inprocess else "as local processes"
+            where = "as local processes"
+            if self.inprocess:
+                where = "in this interpreter" if self.jobs == 1 else "in worker processes started once (one per job)"
             return f"launcher local: steps run {where}, {jobs}"
         text = f"launcher {self.launcher}: every step is one submitit job (log in {self.jobs_dir}/<step>/), {jobs}"
         if self.slurm is not None:
@@ -147,24 +152,121 @@ def run_in_process(step: ScriptStep) -> int:
     """Run a step's script in this interpreter as ``__main__`` (or call its function); returns its exit status."""
     if step.call is not None:
         return call_step(step)
+    return run_script(step.argv)
+
+
+def run_script(argv: Sequence[str]) -> int:
+    """Run a script (``argv[0]`` relative to the repository root) or ``-m module`` in this interpreter as
+    ``__main__``, with ``argv`` as its ``sys.argv``; returns its exit status (an exception: traceback, 1)."""
     saved = sys.argv
     try:
-        if step.argv[0] == "-m":
-            sys.argv = [step.argv[1], *step.argv[2:]]
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
             with warnings.catch_warnings():  # "found in sys.modules": the module is imported already; harmless
                 warnings.simplefilter("ignore", RuntimeWarning)
-                runpy.run_module(step.argv[1], run_name="__main__", alter_sys=True)
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
         else:
-            sys.argv = [str(REPO_ROOT / step.argv[0]), *step.argv[1:]]
+            sys.argv = [str(REPO_ROOT / argv[0]), *argv[1:]]
             runpy.run_path(sys.argv[0], run_name="__main__")
     except SystemExit as exit_:
         if isinstance(exit_.code, str):
             print(exit_.code, file=sys.stderr)
             return 1
         return int(exit_.code or 0)
+    except Exception:
+        traceback.print_exc()
+        return 1
     finally:
         sys.argv = saved
     return 0
+
+
+class Worker:
+    """A long-lived step process (:mod:`sepce.pipeline.worker`) with the environment it was started with; runs one
+    step at a time."""
+
+    def __init__(self, env: Dict[str, str]):
+        self.env = dict(env)
+        to_worker, self._commands = os.pipe()
+        self._answers, from_worker = os.pipe()
+        command = [sys.executable, "-m", "sepce.pipeline.worker", str(to_worker), str(from_worker)]
+        self.process = subprocess.Popen(
+            command, env={**os.environ, **env}, stdin=subprocess.DEVNULL, pass_fds=(to_worker, from_worker)
+        )
+        os.close(to_worker)
+        os.close(from_worker)
+        self._buffer = b""
+        self.started = 0.0
+
+    def send(self, argv: Sequence[str]) -> None:
+        """Start a step."""
+        self.started = time.monotonic()
+        os.write(self._commands, (json.dumps({"argv": list(argv)}) + "\n").encode())
+
+    def poll(self) -> Optional[Outcome]:
+        """The running step's outcome once it ended (the worker's answer, or its death), else None."""
+        while select.select([self._answers], [], [], 0)[0]:
+            chunk = os.read(self._answers, 4096)
+            if not chunk:
+                break
+            self._buffer += chunk
+            if self._buffer.endswith(b"\n"):
+                answer = json.loads(self._buffer)
+                self._buffer = b""
+                return Outcome(int(answer["code"]), float(answer["seconds"]))
+        if self.process.poll() is not None:
+            code = self.process.returncode
+            return Outcome(code or 1, time.monotonic() - self.started, error=f"its worker process died ({code})")
+        return None
+
+    def close(self, wait: float = 10.0) -> None:
+        """End the worker: end of its commands, then SIGTERM, then SIGKILL (a running step ends with it)."""
+        for fd in (self._commands, self._answers):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for end in (lambda: None, self.process.terminate, self.process.kill):
+            end()
+            try:
+                self.process.wait(timeout=wait if end is not self.process.kill else None)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+class WorkerPool:
+    """At most ``size`` workers; a step takes an idle one started with its environment (GPUs, threads), or a new
+    one in place of an idle one with another environment."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.idle: List[Worker] = []
+        self.busy: List[Worker] = []
+
+    def take(self, env: Dict[str, str]) -> Worker:
+        worker = next((w for w in self.idle if w.env == env), None)
+        if worker is None:
+            if len(self.idle) + len(self.busy) >= self.size and self.idle:
+                self.idle.pop(0).close()
+            worker = Worker(env)
+        else:
+            self.idle.remove(worker)
+        self.busy.append(worker)
+        return worker
+
+    def give_back(self, worker: Worker) -> None:
+        """A worker whose step ended: idle again, or closed when it died."""
+        self.busy.remove(worker)
+        if worker.process.poll() is None:
+            self.idle.append(worker)
+        else:
+            worker.close()
+
+    def close(self) -> None:
+        for worker in self.idle + self.busy:
+            worker.close(wait=2.0)
+        self.idle, self.busy = [], []
 
 
 class Executor:
@@ -185,6 +287,8 @@ class Executor:
             )
         self.given: Dict[int, List[str]] = {}
         self.running: Dict[int, Any] = {}
+        workers = launch.inprocess and launch.launcher == "local" and launch.jobs != 1
+        self.pool: Optional[WorkerPool] = WorkerPool(launch.jobs or len(steps)) if workers else None
 
     def fits(self, step: ScriptStep) -> bool:
         """Whether the GPUs the step needs are free now."""
@@ -206,7 +310,13 @@ class Executor:
     def start(self, step: ScriptStep, index: int) -> str:
         """Start the step; returns a line saying where it runs."""
         env = self.env(step, index)
-        if self.launch.inprocess:
+        if self.pool is not None and step.call is None and step.nproc == 1:
+            worker = self.pool.take(env)
+            worker.send(step.argv)
+            self.running[index] = worker
+            gpus = env.get("CUDA_VISIBLE_DEVICES")
+            return f"worker {worker.process.pid}" + (f", GPU(s) {gpus}" if gpus else "")
+        if self.launch.inprocess and self.pool is None:
             with Timer() as timer:
                 code = run_in_process(step)
             self.running[index] = Outcome(code, timer.seconds)
@@ -235,6 +345,11 @@ class Executor:
         for index, handle in list(self.running.items()):
             if isinstance(handle, Outcome):
                 out[index] = handle
+            elif isinstance(handle, Worker):
+                outcome = handle.poll()
+                if outcome is not None:
+                    out[index] = outcome
+                    self.pool.give_back(handle)
             elif isinstance(handle, tuple):
                 process, started = handle
                 if process.poll() is not None:
@@ -249,12 +364,20 @@ class Executor:
     def stop(self) -> None:
         """End every running step (the run was interrupted): terminate local processes, cancel submitit jobs."""
         for handle in self.running.values():
+            if isinstance(handle, Worker):
+                continue  # closed with the pool below
             if isinstance(handle, tuple):
                 handle[0].terminate()
                 handle[0].wait()
             elif not isinstance(handle, Outcome):
                 handle.cancel(check=False)
         self.running.clear()
+        self.close()
+
+    def close(self) -> None:
+        """End the idle workers (the run is over)."""
+        if self.pool is not None:
+            self.pool.close()
 
     def wait(self) -> None:
         """Pause before the next look at running steps."""

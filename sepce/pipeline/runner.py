@@ -3,8 +3,8 @@
 Resume: a step whose output is complete (:meth:`ScriptStep.complete`) is skipped, so a re-run starts or submits
 only what is missing; steps that resume on their own (generation) run again and keep what they find. A failed step
 stops only the steps that depend on it; the others go on, and the run ends with one line naming every failed step,
-its command and its job log. Interrupted (Ctrl-C, SIGTERM), the run ends the steps it started. Step and
-invocation wall times are booked as they happen (:class:`sepce.pipeline.timing.Booking`).
+its command and its job log. Interrupted (Ctrl-C, SIGTERM), the run ends the steps it started (and its workers).
+Step and invocation wall times are booked as they happen (:class:`sepce.pipeline.timing.Booking`).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def run_plan(
         executor.stop()
         raise
     finally:
+        executor.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     done = [r for r in results if r is not None]
@@ -115,7 +116,7 @@ def _schedule(steps, after, launch, executor, results, booking, say) -> None:
                 continue
             say(f"=== [{step.stage}] {step.name}")
             where = executor.start(step, i)
-            if not launch.inprocess:
+            if where != "in this interpreter":
                 say(f"    {where}")
             started.add(i)
             progressed = True
