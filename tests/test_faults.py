@@ -1,8 +1,8 @@
 """Fault injection (issue 24, README "Runs, records and sharing them"): damaged erasure records and checkpoints,
-non-finite models, concurrent and killed runs, and image folders changed after generation, on the tiny model and
-the shipped concept-world model. Each fault must end with ONE error line and exit status 4 (a failed check; a
-sealless record: a one-line warning), with nothing written, nothing lost, and nothing half-written that a later
-run would take as complete."""
+non-finite models, concurrent and killed runs (also of folders drawn by step workers), and image folders changed
+after generation, on the tiny model and the shipped concept-world model. Each fault must end with ONE error line and
+exit status 4 (a failed check; a sealless record: a one-line warning), with nothing written, nothing lost, and
+nothing half-written that a later run would take as complete."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,9 @@ from sepce.evaluation.compare import CompareSettings, compare_folders
 from sepce.evaluation.verify import FolderIntegrityError, verify_folders
 from sepce.folders import IMAGES_KEY, SETTINGS_FILE
 from sepce.io import save_torch, sha256_file
+from sepce.pipeline.executors import Launch
+from sepce.pipeline.runner import StepFailed, run_plan
+from sepce.pipeline.steps import ScriptStep
 from sepce.records import HEADER_KEY, RECORD_NAME, ErasureRecord, base_info, load_record, save_record
 from sepce.world.model import SHIPPED_CKPT, SHIPPED_CONFIG
 
@@ -426,3 +430,87 @@ def test_scorers_refuse_folders_changed_after_generation(base, tmp_path, prompts
     with pytest.raises(FolderIntegrityError, match="differ"):
         accuracy_results(original, None, "unused", classes_of, [])
     assert not (original / "results").exists()
+
+
+# ------------------------------------------------------------------------------- generation in step workers
+WORKER_PLAN = """
+import json, sys
+from pathlib import Path
+from sepce.pipeline.executors import Launch
+from sepce.pipeline.runner import run_plan
+from sepce.pipeline.steps import ScriptStep
+steps = [ScriptStep("generate", n, a, writes=(Path(o),), resumes=True) for n, a, o in json.loads(sys.argv[1])]
+run_plan(steps, Launch(jobs=2, inprocess=True))
+"""
+
+
+def worker_steps(tmp_path: Path, out: Path, models: Path, names) -> list:
+    """(name, generate-images argv, folder) of one world-model folder per model name: 24 rows, DPM-Solver++ 10."""
+    rows = "".join(f"{i},in the style of waves,{100 + i},0\n" for i in range(24))
+    csv_path = tmp_path / "rows.csv"
+    csv_path.write_text("case_number,prompt,evaluation_seed,class\n" + rows)
+    plan = []
+    for name in names:
+        argv = gen_argv(SHIPPED_CKPT, SHIPPED_CONFIG, csv_path, out, name, models)
+        i = argv.index("--num_samples")
+        argv[i + 1] = "1"
+        argv[argv.index("--sampler") + 1], argv[argv.index("--ddim_steps") + 1] = "dpmpp_2m", "10"
+        argv[argv.index("--batch_size") + 1] = "4"
+        plan.append((f"images of {name}", ["eval-scripts/generate-images.py", *argv], str(out / name)))
+    return plan
+
+
+def as_steps(plan) -> list:
+    return [ScriptStep("generate", name, argv, writes=(Path(out),), resumes=True) for name, argv, out in plan]
+
+
+def test_worker_generation_resumes_after_a_kill_and_a_bad_folder_fails_alone(tmp_path):
+    """Folders drawn by two step workers (world-benchmark's default): the launcher and its workers killed
+    (SIGKILL) mid-folder leave only whole images, and the re-run finishes with exactly the images of an
+    uninterrupted run; a folder whose record is damaged fails with one line and the other folders are complete."""
+    models = tmp_path / "models"
+    make_record(models, SHIPPED_CKPT, SHIPPED_CONFIG)
+    bad = models / "CiE-Bad"
+    shutil.copytree(models / "CiE-Test", bad)
+    (bad / RECORD_NAME).write_bytes((bad / RECORD_NAME).read_bytes()[:-64])  # cut short
+    names = ["SD-v1-4", "CiE-Test"]
+
+    reference = tmp_path / "reference"
+    run_plan(
+        [
+            ScriptStep("generate", n, a, writes=(Path(o),))
+            for n, a, o in worker_steps(tmp_path, reference, models, names)
+        ],
+        Launch(jobs=2, inprocess=True),
+    )
+
+    out = tmp_path / "killed"
+    plan = worker_steps(tmp_path, out, models, names)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", WORKER_PLAN, json.dumps(plan)], cwd=REPO, env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while len(pngs(out)) < 4 and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.05)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    drawn = pngs(out)
+    assert 0 < len(drawn) < 48, drawn  # killed mid-run
+    for png in out.rglob("*.png"):
+        Image.open(png).load()  # every image there is whole
+
+    steps = [ScriptStep("generate", n, a, writes=(Path(o),), resumes=True) for n, a, o in plan]
+    steps += [
+        ScriptStep("generate", n, a, writes=(Path(o),)) for n, a, o in worker_steps(tmp_path, out, models, ["CiE-Bad"])
+    ]
+    with pytest.raises(StepFailed) as info:
+        run_plan(steps, Launch(jobs=2, inprocess=True))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("step 'images of CiE-Bad' failed (exit status 4)")
+    for name in names:
+        folder, ref = out / name, reference / name
+        assert pngs(folder) == pngs(ref) and len(pngs(folder)) == 24
+        assert all((folder / p).read_bytes() == (ref / p).read_bytes() for p in pngs(ref))
+        verify_folders(folder)
+    assert pngs(out / "CiE-Bad") == []

@@ -8,6 +8,8 @@ import functools
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -357,3 +359,43 @@ def test_an_interrupted_run_ends_its_running_steps(tmp_path, stop, inprocess):
     with pytest.raises(ProcessLookupError):  # terminated and reaped
         os.kill(int(pid_file.read_text()), 0)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+LAUNCH_ONE = """
+import sys
+from pathlib import Path
+from sepce.pipeline.executors import Launch
+from sepce.pipeline.runner import run_plan
+from sepce.pipeline.steps import ScriptStep
+outs = [Path(f"{sys.argv[2]}{i}") for i in (0, 1)]
+steps = [ScriptStep("s", f"slow {o.name}", [sys.argv[1], str(o)], writes=(o,)) for o in outs]
+run_plan(steps, Launch(jobs=2, inprocess=True))
+"""
+
+
+def test_workers_end_with_a_killed_launcher(tmp_path):
+    """SIGKILL of the launching process alone (no handler runs): its workers get SIGTERM from Linux and end, so
+    no step goes on writing unwatched."""
+    script = tmp_path / "slow.py"
+    script.write_text("import os, sys, time\nopen(sys.argv[1], 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCH_ONE, str(script), str(tmp_path / "pid")], cwd=REPO)
+    pid_files = [tmp_path / f"pid{i}" for i in (0, 1)]
+    deadline = time.monotonic() + 60
+    while not all(p.exists() and p.read_text() for p in pid_files) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [int(p.read_text()) for p in pid_files]
+    assert len(set(workers)) == 2 and launcher.pid not in workers
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not reaped by its new parent, counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -7,14 +7,17 @@ with two inherited pipe descriptors: it writes one JSON line ``{"argv": [...]}``
 ``{"code": <exit status>, "seconds": <run time>}`` back on ``<out>``; stdin is not used, the steps' output goes to
 the worker's stdout/stderr as a step process's would. A step that raises prints its traceback and counts as exit
 status 1; a step that kills the process (a crash, the OOM killer) is reported by the launcher, which starts a new
-worker for the next step. End of ``<in>`` ends the worker.
+worker for the next step. End of ``<in>`` ends the worker, and so does the end of the launcher (on Linux the
+worker asks for SIGTERM when its parent dies, so a killed launcher leaves no worker drawing unwatched).
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
+import signal
 import sys
 from typing import IO, List
 
@@ -33,9 +36,25 @@ def serve(commands: IO[str], answers: IO[str]) -> None:
         answers.flush()
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def end_with_parent() -> None:
+    """Ask Linux for SIGTERM when the launcher dies (elsewhere: nothing; the worker then ends at the end of its
+    commands, after its current step)."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before the request
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: List[str]) -> None:
     if len(argv) != 2:
         raise SystemExit("usage: python -m sepce.pipeline.worker <command fd> <answer fd>")
+    end_with_parent()
     with os.fdopen(int(argv[0]), "r") as commands, os.fdopen(int(argv[1]), "w") as answers:
         serve(commands, answers)
 
