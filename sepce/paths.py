@@ -43,3 +43,20 @@ def near(path: Path) -> Path:
         return Path(path).resolve().relative_to(Path.cwd().resolve())
     except ValueError:
         return Path(path)
+
+
+def code_version() -> str:
+    """The commit this code runs from (``<sha>`` plus ``-dirty`` when the work tree has uncommitted changes to
+    tracked files), or ``unknown`` outside a git checkout."""
+    import subprocess
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")

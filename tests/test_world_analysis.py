@@ -13,9 +13,10 @@ from PIL import Image
 
 from sepce.classes import ConceptClass
 from sepce.evaluation.results import write_metric
-from sepce.stats import clopper_pearson, exact_drop, holm, paired_t
+from sepce.stats import clopper_pearson, exact_drop, holm, paired_t, t_interval
 from sepce.world.analysis import (
     Evaluated,
+    Run,
     contact_sheet,
     load_run,
     outcomes,
@@ -86,7 +87,35 @@ def test_pooled_drop_is_the_pooled_mean_and_never_narrower_than_exact(sweep):
     assert drop.low <= exact.low and drop.high >= exact.high  # the hull contains the exact interval
     per_run = [100 * np.mean([ori["a"][n] - r.styles["a"][n] for n in ns]) for r, ns in zip(runs, names)]
     half = 12.706 * np.std(per_run, ddof=1) / np.sqrt(2)  # t(0.975, 1): two runs
-    assert drop.low <= np.mean(per_run) - half + 1e-3 and drop.high >= np.mean(per_run) + half - 1e-3
+    low, high = (
+        max(np.mean(per_run) - half, 100 * (a - images) / images),
+        min(np.mean(per_run) + half, 100 * a / images),
+    )
+    assert drop.low <= low + 1e-3 and drop.high >= high - 1e-3  # the t interval, within what a drop can be
+
+
+def test_pooled_drop_stays_within_what_a_drop_can_be():
+    """Five runs whose drops spread widely: the t interval over runs reaches past 100 points (and below 0), but a
+    drop on images the original gets all right lies in [0, 100]; where the original misses some, in
+    [100 (a - n) / n, 100 a / n]. The exact interval is still inside."""
+    names = [f"{i}_0.png" for i in range(16 * 5)]
+    drops = (14, 16, 16, 9, 15)  # erased-model misses per run of 16 images (drops 87.5 ... 56.2 points)
+    runs = []
+    for r, misses in enumerate(drops):
+        block = names[16 * r : 16 * (r + 1)]
+        styles = {"a": {m: float(i >= misses) for i, m in enumerate(block)}}
+        runs.append(Run(None, styles, {}, {}, {}))
+    for original_hits in (80, 76):
+        original = {"a": {m: float(i < original_hits) for i, m in enumerate(names)}}
+        drop, images = pooled_drop(original, runs, "a")
+        a, k = original_hits, sum(sum(r.styles["a"].values()) for r in runs)
+        per_run = [
+            100 * (sum(original["a"][m] for m in r.styles["a"]) - sum(r.styles["a"].values())) / 16 for r in runs
+        ]
+        assert t_interval(per_run).high > 100 * a / images  # the between-run interval alone runs past the range
+        assert drop.high == pytest.approx(100 * a / images) and drop.low >= 100 * (a - images) / images
+        exact = exact_drop(a, int(k), images)
+        assert drop.low <= exact.low and drop.high >= exact.high - 1e-9
 
 
 def test_row_judges_each_erased_style_and_every_other_style(sweep):

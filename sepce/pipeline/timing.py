@@ -1,5 +1,6 @@
 """Wall times of a work directory: ``timings.json`` (each step's seconds, over resumed invocations) and
-``invocations.json`` (each invocation of the script; the wall time of a resumed pipeline is their sum)."""
+``invocations.json`` (each invocation of the script with the commit it ran; the wall time of a resumed pipeline is
+their sum)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from sepce.io import write_text
+from sepce.paths import code_version
 
 
 def record_time(timings: Dict[str, dict], stage: str, name: str, status: str, seconds: float, resumes: bool) -> bool:
@@ -58,7 +60,7 @@ class Booking:
         self.timings_path = Path(work) / "timings.json"
         self.invocations_path = Path(work) / "invocations.json"
         stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        self.invocation = {"started": stamp, **invocation}
+        self.invocation = {"started": stamp, "commit": code_version(), **invocation}
         self.started = time.monotonic()
         self.timings: Dict[str, dict] = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
 

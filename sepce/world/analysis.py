@@ -240,7 +240,9 @@ def load_run(model: Evaluated, classes: Sequence[ConceptClass]) -> Run:
 def pooled_drop(original: Dict[str, Dict[str, float]], runs: Sequence[Run], style: str, seed: int = 0) -> tuple:
     """The drop of ``style`` pooled over ``runs`` (points) and the number of paired images: the hull of the exact
     drop interval of the pooled images and the between-run interval (t over runs for r >= 2; one run: the
-    bootstrap over evaluation seeds paired with the original) — docs/world-benchmark.md, "Intervals"."""
+    bootstrap over evaluation seeds paired with the original) — docs/world-benchmark.md, "Intervals" — cut to
+    what the drop can be on these images, [100 (a − n) / n, 100 a / n] with a of the n images right for the
+    original (a t interval over a few runs can reach past it; the exact interval never does)."""
     pairs = []
     for run in runs:
         names = sorted(set(original[style]) & set(run.styles[style]))
@@ -255,7 +257,8 @@ def pooled_drop(original: Dict[str, Dict[str, float]], runs: Sequence[Run], styl
         between = t_interval([100.0 * (sum(before) - sum(after)) / len(before) for before, after in pairs])
     else:
         between = paired_difference(*pairs[0], seed=seed).scaled(100.0)
-    return hull(exact_drop(a, k, n), between), n
+    drop = hull(exact_drop(a, k, n), between)
+    return Estimate(drop.value, max(drop.low, 100.0 * (a - n) / n), min(drop.high, 100.0 * a / n)), n
 
 
 def _count(runs: Sequence[Run], styles_of, hit) -> Count:

@@ -21,7 +21,7 @@ from sepce.classes import load_class_map
 from sepce.evaluation.images import index_images, parse_image_name
 from sepce.io import write_text
 from sepce.paper_plan import ORIGINAL_FOLDER
-from sepce.paths import REPO_ROOT
+from sepce.paths import code_version
 from sepce.prompt_csv import case_classes, read_prompt_csv
 from sepce.stats import Estimate
 from sepce.world.analysis import (
@@ -186,23 +186,6 @@ class BenchmarkSummary:
 
     def row(self, label: str) -> RowResult:
         return next(r for r in self.rows if r.label == label)
-
-
-def code_version() -> str:
-    """The commit this code runs from (``<sha>`` plus ``-dirty`` when the work tree has uncommitted changes to
-    tracked files), or ``unknown`` outside a git checkout."""
-    import subprocess
-
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return sha + ("-dirty" if dirty else "")
 
 
 def row_key(cell: Cell, sweep: bool) -> str:
@@ -424,10 +407,11 @@ def wall_line(invocations: Sequence[dict]) -> str:
     """One sentence: the wall time of the invocations (resumed runs) that built this work directory."""
     total = sum(float(i["seconds"]) for i in invocations)
     jobs = sorted({int(i["jobs"]) for i in invocations})
+    commits = [str(i.get("commit", "not recorded"))[:12] for i in invocations]
     return (
         f"Wall time {total:.0f} s ({total / 60:.1f} min) over {len(invocations)} invocation(s) of the script "
-        f"(--jobs {', '.join(map(str, jobs))}); the step times below are summed, so with several jobs they add "
-        "up to more than the wall time."
+        f"(--jobs {', '.join(map(str, jobs))}; code {', '.join(commits)}); the step times below are summed, so "
+        "with several jobs they add up to more than the wall time."
     )
 
 
