@@ -51,6 +51,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from sepce.classes import ConceptClass, classes_by_names, load_class_map
+from sepce.cli import show_progress
 from sepce.data_generation import data_folder_name
 from sepce.evaluation.artist_classifier import accuracy_table
 from sepce.evaluation.common import fingerprint
@@ -609,7 +610,7 @@ def plan_benchmark(
     metrics = ScriptStep(
         "metrics",
         "accuracy, CRA, quality, feature distance and FID",
-        call=functools.partial(run_metrics, lay, list(cells)),
+        call=functools.partial(run_metrics, lay, list(cells), progress=show_progress(quiet)),
         reads=(lay.prompts_path, lay.cra_prompts, lay.classifier, *folders),
         writes=tuple(f / "results" for f in folders),
         resources=STEP_RESOURCES,
@@ -725,9 +726,10 @@ def accuracy_results(
     return rows
 
 
-def run_metrics(lay: BenchmarkLayout, cells: Sequence[Cell]) -> Dict[str, dict]:
+def run_metrics(lay: BenchmarkLayout, cells: Sequence[Cell], progress: bool = True) -> Dict[str, dict]:
     """Accuracy of every model, its CRA predictions and quality measures (:mod:`sepce.world.measures`), feature
-    distance and FID of every erased model against the original (the table's columns)."""
+    distance and FID of every erased model against the original (the table's columns); ``progress``: bars while
+    feature distance and FID are computed (off with ``--quiet`` or without a terminal)."""
     from sepce.records import file_digest
 
     classes = load_class_map(lay.classes)
@@ -746,6 +748,7 @@ def run_metrics(lay: BenchmarkLayout, cells: Sequence[Cell]) -> Dict[str, dict]:
         lpips_image_size=IMAGE_SIZE,
         fid_image_size=IMAGE_SIZE,
         overwrite=True,
+        progress=progress,
     )
     out = {}
     for cell in cells:
