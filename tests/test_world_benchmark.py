@@ -13,6 +13,7 @@ import torch
 from conftest import run_script
 
 from sepce.classes import load_class_map
+from sepce.pipeline.steps import dependencies
 from sepce.world import OBJECTS, STYLES, build_prompt, make_arrays
 from sepce.world.benchmark import (
     CLASS_MAP,
@@ -208,6 +209,29 @@ def test_sweep_covers_every_reported_style_seed_and_triple(tmp_path):
             if step.stage == "attack":
                 folder = step.argv[step.argv.index("--output_name") + 1]
                 assert f"evaluation images of {folder}" in names[:i]
+    # each model's metrics are a step of its own, after its images and attacks (and the original's metrics), so
+    # they run beside other models' generation; the last metrics step comes after all of them
+    steps = plan.steps
+    after = dependencies(steps)
+    index = {s.name: i for i, s in enumerate(steps)}
+
+    def ancestors(i: int) -> set:
+        seen, todo = set(), list(after[i])
+        while todo:
+            j = todo.pop()
+            if j not in seen:
+                seen.add(j)
+                todo += after[j]
+        return seen
+
+    final = ancestors(index["accuracy, CRA, quality, feature distance and FID"])
+    for cell in cells:
+        own = index[f"metrics of {cell.folder}"]
+        needed = {index[f"evaluation images of {cell.folder}"], index[f"CRA images of {cell.folder}"]}
+        needed |= {i for i, s in enumerate(steps) if s.stage == "attack" and s.name.endswith(f" in {cell.folder}")}
+        if not cell.original:
+            needed.add(index["metrics of default"])
+        assert needed <= ancestors(own) and own in final, cell.folder
 
 
 def test_benchmark_refuses_bad_input(tmp_path):

@@ -1,7 +1,7 @@
 """The paper's protocol on the concept-world model: erase styles with every method, attack, measure, report.
 
 Stages (``eval-scripts/world-benchmark.py``; each a repository script as a user would run it, except the metrics,
-which this module computes in-process with the world classifier):
+which :class:`Metrics` computes with the world classifier, one step per model, ``python -m sepce.world.metrics``):
 
 1. ``data`` -- ``generate-data.py``: training images from the ORIGINAL world model (``assets/world/``) of every
    style that is erased or attacked, and of the blank anchor ``""`` when the original Ablating Concepts runs,
@@ -16,7 +16,8 @@ which this module computes in-process with the world classifier):
 4. ``attack`` -- ``attack-inversion.py``: the concept-inversion attack (docs/method.md) on every erased style of
    every model, and on the original for every such style (the ceiling), one preset for all
    (:data:`sepce.attack.PRESETS` ``world``); results in each model folder's ``results/attack.*``.
-5. ``metrics`` -- per model folder, in ``results/`` (:mod:`sepce.evaluation.results`): ``accuracy.csv`` (the
+5. ``metrics`` -- per model folder, as soon as its images and attacks (and the original's metrics) are there, in
+   ``results/`` (:mod:`sepce.evaluation.results`): ``accuracy.csv`` (the
    world classifier's style accuracy per class, each image's prediction in ``accuracy.json``), ``cra.json`` and
    ``quality.json`` (:mod:`sepce.world.measures`: CRA predictions; distances and FID against ground-truth renders
    and the distance to the original), and for erased models
@@ -606,6 +607,7 @@ def plan_benchmark(
                         resources=step_resources(device),
                     )
                 )
+        chain.append(metrics_step(lay, cell, quiet))
     folders = tuple(lay.eval_dir / c.folder for c in cells) + tuple(lay.cra_dir / c.folder for c in cells)
     metrics = ScriptStep(
         "metrics",
@@ -726,39 +728,76 @@ def accuracy_results(
     return rows
 
 
-def run_metrics(lay: BenchmarkLayout, cells: Sequence[Cell], progress: bool = True) -> Dict[str, dict]:
-    """Accuracy of every model, its CRA predictions and quality measures (:mod:`sepce.world.measures`), feature
-    distance and FID of every erased model against the original (the table's columns); ``progress``: bars while
-    feature distance and FID are computed (off with ``--quiet`` or without a terminal)."""
-    from sepce.records import file_digest
+@dataclass
+class Metrics:
+    """What every model's metrics need, loaded once: the classes, the prompt CSVs, the world classifier and the
+    settings of the feature distance and FID against the original (the table's columns)."""
 
-    classes = load_class_map(lay.classes)
-    case_to_class = case_classes(read_prompt_csv(lay.prompts_path, classes, require_class=True))
-    classifier, _ = load_classifier(lay.classifier)
-    classifier_id = f"world classifier {lay.classifier.name} sha256 {file_digest(lay.classifier)[:16]}"
-    original = lay.eval_dir / ORIGINAL_FOLDER
-    rows = read_prompt_csv(lay.prompts_path, classes, require_class=True)
-    cra_rows = read_prompt_csv(lay.cra_prompts, classes, require_class=True)
-    compare = CompareSettings(
-        lpips_factory=lambda: DistanceMetric(classifier),
-        fid_factory=lambda: ClassifierFeatures(classifier),
-        fid_network=FID_WORLD_CLASSIFIER_NETWORK,
-        info={"classifier": classifier_id, "lpips_is": "world classifier feature distance"},
-        batch_size=64,
-        lpips_image_size=IMAGE_SIZE,
-        fid_image_size=IMAGE_SIZE,
-        overwrite=True,
-        progress=progress,
-    )
-    out = {}
-    for cell in cells:
-        folder = lay.eval_dir / cell.folder
-        out[cell.folder] = {
-            "accuracy": accuracy_results(folder, classifier, classifier_id, case_to_class, classes),
-            "cra": cra_results(lay.cra_dir / cell.folder, cra_rows, classifier, classifier_id),
-            "quality": quality_results(folder, original, rows, classifier, classifier_id),
+    lay: BenchmarkLayout
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from sepce.records import file_digest
+
+        lay = self.lay
+        self.classes = load_class_map(lay.classes)
+        self.rows = read_prompt_csv(lay.prompts_path, self.classes, require_class=True)
+        self.cra_rows = read_prompt_csv(lay.cra_prompts, self.classes, require_class=True)
+        self.case_to_class = case_classes(self.rows)
+        self.classifier, _ = load_classifier(lay.classifier)
+        self.classifier_id = f"world classifier {lay.classifier.name} sha256 {file_digest(lay.classifier)[:16]}"
+        classifier = self.classifier
+        self.compare = CompareSettings(
+            lpips_factory=lambda: DistanceMetric(classifier),
+            fid_factory=lambda: ClassifierFeatures(classifier),
+            fid_network=FID_WORLD_CLASSIFIER_NETWORK,
+            info={"classifier": self.classifier_id, "lpips_is": "world classifier feature distance"},
+            batch_size=64,
+            lpips_image_size=IMAGE_SIZE,
+            fid_image_size=IMAGE_SIZE,
+            overwrite=True,
+            progress=self.progress,
+        )
+
+    def of(self, folder_name: str, original: bool) -> dict:
+        """Accuracy of one model's images, its CRA predictions and quality measures (:mod:`sepce.world.measures`)
+        and, for an erased model, feature distance and FID against the original; each stored in the folder's
+        ``results/`` and reused while its inputs are unchanged."""
+        lay = self.lay
+        folder, original_folder = lay.eval_dir / folder_name, lay.eval_dir / ORIGINAL_FOLDER
+        out = {
+            "accuracy": accuracy_results(folder, self.classifier, self.classifier_id, self.case_to_class, self.classes),
+            "cra": cra_results(lay.cra_dir / folder_name, self.cra_rows, self.classifier, self.classifier_id),
+            "quality": quality_results(folder, original_folder, self.rows, self.classifier, self.classifier_id),
         }
-        if cell.original:
-            continue
-        out[cell.folder].update(compare_folders(original, folder, case_to_class, classes, torch.device("cpu"), compare))
-    return out
+        if not original:
+            device = torch.device("cpu")
+            out.update(compare_folders(original_folder, folder, self.case_to_class, self.classes, device, self.compare))
+        return out
+
+
+def run_metrics(lay: BenchmarkLayout, cells: Sequence[Cell], progress: bool = True) -> Dict[str, dict]:
+    """:meth:`Metrics.of` every cell's model (a model whose metrics step ran already is read back);
+    ``progress``: bars while feature distance and FID are computed (off with ``--quiet`` or without a
+    terminal)."""
+    metrics = Metrics(lay, progress)
+    return {cell.folder: metrics.of(cell.folder, cell.original) for cell in cells}
+
+
+def metrics_step(lay: BenchmarkLayout, cell: Cell, quiet: bool) -> ScriptStep:
+    """One model's metrics as a step of its own (``python -m sepce.world.metrics``), so they run beside the other
+    models' generation instead of all at the end; it waits for the model's images and attacks and for the
+    original's images."""
+    folder, cra = lay.eval_dir / cell.folder, lay.cra_dir / cell.folder
+    argv = ["-m", "sepce.world.metrics", "--work_dir", str(lay.work), "--ckpt_path", str(lay.ckpt_path)]
+    argv += ["--config_path", str(lay.config_path), "--classifier", str(lay.classifier), "--folder", cell.folder]
+    argv += (["--original"] if cell.original else []) + (["--quiet"] if quiet else [])
+    original = lay.eval_dir / ORIGINAL_FOLDER
+    return ScriptStep(
+        "metrics",
+        f"metrics of {cell.folder}",
+        argv,
+        reads=(lay.prompts_path, lay.cra_prompts, lay.classifier, folder, cra, original, lay.cra_dir / ORIGINAL_FOLDER),
+        writes=(folder / "results", cra / "results"),
+        resources=STEP_RESOURCES,
+    )
