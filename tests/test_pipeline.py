@@ -90,9 +90,11 @@ def test_a_failed_step_stops_only_its_dependents_and_a_rerun_resumes(tmp_path):
     assert json.loads((w / "work" / "timings.json").read_text())["bad"]["status"] == "done"
 
 
-def test_local_processes_run_side_by_side_with_gpus_of_their_own(tmp_path, monkeypatch):
-    """--jobs 2 with four GPUs: each one-GPU step's process sees one GPU of its own (CUDA_VISIBLE_DEVICES), a
-    two-GPU step two; a step needing more GPUs than the machine has is refused before anything starts."""
+@pytest.mark.parametrize("inprocess", [False, True], ids=["processes", "workers"])
+def test_local_processes_run_side_by_side_with_gpus_of_their_own(tmp_path, monkeypatch, inprocess):
+    """--jobs 2 with four GPUs: each one-GPU step's process (or worker) sees one GPU of its own
+    (CUDA_VISIBLE_DEVICES), a two-GPU step two; a step needing more GPUs than the machine has is refused before
+    anything starts."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     monkeypatch.chdir(tmp_path)
     script = tmp_path / "env.py"  # the command of each step: python <repo>/<argv[0]>; an absolute path is kept
@@ -103,13 +105,13 @@ def test_local_processes_run_side_by_side_with_gpus_of_their_own(tmp_path, monke
         ScriptStep("g", f"gpu {i}", [str(script), str(tmp_path / f"gpu{i}")], resources=Resources(gpus=g))
         for i, g in enumerate((1, 1, 2, 1))
     ]
-    run_plan(steps, Launch(jobs=2))
+    run_plan(steps, Launch(jobs=2, inprocess=inprocess))
     seen = [(tmp_path / f"gpu{i}").read_text().split(",") for i in range(4)]
     assert [len(s) for s in seen] == [1, 1, 2, 1] and all(set(s) <= {"4", "5", "6", "7"} for s in seen)
     assert set(seen[0]).isdisjoint(seen[1])  # the first two ran at once, each on its own GPU
     too_big = [ScriptStep("g", "eight GPUs", [str(script), "x"], resources=Resources(gpus=8))]
     with pytest.raises(ValueError, match=r"step 'eight GPUs' needs 8 GPU\(s\), this machine shows 4"):
-        run_plan(too_big, Launch(jobs=2))
+        run_plan(too_big, Launch(jobs=2, inprocess=inprocess))
 
 
 def test_slurm_dry_run_lists_jobs_with_resources_and_dependencies(tmp_path, capsys, monkeypatch, load_script):

@@ -279,7 +279,7 @@ class Executor:
         needed = max((step_gpus(s, launch) for s in steps), default=0)
         self.free: List[str] = visible_gpus() if needed and launch.launcher != "slurm" else []
         self.gpu_pool = bool(self.free)
-        if needed and launch.launcher != "slurm" and not launch.inprocess and needed > len(self.free):
+        if needed and launch.launcher != "slurm" and needed > len(self.free):
             worst = next(s for s in steps if step_gpus(s, launch) == needed)
             raise ValueError(
                 f"step '{worst.name}' needs {needed} GPU(s), this machine shows {len(self.free)} "
