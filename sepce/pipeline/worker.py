@@ -32,6 +32,8 @@ def serve(commands: IO[str], answers: IO[str]) -> None:
         with Timer() as timer:
             code = run_script(argv)
         gc.collect()  # the step's models go before the next step loads its own
+        sys.stdout.flush()  # the step's output reaches the log before its end is reported
+        sys.stderr.flush()
         answers.write(json.dumps({"code": code, "seconds": timer.seconds}) + "\n")
         answers.flush()
 
