@@ -77,11 +77,12 @@ def test_pooled_drop_is_the_pooled_mean_and_never_narrower_than_exact(sweep):
     root, ori_folder, models = sweep
     ori = outcomes(ori_folder, CLASSES)
     runs = [load_run(m, CLASSES) for m in models if m.erased == ("a",)]
-    drop, images = pooled_drop(ori, runs, "a")
+    pooled = pooled_drop(ori, runs, "a")
+    drop, images = pooled.drop, pooled.images
     names = [sorted(set(ori["a"]) & set(r.styles["a"])) for r in runs]
     a = sum(ori["a"][n] for ns in names for n in ns)
     k = sum(r.styles["a"][n] for r, ns in zip(runs, names) for n in ns)
-    assert images == 2 * SEEDS
+    assert images == 2 * SEEDS and (pooled.original_right, pooled.model_right) == (a, k)
     assert drop.value == pytest.approx(100 * (a - k) / images)
     exact = exact_drop(int(a), int(k), images)
     assert drop.low <= exact.low and drop.high >= exact.high  # the hull contains the exact interval
@@ -107,7 +108,8 @@ def test_pooled_drop_stays_within_what_a_drop_can_be():
         runs.append(Run(None, styles, {}, {}, {}))
     for original_hits in (80, 76):
         original = {"a": {m: float(i < original_hits) for i, m in enumerate(names)}}
-        drop, images = pooled_drop(original, runs, "a")
+        pooled = pooled_drop(original, runs, "a")
+        drop, images = pooled.drop, pooled.images
         a, k = original_hits, sum(sum(r.styles["a"].values()) for r in runs)
         per_run = [
             100 * (sum(original["a"][m] for m in r.styles["a"]) - sum(r.styles["a"].values())) / 16 for r in runs
@@ -159,13 +161,37 @@ def test_one_model_row_and_an_original_that_erased_nothing(sweep):
     assert same.drop_of("b").verdict in {"undecided", "spared"}
 
 
+def test_a_mean_over_styles_is_never_narrower_than_exact(sweep):
+    """The summary columns (mean drop over styles): the t interval over the per-style values, hulled with the
+    exact drop interval of all the styles' pooled images, so styles that all lose exactly nothing (t interval
+    [0, 0]) still get the exact upper bound of their images."""
+    root, ori_folder, models = sweep
+    ori = outcomes(ori_folder, CLASSES)
+    row = row_result("M", models, ori, CLASSES)
+    others = row.collateral
+    between = t_interval([v.drop.value for v in others])
+    exact = exact_drop(
+        sum(v.original_right for v in others), sum(v.model_right for v in others), 6 * 2 * SEEDS + 2 * 4 * SEEDS
+    )
+    summary = row.collateral_drop
+    assert summary.value == pytest.approx(between.value)
+    assert summary.low <= min(between.low, exact.low) + 1e-9 and summary.high >= max(between.high, exact.high) - 1e-9
+    # every style of the original against itself: each drop is 0 on every image, the t interval has width 0
+    all_right = {c.name: np.ones(2 * SEEDS, int) for c in CLASSES}
+    same_folder = write(root / "all-right", all_right)
+    nothing = row_result("ORI", [Evaluated("ORI", "ORI", same_folder, ("a",))], outcomes(same_folder, CLASSES), CLASSES)
+    assert all(v.drop.value == 0 for v in nothing.collateral) and t_interval([0.0, 0.0, 0.0]).high == 0
+    bound = 100 * (1 - clopper_pearson(3 * 2 * SEEDS, 3 * 2 * SEEDS).low)  # 0 errors in 96 images: 3.8 points
+    assert nothing.collateral_drop.high == pytest.approx(bound) and bound > 3
+
+
 def test_paired_differences_follow_the_paired_t_test_and_holm(sweep):
     root, ori_folder, models = sweep
     ori = outcomes(ori_folder, CLASSES)
     values = per_style_values(models, ori, CLASSES)
     direct = {}
     for m in models:
-        drop = pooled_drop(ori, [load_run(m, CLASSES)], m.erased[0])[0].value
+        drop = pooled_drop(ori, [load_run(m, CLASSES)], m.erased[0]).drop.value
         direct.setdefault(m.erased[0], []).append(drop)
     assert values["erased drop"] == pytest.approx({s: np.mean(v) for s, v in direct.items()})
     table = {

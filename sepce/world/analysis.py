@@ -104,6 +104,8 @@ class StyleVerdict:
     verdict: str
     images: int  # paired images pooled
     runs: int  # erasure runs pooled
+    original_right: int = 0  # of the pooled images, right for the original ...
+    model_right: int = 0  # ... and right for the erased models
 
 
 @dataclass(frozen=True)
@@ -160,13 +162,13 @@ class RowResult:
 
     @property
     def erased_drop(self) -> Estimate:
-        """Mean drop over the erased styles, t over styles (one style: its own interval)."""
-        return over_styles([v.drop for v in self.erased])
+        """Mean drop over the erased styles (:func:`over_styles`)."""
+        return over_styles(self.erased)
 
     @property
     def collateral_drop(self) -> Estimate:
-        """Mean collateral drop over the other styles, t over styles."""
-        return over_styles([v.drop for v in self.collateral])
+        """Mean collateral drop over the other styles (:func:`over_styles`)."""
+        return over_styles(self.collateral)
 
     @property
     def erases(self) -> str:
@@ -201,13 +203,29 @@ def within_drop_range(e: Estimate) -> Estimate:
     return Estimate(e.value, max(-100.0, e.low), min(100.0, e.high))
 
 
-def over_styles(estimates: Sequence[Estimate]) -> Estimate:
-    """A mean over styles: t interval over the per-style values (styles − 1 df), within [−100, 100]; one style
-    keeps its interval."""
-    defined = [e for e in estimates if not math.isnan(e.value)]
+def over_styles(verdicts: Sequence[StyleVerdict]) -> Estimate:
+    """A mean drop over styles: the t interval over the per-style values (styles − 1 df), within [−100, 100],
+    hulled with the exact drop interval of every style's pooled images together, so a summary is never narrower
+    than exact (all styles at 0 would otherwise give [0, 0]); one style keeps its interval."""
+    defined = [v for v in verdicts if not math.isnan(v.drop.value)]
     if len(defined) == 1:
-        return defined[0]
-    return within_drop_range(t_interval([e.value for e in defined]))
+        return defined[0].drop
+    between = within_drop_range(t_interval([v.drop.value for v in defined]))
+    n = sum(v.images for v in defined)
+    if not n:
+        return between
+    return hull(between, exact_drop(sum(v.original_right for v in defined), sum(v.model_right for v in defined), n))
+
+
+@dataclass(frozen=True)
+class PooledDrop:
+    """One style's drop pooled over runs (points) and the paired images behind it: ``images`` pairs, of which
+    ``original_right`` are right for the original and ``model_right`` for the erased models."""
+
+    drop: Estimate
+    images: int
+    original_right: int
+    model_right: int
 
 
 @dataclass(frozen=True)
@@ -237,7 +255,7 @@ def load_run(model: Evaluated, classes: Sequence[ConceptClass]) -> Run:
     return Run(model, outcomes(model.folder, classes), context, attack, read_record(model.folder, "quality") or {})
 
 
-def pooled_drop(original: Dict[str, Dict[str, float]], runs: Sequence[Run], style: str, seed: int = 0) -> tuple:
+def pooled_drop(original: Dict[str, Dict[str, float]], runs: Sequence[Run], style: str, seed: int = 0) -> PooledDrop:
     """The drop of ``style`` pooled over ``runs`` (points) and the number of paired images: the hull of the exact
     drop interval of the pooled images and the between-run interval (t over runs for r >= 2; one run: the
     bootstrap over evaluation seeds paired with the original) — docs/world-benchmark.md, "Intervals" — cut to
@@ -249,7 +267,7 @@ def pooled_drop(original: Dict[str, Dict[str, float]], runs: Sequence[Run], styl
         if names:
             pairs.append(([original[style][m] for m in names], [run.styles[style][m] for m in names]))
     if not pairs:
-        return NAN, 0
+        return PooledDrop(NAN, 0, 0, 0)
     a = int(sum(sum(before) for before, _ in pairs))
     k = int(sum(sum(after) for _, after in pairs))
     n = sum(len(before) for before, _ in pairs)
@@ -258,7 +276,8 @@ def pooled_drop(original: Dict[str, Dict[str, float]], runs: Sequence[Run], styl
     else:
         between = paired_difference(*pairs[0], seed=seed).scaled(100.0)
     drop = hull(exact_drop(a, k, n), between)
-    return Estimate(drop.value, max(drop.low, 100.0 * (a - n) / n), min(drop.high, 100.0 * a / n)), n
+    cut = Estimate(drop.value, max(drop.low, 100.0 * (a - n) / n), min(drop.high, 100.0 * a / n))
+    return PooledDrop(cut, n, a, k)
 
 
 def _count(runs: Sequence[Run], styles_of, hit) -> Count:
@@ -317,9 +336,10 @@ def row_result(
         group = [r for r in runs if (style in r.model.erased) == erasing]
         if not group:
             return None
-        drop, images = pooled_drop(original, group, style, seed)
+        pooled = pooled_drop(original, group, style, seed)
+        drop = pooled.drop
         verdict = erased_verdict(drop, AIM_DROP) if erasing else spared_verdict(drop, AIM_OTHER)
-        return StyleVerdict(style, drop, verdict, images, len(group))
+        return StyleVerdict(style, drop, verdict, pooled.images, len(group), pooled.original_right, pooled.model_right)
 
     judged_erased = [judged(s, True) for s in erased_styles]
     collateral = [v for v in (judged(s, False) for s in names) if v is not None]
@@ -387,7 +407,7 @@ def per_style_values(
     collateral: Dict[str, List[float]] = {}
     for model in models:
         run = load_run(model, classes)
-        drop = {s: pooled_drop(original, [run], s)[0].value for s in names}
+        drop = {s: pooled_drop(original, [run], s).drop.value for s in names}
         others = [drop[s] for s in names if s not in model.erased and not math.isnan(drop[s])]
         for s in model.erased:
             drops.setdefault(s, []).append(drop[s])
