@@ -90,6 +90,23 @@ def test_a_failed_step_stops_only_its_dependents_and_a_rerun_resumes(tmp_path):
     assert json.loads((w / "work" / "timings.json").read_text())["bad"]["status"] == "done"
 
 
+def test_an_invocation_is_booked_with_every_step(tmp_path):
+    """Each finished step also books the invocation's wall time so far: a launcher SIGKILLed later (no ``finally``
+    runs) still leaves its invocation, with the commit, in invocations.json, up to its last step."""
+    work = tmp_path / "work"
+    first = Booking(work, {"jobs": 2})
+    first.record("test", "one", DONE, 3.0, False)
+    (booked,) = json.loads((work / "invocations.json").read_text())
+    assert booked["started"] == first.invocation["started"] and booked["jobs"] == 2 and "commit" in booked
+    time.sleep(0.2)
+    first.record("test", "two", DONE, 1.0, False)  # ... then the launcher is killed: book() is never called
+    second = Booking(work, {"jobs": 2})
+    second.record("test", "three", DONE, 1.0, False)
+    earlier, later = json.loads((work / "invocations.json").read_text())
+    assert earlier["started"] == first.invocation["started"] and earlier["seconds"] >= 0.2
+    assert later["started"] == second.invocation["started"]
+
+
 @pytest.mark.parametrize("inprocess", [False, True], ids=["processes", "workers"])
 def test_local_processes_run_side_by_side_with_gpus_of_their_own(tmp_path, monkeypatch, inprocess):
     """--jobs 2 with four GPUs: each one-GPU step's process (or worker) sees one GPU of its own

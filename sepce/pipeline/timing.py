@@ -54,7 +54,8 @@ class Timer:
 
 class Booking:
     """The booking of one invocation in ``work``: step times go to ``timings.json`` as they finish
-    (:func:`record_time`), the invocation's wall time so far to ``invocations.json`` on every :meth:`book`."""
+    (:func:`record_time`), the invocation's wall time so far to ``invocations.json`` with each of them and on every
+    :meth:`book` (so an invocation killed without a chance to clean up still counts up to its last step)."""
 
     def __init__(self, work: Path, invocation: dict):
         self.timings_path = Path(work) / "timings.json"
@@ -67,6 +68,7 @@ class Booking:
     def record(self, stage: str, name: str, status: str, seconds: float, resumes: bool) -> None:
         if record_time(self.timings, stage, name, status, seconds, resumes):
             write_text(self.timings_path, json.dumps(self.timings, indent=2) + "\n")
+            self.book()
 
     def book(self) -> List[dict]:
         """This invocation's wall time so far, booked with the earlier (resumed) ones; returns them all."""
