@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import copy
 import csv
+import functools
 import gc
 import importlib.metadata
 import importlib.util
@@ -526,6 +527,8 @@ def time_precision(model, folder: Optional[Path], folder_error: Optional[str], p
         return ImageSampler(model, settings, s.device, dtype)(prompts, noise)
 
     runners: dict[str, Callable[[], Any]] = {"ours": ours}
+    if native_norm_applies(dtype, s.device):  # the A/B of GroupNorm32.cuda_16bit_native, in the same rounds
+        runners["ours native norm"] = functools.partial(with_native_norm, ours)
     pipe, theirs_error = None, folder_error
     if folder is not None:
         try:
@@ -574,9 +577,44 @@ def time_precision(model, folder: Optional[Path], folder_error: Optional[str], p
             "max_abs_diff": float(np.abs(mine - other).max()) if finite else None,
             "finite": finite,
         }
+    if "ours native norm" in runners:
+        out["native_norm"] = native_norm_entry(times, errors, out, z.batch_size, weights["ours"], ours)
     if out["ours"]["status"] != "ok":
         raise RuntimeError(f"our sampler failed: {out['ours']['error']}")
     return out
+
+
+def native_norm_applies(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether ``GroupNorm32.cuda_16bit_native`` changes anything: 16-bit weights on CUDA."""
+    return dtype in (torch.float16, torch.bfloat16) and torch.device(device).type == "cuda"
+
+
+def with_native_norm(fn: Callable[[], Any]) -> Any:
+    """``fn()`` with the UNet's GroupNorm32 on the native 16-bit kernel (ldm.modules.diffusionmodules.util)."""
+    from ldm.modules.diffusionmodules.util import GroupNorm32
+
+    GroupNorm32.cuda_16bit_native = True
+    try:
+        return fn()
+    finally:
+        GroupNorm32.cuda_16bit_native = False
+
+
+def native_norm_entry(times, errors, out, images: int, weights_bytes: Optional[int], ours) -> dict:
+    """The native-GroupNorm run: its timing, its speed over ours (same rounds), and how far its images are from
+    ours (same latents and prompts; 0-255 pixels)."""
+    if "ours native norm" in errors:
+        return {"status": "error", "error": errors["ours native norm"]}
+    entry: dict[str, Any] = {"status": "ok", **summarize(times["ours native norm"], images, weights_bytes)}
+    if out["ours"]["status"] == "ok":
+        import numpy as np
+
+        entry["ratio_over_ours"] = entry["images_per_s"] / out["ours"]["images_per_s"]
+        with torch.no_grad():
+            mine, native = np.asarray(ours(), np.int16), np.asarray(with_native_norm(ours), np.int16)
+        entry["pixels_differing"] = float((mine != native).mean())
+        entry["max_abs_diff_levels"] = int(np.abs(mine - native).max())
+    return entry
 
 
 def section_gen(s: CheckSettings, w: Weights, work: Path) -> dict:
@@ -909,6 +947,17 @@ def _section_rows(name: str, sec: Mapping[str, Any], settings: Mapping[str, Any]
                 if agree.get("finite"):
                     note += f"; same latents: mean |d| {agree['mean_abs_diff']:.4f}, max {agree['max_abs_diff']:.3f}"
                 rows.append((name, f"{precision} ours/diffusers", f"{ratio:.2f}x", "-", note))
+            native = entry.get("native_norm")
+            if native is not None and not _status_row(rows, name, f"{precision} native GroupNorm", native):
+                note = "images/s with GroupNorm32.cuda_16bit_native / ours, same rounds"
+                if "pixels_differing" in native:
+                    note += (
+                        f"; {100 * native['pixels_differing']:.2f} % of pixels differ, "
+                        f"max {native['max_abs_diff_levels']} levels"
+                    )
+                ratio = native.get("ratio_over_ours")
+                value = "-" if ratio is None else f"{ratio:.3f}x"
+                rows.append((name, f"{precision} native GroupNorm", value, gib(native.get("peak_own_bytes")), note))
     elif name == "train":
         for case, entry in sec["cases"].items():
             if _status_row(rows, name, case, entry):

@@ -304,3 +304,55 @@ def test_tiny_defaults_and_overrides(gpu_check):
     assert s.sections == ("gen", "torchrun") and s.sizes.steps == 3 and s.sizes.batch_size == gpu_check.TINY.batch_size
     assert s.device == torch.device("cpu") and s.precisions == ("fp32", "fp16", "bf16") and s.threads == 1
     assert s.ckpt_path is None and s.nproc == 2
+
+
+# ------------------------------------------------------------------------------------------------ GroupNorm A/B
+def test_native_group_norm_switch_is_scoped_and_changes_nothing_off_cuda(gpu_check):
+    """GroupNorm32.cuda_16bit_native (the fp16-gap experiment): off by default, on only inside with_native_norm
+    (also when the call raises), timed only for 16-bit weights on CUDA; on the CPU it leaves the upcast path, and
+    the native kernel on 16-bit input is the same float32-accumulated math (within one 16-bit rounding)."""
+    from ldm.modules.diffusionmodules.util import GroupNorm32
+
+    assert GroupNorm32.cuda_16bit_native is False
+    seen = []
+    assert gpu_check.with_native_norm(lambda: seen.append(GroupNorm32.cuda_16bit_native) or 7) == 7
+    with pytest.raises(ZeroDivisionError):
+        gpu_check.with_native_norm(lambda: 1 / 0)
+    assert seen == [True] and GroupNorm32.cuda_16bit_native is False
+    assert gpu_check.native_norm_applies(torch.float16, torch.device("cuda"))
+    assert not gpu_check.native_norm_applies(torch.float32, torch.device("cuda"))
+    assert not gpu_check.native_norm_applies(torch.bfloat16, torch.device("cpu"))
+
+    torch.manual_seed(0)
+    norm = GroupNorm32(32, 64).to(torch.bfloat16)
+    torch.nn.init.normal_(norm.weight)
+    x = (torch.randn(2, 64, 8, 8) * 3 + 1).to(torch.bfloat16)
+    upcast = norm(x)
+    assert torch.equal(gpu_check.with_native_norm(lambda: norm(x)), upcast)  # CPU: the switch does nothing
+    native = torch.nn.functional.group_norm(x, 32, norm.weight, norm.bias, norm.eps)
+    assert native.dtype == torch.bfloat16
+    assert (native.float() - upcast.float()).abs().max() <= 2**-7 * upcast.float().abs().max()
+
+
+def test_table_shows_the_native_group_norm_row(gpu_check):
+    entry = {
+        "status": "ok",
+        "batch_size": 8,
+        "image_size": 512,
+        "steps": 50,
+        "ours": {"status": "ok", "median_s": 2.8, "seconds": [2.8] * 3, "images_per_s": 2.86},
+        "diffusers": {"status": "ok", "median_s": 2.66, "seconds": [2.66] * 3, "images_per_s": 3.0},
+        "ratio_ours_over_diffusers": 0.953,
+        "native_norm": {
+            "status": "ok",
+            "images_per_s": 3.0,
+            "ratio_over_ours": 1.049,
+            "pixels_differing": 0.001,
+            "max_abs_diff_levels": 1,
+            "peak_own_bytes": 2**30,
+        },
+    }
+    sanity = {"status": "skipped", "reason": "not run"}
+    rows = gpu_check.table_rows({"settings": {}, "sections": {"gen": {"sanity": sanity, "timings": {"fp16": entry}}}})
+    (native,) = [r for r in rows if r[1] == "fp16 native GroupNorm"]
+    assert native[2] == "1.049x" and "0.10 % of pixels differ, max 1 levels" in native[4]

@@ -79,9 +79,24 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 whatever the input and parameter dtypes (as CompVis does; its parameters may
-    be 16-bit when the whole UNet is, for 16-bit generation)."""
+    be 16-bit when the whole UNet is, for 16-bit generation).
+
+    ``cuda_16bit_native`` (off; an experiment of bench/gpu_check.py): a 16-bit input on CUDA with weights of its
+    dtype, outside autocast, goes to the native kernel, which also accumulates in float32 and rounds once, without
+    float32 copies of the activations (a candidate cause of the fp16 gap to diffusers, docs/gpu/)."""
+
+    cuda_16bit_native = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.cuda_16bit_native
+            and x.is_cuda
+            and x.dtype in (torch.float16, torch.bfloat16)
+            and self.weight is not None
+            and self.weight.dtype == x.dtype
+            and not torch.is_autocast_enabled()
+        ):
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         w, b = (None if p is None else p.float() for p in (self.weight, self.bias))
         return F.group_norm(x.float(), self.num_groups, w, b, self.eps).type(x.dtype)
 
