@@ -373,6 +373,27 @@ def test_sweep_report_pools_what_ran_and_names_its_seeds(tmp_path):
     assert "| erased drop | CiE | UCE | 2 |" in text  # paired over the two erased styles
 
 
+def test_restoration_table_names_each_runs_seed_and_totals_the_checks():
+    from types import SimpleNamespace
+
+    from sepce.world.report import PixelCheck, RunRecord, restoration_lines
+
+    runs = [
+        RunRecord("SepCE (restore 1)", f"SepCE-t-seed{seed}-restore", ("a", "b"), ("c",), seed, {}) for seed in (0, 4)
+    ]
+    checks = {
+        runs[0].folder: {"c": PixelCheck(16, 10, 16, 1, 0.0001)},
+        runs[1].folder: {"c": PixelCheck(16, 3, 15, 2, 0.0004)},
+    }
+    lines = restoration_lines(SimpleNamespace(runs=runs, restoration=checks))
+    assert "| SepCE (restore 1) | 0 | c | 16 | 10 | 16 | 1 | 0.0001 |" in lines
+    assert "| SepCE (restore 1) | 4 | c | 16 | 3 | 15 | 2 | 0.0004 |" in lines
+    assert lines[-1] == (
+        "Over all 2 checks: 13 of 32 restored images identical to the original's, 31 within one grey level, "
+        "largest difference 2 levels."
+    )
+
+
 def test_uce_preserves_no_evaluation_prompt():
     """Protocol v2, "No leaks": UCE's preserved prompts (the training template of every other style) and the
     evaluation prompts (style and CRA prompts) are disjoint."""

@@ -435,21 +435,29 @@ def preset_lines(presets: Dict[str, tuple]) -> List[str]:
 
 
 def restoration_lines(summary: BenchmarkSummary) -> List[str]:
-    checks = [(r.row, s, c) for r in summary.runs for s, c in summary.restoration.get(r.folder, {}).items() if c.images]
+    checks = [(r, s, c) for r in summary.runs for s, c in summary.restoration.get(r.folder, {}).items() if c.images]
     if not checks:
         return []
     lines = [
         "",
         "## SepCE restoration: restored styles' images vs. the original's (same seeds, uint8 pixels)",
         "",
-        "| Row | restored style | images | identical | within one grey level | max abs diff | mean abs diff |",
-        "|---|---|:---:|:---:|:---:|:---:|:---:|",
+        "| Row | training seed | restored style | images | identical | within one grey level | max abs diff | "
+        "mean abs diff |",
+        "|---|:---:|---|:---:|:---:|:---:|:---:|:---:|",
     ]
-    for row, style, c in checks:
+    for run, style, c in checks:
         lines.append(
-            f"| {row} | {style} | {c.images} | {c.identical} | {c.within_one} | {c.max_abs_diff} | "
+            f"| {run.row} | {run.seed} | {style} | {c.images} | {c.identical} | {c.within_one} | {c.max_abs_diff} | "
             f"{c.mean_abs_diff:.4f} |"
         )
+    images = sum(c.images for _, _, c in checks)
+    lines += [
+        "",
+        f"Over all {len(checks)} checks: {sum(c.identical for _, _, c in checks)} of {images} restored images "
+        f"identical to the original's, {sum(c.within_one for _, _, c in checks)} within one grey level, largest "
+        f"difference {max(c.max_abs_diff for _, _, c in checks)} levels.",
+    ]
     return lines
 
 
